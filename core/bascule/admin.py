@@ -1,0 +1,118 @@
+"""The admin listener: health, introspection and reload, off the public port.
+
+    GET  /healthz    the process is alive
+    GET  /readyz     a config is loaded and serving
+    GET  /routes     each route: matcher, service, plugin pipeline in order
+    GET  /plugins    installed plugins: name, version, distribution, hooks
+    GET  /upstreams  services and their targets, with connections in use
+    POST /reload     re-read the config file; 400 with the errors if invalid
+
+With ``admin_token`` set, every request needs ``Authorization: Bearer TOKEN``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bascule_sdk import HTTPError
+
+from .config import Config, ConfigError, load_config
+from .gateway import Gateway
+from .registry import Available
+
+__all__ = ["Admin", "describe_plugins", "describe_routes"]
+
+
+def describe_routes(config: Config) -> list[dict[str, Any]]:
+    """Each route with its matcher and its plugin pipeline, highest priority first."""
+    return [
+        {
+            "name": r.name,
+            "paths": r.settings.paths,
+            "match": r.settings.match,
+            "methods": r.settings.methods or ["*"],
+            "hosts": r.settings.hosts or ["*"],
+            "service": r.settings.service,
+            "plugins": [{"instance": p.instance, "plugin": p.plugin.name, "priority": p.priority}
+                        for p in r.plugins],
+        }
+        for r in config.routes
+    ]
+
+
+def describe_plugins(available: Mapping[str, Available]) -> list[dict[str, Any]]:
+    """Installed plugins: name, version, distribution, hooks implemented."""
+    return [
+        {"name": a.name, "version": a.version, "distribution": a.distribution,
+         "priority": a.cls.priority, "hooks": a.hooks}
+        for a in sorted(available.values(), key=lambda a: a.name)
+    ]
+
+
+class Admin:
+    """ASGI app of the admin listener."""
+
+    def __init__(self, gateway: Gateway, path: str | Path, available: Mapping[str, Available]) -> None:
+        self.gateway = gateway
+        self.path = path
+        self.available = available
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, body = await self._route(scope)
+        except HTTPError as e:
+            response = e.to_response()
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": response.headers.raw})
+            await send({"type": "http.response.body", "body": response.body})
+            return
+        data = json.dumps(body, indent=2).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _route(self, scope: dict) -> tuple[int, Any]:
+        token = self.gateway.runtime.config.gateway.admin_token
+        if token:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+                raise HTTPError(401, "Admin token required.", {"www-authenticate": "Bearer"})
+        method, path = scope["method"], scope["path"]
+        rt = self.gateway.runtime
+        pages: dict[str, Callable[[], Any]] = {
+            "/healthz": lambda: {"status": "ok"},
+            "/readyz": lambda: {"status": "ready", "config": str(rt.config.path)},
+            "/routes": lambda: describe_routes(rt.config),
+            "/plugins": lambda: describe_plugins(self.available),
+            "/upstreams": lambda: {
+                name: [{"url": p.url, "in_use": p.in_use} for p in svc.pools]
+                for name, svc in rt.upstreams.services.items()
+            },
+        }
+        if path == "/reload":
+            if method != "POST":
+                raise HTTPError(405, "Use POST.", {"allow": "POST"})
+            try:
+                await self.gateway.reload(load_config(self.path, self.available))
+            except ConfigError as e:
+                raise HTTPError(400, "The new config is invalid; the old one stays.",
+                                extra={"errors": e.lines}) from None
+            return 200, {"reloaded": True}
+        if path not in pages:
+            raise HTTPError(404, "No such admin resource.")
+        if method not in ("GET", "HEAD"):
+            raise HTTPError(405, "Use GET.", {"allow": "GET, HEAD"})
+        return 200, pages[path]()

@@ -1,0 +1,453 @@
+"""plugins.toml: parsed with tomllib, validated whole, compiled into ``Config``.
+
+Every problem in the file is collected and raised at once as ``ConfigError``,
+one line each, naming the file, the section or route, and the key::
+
+    plugins.toml: route "orders": plugins.rate-limit.limit: expected an integer, got a string ('ten')
+
+Nothing here opens a socket: a config is valid or not before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from bascule_sdk import Consumer
+from bascule_sdk.settings import (
+    ByteSize,
+    Duration,
+    Problem,
+    SettingsError,
+    parse,
+    setting,
+)
+
+from .registry import Available, not_installed_message
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConsumerSettings",
+    "GatewaySettings",
+    "PluginSpec",
+    "Route",
+    "RouteSettings",
+    "ServiceSettings",
+    "load_config",
+    "parse_config",
+    "layer_plugin_tables",
+]
+
+RESERVED_PLUGIN_KEYS = ("plugin", "priority")
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``lines`` holds one message per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """``[gateway]``: listeners and limits of the gateway itself."""
+
+    listen: str = setting("127.0.0.1:8080", "Address the public listener binds (host:port).")
+    admin: str | None = setting(None, "Address of the admin listener (health, routes); off if unset.")
+    admin_token: str | None = setting(None, "Bearer token required on the admin listener, if set.")
+    workers: int = setting(1, "Worker processes sharing the public port.")
+    tls_cert: str | None = setting(None, "PEM certificate file; enables TLS (and HTTP/2 via ALPN).")
+    tls_key: str | None = setting(None, "PEM private key file for tls_cert.")
+    trusted_proxies: list[str] = setting([], "CIDRs whose X-Forwarded-*/Forwarded/X-Request-ID are believed.")
+    max_body_size: ByteSize = setting(10 * 1024 * 1024, "Largest request body accepted (413 beyond).")
+    max_header_size: ByteSize = setting(16 * 1024, "Largest request head (request line + headers) accepted.")
+    buffer_size: ByteSize = setting(64 * 1024, "Bodies of known length up to this are buffered, larger ones stream.")
+    read_timeout: Duration = setting(30.0, "Longest wait for bytes from a client.")
+    keep_alive_timeout: Duration = setting(5.0, "Idle client connections are closed after this.")
+    graceful_timeout: Duration = setting(30.0, "On shutdown, in-flight requests get this long to finish.")
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers: must be at least 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        for key in ("listen", "admin"):
+            value = getattr(self, key)
+            if value is not None and value.rpartition(":")[2].isdigit() is False:
+                raise ValueError(f"{key}: expected host:port, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """One target of a service, written as a table: ``{ url = "...", weight = 2 }``."""
+
+    url: str = setting(doc="Base URL of the target: http(s)://host:port[/base/path].")
+    weight: int = setting(1, "Relative share of requests (weighted round-robin).")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """``[services.NAME]``: an upstream service and how to reach it."""
+
+    targets: list[str | TargetSettings] = setting(doc="Target URLs (strings) or {url, weight} tables.")
+    timeout: Duration = setting(30.0, "Total time for the upstream to start answering (504 beyond).")
+    connect_timeout: Duration = setting(5.0, "Time to open a connection to a target.")
+    read_timeout: Duration = setting(30.0, "Longest wait between two reads from the upstream.")
+    max_connections: int = setting(100, "Connections per target; requests queue beyond it.")
+    pool_timeout: Duration = setting(5.0, "Longest wait for a free connection (503 beyond).")
+    keepalive_expiry: Duration = setting(60.0, "Idle upstream connections are closed after this.")
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError("targets: a service needs at least one target")
+        for t in self.targets:
+            url = t if isinstance(t, str) else t.url
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"targets: {url!r} is not an http(s)://host:port URL")
+            if parts.query or parts.fragment:
+                raise ValueError(f"targets: {url!r} must not have a query or fragment")
+            if not isinstance(t, str) and t.weight < 1:
+                raise ValueError(f"targets: weight of {url!r} must be at least 1")
+        if self.max_connections < 1:
+            raise ValueError("max_connections: must be at least 1")
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """``[[routes]]``: what requests a route matches and where they go."""
+
+    name: str = setting(doc="Unique name, used in logs, metrics and errors.")
+    paths: list[str] = setting(doc='Paths matched, e.g. "/api/users" or "/rides/{id}".')
+    match: Literal["prefix", "exact"] = setting("prefix", "prefix: the path and below; exact: the path only.")
+    methods: list[str] = setting([], "Methods matched (all if empty); GET implies HEAD.")
+    hosts: list[str] = setting([], 'Host names matched, "*.example.com" allowed (all if empty).')
+    service: str | None = setting(None, "Service to proxy to (optional when a plugin handles the route).")
+    strip_path: bool = setting(False, "Remove the matched path prefix before forwarding.")
+    preserve_host: bool = setting(False, "Send the client's Host upstream instead of the target's.")
+    plugins: dict[str, Any] = setting({}, "Plugins on this route: tables layered over [plugins.X], or X = false.")
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            raise ValueError("paths: a route needs at least one path")
+        for p in self.paths:
+            if not p.startswith("/"):
+                raise ValueError(f"paths: {p!r} must start with '/'")
+        bad = [m for m in self.methods if m not in HTTP_METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown method(s) {', '.join(bad)}")
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """``[consumers.NAME]``: a known API client."""
+
+    id: str = setting("", "Stable identifier sent upstream (defaults to the name).")
+    groups: list[str] = setting([], "Groups, for ACLs.")
+    credentials: dict[str, Any] = setting({}, "Per auth plugin: [consumers.NAME.credentials.<plugin>].")
+
+
+@dataclass(frozen=True)
+class _File:
+    gateway: GatewaySettings = setting(GatewaySettings())
+    services: dict[str, ServiceSettings] = setting({})
+    routes: list[Any] = setting([])
+    consumers: dict[str, ConsumerSettings] = setting({})
+    plugins: dict[str, Any] = setting({})
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One plugin instance: which plugin, its validated settings, its priority."""
+
+    instance: str
+    plugin: Available
+    settings: Any
+    priority: int
+    key: str  # identity: equal keys share one instance across routes
+
+
+@dataclass(frozen=True)
+class Route:
+    settings: RouteSettings
+    plugins: tuple[PluginSpec, ...]  # highest priority first
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, valid configuration."""
+
+    path: str
+    gateway: GatewaySettings
+    services: Mapping[str, ServiceSettings]
+    routes: tuple[Route, ...]
+    consumers: Mapping[str, Consumer]
+    available: Mapping[str, Available]
+    global_plugins: tuple[str, ...]
+
+
+def load_config(path: str | Path, available: Mapping[str, Available]) -> Config:
+    """Read and validate ``path``; raise ``ConfigError`` naming every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    return parse_config(text, str(path), available)
+
+
+def parse_config(text: str, filename: str, available: Mapping[str, Available]) -> Config:
+    """Validate TOML ``text`` (``filename`` is only used in messages)."""
+    name = Path(filename).name
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{name}: invalid TOML: {e}"]) from None
+    return _Compiler(name, available).compile(data, filename)
+
+
+def layer_plugin_tables(
+    global_tables: Mapping[str, Any], route_tables: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The plugin tables in force on one route, by instance name.
+
+    Precedence, lowest first:
+    1. ``[plugins.X]`` applies to every route;
+    2. ``[routes.plugins.X]`` (a table) enables X on this route, its keys
+       layered over the global X's (tables merge key by key, other values
+       replace);
+    3. ``X = false`` under a route switches a global X off on it
+       (``X = true`` enables X with the global or default settings).
+    """
+    tables = {n: dict(t) for n, t in global_tables.items() if isinstance(t, Mapping)}
+    for name, value in route_tables.items():
+        if value is False:
+            tables.pop(name, None)
+        elif value is True:
+            tables.setdefault(name, {})
+        elif isinstance(value, Mapping):
+            tables[name] = _deep_merge(tables.get(name, {}), value)
+    return tables
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
+            merged[k] = _deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+class _Compiler:
+    def __init__(self, filename: str, available: Mapping[str, Available]) -> None:
+        self.filename = filename
+        self.available = available
+        self.errors: list[str] = []
+        self.specs: dict[str, PluginSpec] = {}
+
+    def error(self, where: str, key: str, message: str) -> None:
+        line = f"{self.filename}: {where}: {key}: {message}" if key else f"{self.filename}: {where}: {message}"
+        if line not in self.errors:
+            self.errors.append(line)
+
+    def problems(self, where: str, exc: SettingsError, prefix: str = "") -> None:
+        for p in exc.problems:
+            self.error(where, ".".join(x for x in (prefix, p.key) if x), p.message)
+
+    def compile(self, data: dict[str, Any], path: str) -> Config:
+        try:
+            top = parse(_File, data)
+        except SettingsError as e:
+            for p in e.problems:
+                section, _, key = p.key.partition(".")
+                if section in ("services", "consumers"):
+                    name, _, key = key.partition(".")
+                    section = f"{section}.{name}"
+                self.error(section or "(top level)", key, p.message)
+            # Go on with what parsed, to report route and plugin problems too.
+            top = _File(
+                **{k: v for k, v in _parse_parts(data).items()}
+            )
+        global_tables = self._global_plugins(top.plugins)
+        consumers = self._consumers(top.consumers)
+        routes = self._routes(top.routes, top.services, global_tables)
+        if self.errors:
+            raise ConfigError(self.errors)
+        return Config(
+            path=path,
+            gateway=top.gateway,
+            services=top.services,
+            routes=tuple(routes),
+            consumers=consumers,
+            available=self.available,
+            global_plugins=tuple(global_tables),
+        )
+
+    def _global_plugins(self, tables: Mapping[str, Any]) -> dict[str, Any]:
+        result = {}
+        for name, table in tables.items():
+            where = f"plugins.{name}"
+            if not isinstance(table, Mapping):
+                self.error(where, "", f"expected a table, got {type(table).__name__}")
+                continue
+            result[name] = table
+        return result
+
+    def _consumers(self, consumers: Mapping[str, ConsumerSettings]) -> dict[str, Consumer]:
+        result = {}
+        for name, c in consumers.items():
+            if c is None:
+                continue
+            creds: dict[str, Any] = {}
+            for plugin_name, table in c.credentials.items():
+                where = f"consumers.{name}"
+                available = self.available.get(plugin_name)
+                if available is None:
+                    self.error(where, f"credentials.{plugin_name}",
+                               not_installed_message(plugin_name, self.available))
+                    continue
+                model = available.cls.Credentials
+                if model is None:
+                    self.error(where, f"credentials.{plugin_name}",
+                               f"plugin {plugin_name!r} takes no consumer credentials")
+                    continue
+                try:
+                    creds[plugin_name] = parse(model, table)
+                except SettingsError as e:
+                    self.problems(where, e, f"credentials.{plugin_name}")
+            result[name] = Consumer(name=name, id=c.id or name, groups=frozenset(c.groups),
+                                    credentials=creds)
+        return result
+
+    def _routes(
+        self,
+        raw_routes: list[Any],
+        services: Mapping[str, ServiceSettings],
+        global_tables: Mapping[str, Any],
+    ) -> list[Route]:
+        from .routing import RoutePattern
+
+        routes: list[Route] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(raw_routes):
+            label = raw.get("name") if isinstance(raw, Mapping) else None
+            where = f'route "{label}"' if isinstance(label, str) else f"routes[{i}]"
+            try:
+                settings = parse(RouteSettings, raw)
+            except SettingsError as e:
+                self.problems(where, e)
+                continue
+            if settings.name in seen:
+                self.error(where, "name", "another route has the same name")
+            seen.add(settings.name)
+            for p in settings.paths:
+                try:
+                    RoutePattern(p, None)
+                except ValueError as e:
+                    self.error(where, "paths", str(e))
+            if settings.service is not None and settings.service not in services:
+                known = ", ".join(sorted(services)) or "none"
+                self.error(where, "service", f"unknown service {settings.service!r} (services: {known})")
+            specs = self._route_plugins(where, settings, global_tables)
+            handles = any("handle" in s.plugin.hooks for s in specs)
+            if settings.service is None and not handles:
+                self.error(where, "service", "required: no plugin on this route handles requests itself")
+            routes.append(Route(settings, tuple(specs)))
+        return routes
+
+    def _route_plugins(
+        self, where: str, route: RouteSettings, global_tables: Mapping[str, Any]
+    ) -> list[PluginSpec]:
+        for name, value in route.plugins.items():
+            if not isinstance(value, (bool, Mapping)):
+                self.error(where, f"plugins.{name}",
+                           f"expected a table, true or false, got {type(value).__name__}")
+        tables = layer_plugin_tables(global_tables, route.plugins)
+        specs = []
+        for instance, table in tables.items():
+            from_route = isinstance(route.plugins.get(instance), Mapping)
+            spec = self._spec(where if from_route else f"plugins.{instance}", instance, table,
+                              route.plugins.get(instance) or {})
+            if spec is not None:
+                specs.append(spec)
+        specs.sort(key=lambda s: (-s.priority, s.instance))
+        return specs
+
+    def _spec(
+        self, where: str, instance: str, table: Mapping[str, Any], route_table: Mapping[str, Any]
+    ) -> PluginSpec | None:
+        prefix = f"plugins.{instance}" if where.startswith("route") else ""
+        plugin_name = table.get("plugin", instance)
+        available = self.available.get(plugin_name) if isinstance(plugin_name, str) else None
+        if available is None:
+            key = "plugin" if "plugin" in table else ""
+            self.error(where, ".".join(x for x in (prefix, key) if x),
+                       not_installed_message(str(plugin_name), self.available))
+            return None
+        priority = table.get("priority", available.cls.priority)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            self.error(where, ".".join(x for x in (prefix, "priority") if x), "expected an integer")
+            return None
+        settings_table = {k: v for k, v in table.items() if k not in RESERVED_PLUGIN_KEYS}
+        identity = json.dumps([instance, plugin_name, priority, settings_table], sort_keys=True,
+                              default=str)
+        if identity in self.specs:
+            return self.specs[identity]
+        try:
+            settings = parse(available.cls.Settings, settings_table)
+        except SettingsError as e:
+            # A key the route did not set came from [plugins.X]: report it there, once.
+            for p in e.problems:
+                top_key = p.key.split(".")[0].split("[")[0]
+                if prefix and top_key and top_key.replace("_", "-") not in {
+                    k.replace("_", "-") for k in route_table
+                }:
+                    self.error(f"plugins.{instance}", p.key, p.message)
+                else:
+                    self.error(where, ".".join(x for x in (prefix, p.key) if x), p.message)
+            return None
+        spec = PluginSpec(instance, available, settings, priority, identity)
+        self.specs[identity] = spec
+        return spec
+
+
+def _parse_parts(data: dict[str, Any]) -> dict[str, Any]:
+    """Parse each top-level section alone, keeping the ones that are valid."""
+    parts: dict[str, Any] = {}
+    for key, model in (("gateway", GatewaySettings),):
+        try:
+            parts[key] = parse(model, data.get(key, {}))
+        except SettingsError:
+            pass
+    for key, model in (("services", ServiceSettings), ("consumers", ConsumerSettings)):
+        section = data.get(key, {})
+        good = {}
+        if isinstance(section, Mapping):
+            for name, table in section.items():
+                try:
+                    good[name] = parse(model, table)
+                except SettingsError:
+                    pass
+        parts[key] = good
+    routes = data.get("routes", [])
+    parts["routes"] = routes if isinstance(routes, list) else []
+    plugins = data.get("plugins", {})
+    parts["plugins"] = plugins if isinstance(plugins, Mapping) else {}
+    return parts
+
+
+__all__ += ["Problem", "TargetSettings"]

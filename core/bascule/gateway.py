@@ -1,0 +1,366 @@
+"""The gateway as an ASGI application: a compiled config and the request path.
+
+``Runtime`` is one config compiled: router, per-route pipelines, plugin
+instances, upstream pools. ``Gateway`` serves requests with the current
+runtime; ``reload`` swaps it atomically, so a request in flight finishes on
+the runtime it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from email.utils import formatdate
+from functools import partial
+from typing import Any
+
+import trio
+from bascule_sdk import Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo
+from bascule_sdk.http import ClientDisconnected, iterate, problem_body
+from bascule_sdk.settings import SettingsError
+
+from .config import Config, ConfigError, Route
+from .forwarding import TrustedProxies, arrival_headers, strip_hop_by_hop
+from .paths import InvalidPath, normalise
+from .pipeline import Pipeline, PluginLoadError, PluginSet
+from .proxy import Proxy, ProxySettings
+from .registry import Available
+from .routing import RoutePattern, Router
+from .upstream import Upstreams
+
+__all__ = ["Gateway", "Runtime"]
+
+log = logging.getLogger("bascule")
+
+_SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+@dataclass(frozen=True)
+class CompiledRoute:
+    info: RouteInfo
+    pipeline: Pipeline
+    forward: Callable[[Context, Request, str | None], Awaitable[Response]]
+
+
+class Runtime:
+    """One configuration, compiled once: nothing is looked up per request
+    that could be resolved here."""
+
+    def __init__(self, config: Config, previous: Runtime | None = None) -> None:
+        self.config = config
+        gw = config.gateway
+        self.active = 0  # requests in flight on this runtime
+        self.trusted = TrustedProxies(gw.trusted_proxies)
+        self.max_body_size = gw.max_body_size
+        self.buffer_size = gw.buffer_size
+        self.upstreams = Upstreams(config.services, gw.buffer_size,
+                                   previous.upstreams if previous else None)
+        self.plugins = PluginSet()
+        self.routes: dict[str, CompiledRoute] = {}
+        errors: list[str] = []
+        patterns: list[RoutePattern[CompiledRoute]] = []
+        for order, route in enumerate(config.routes):
+            try:
+                compiled = self._compile(route)
+            except (PluginLoadError, SettingsError, ValueError) as e:
+                errors.append(f"{config.path}: route {route.name!r}: {e}")
+                continue
+            self.routes[route.name] = compiled
+            s = route.settings
+            methods = set(s.methods)
+            if "GET" in methods:
+                methods.add("HEAD")
+            for path in s.paths:
+                patterns.append(RoutePattern(path, compiled, exact=s.match == "exact",
+                                             methods=frozenset(methods),
+                                             hosts=tuple(h.lower() for h in s.hosts), order=order))
+        if errors:
+            raise ConfigError(errors)
+        self.router: Router[CompiledRoute] = Router(patterns)
+        # Requests that match no route still meet the global plugins' on_response/on_log.
+        globals_ = [self._instance(spec) for r in config.routes for spec in r.plugins
+                    if spec.instance in config.global_plugins]
+        unique = list({id(p): p for p in globals_}.values())
+        full = Pipeline.build(self.plugins, unique, None)
+        self.fallback = Pipeline((), (), (), full.on_response, full.on_log)
+
+    def _instance(self, spec: Any) -> Plugin:
+        plugin = self.plugins.instances.get(spec.key)
+        if plugin is None:
+            plugin = spec.plugin.cls(spec.settings, instance=spec.instance)
+            self.plugins.add(spec.key, plugin)
+        return plugin
+
+    def _compile(self, route: Route) -> CompiledRoute:
+        s = route.settings
+        ordered = [self._instance(spec) for spec in route.plugins]
+        default_handle = None
+        if s.service is not None:
+            proxy = Proxy(ProxySettings(s.strip_path, s.preserve_host), instance="proxy")
+            key = f"_proxy:{s.strip_path}:{s.preserve_host}"
+            if key not in self.plugins.instances:
+                self.plugins.add(key, proxy)
+            default_handle = self.plugins.hooks(self.plugins.instances[key], "handle")
+        pipeline = Pipeline.build(self.plugins, ordered, default_handle)
+        info = RouteInfo(route.name, s.service, tuple(spec.instance for spec in route.plugins))
+        forward = partial(self._forward, pipeline, s.service)
+        return CompiledRoute(info, pipeline, forward)
+
+    async def _forward(
+        self, pipeline: Pipeline, default_service: str | None,
+        ctx: Context, request: Request, service: str | None,
+    ) -> Response:
+        name = service or default_service
+        if name is None or name not in self.upstreams.services:
+            raise HTTPError(500, "The route names no service to forward to.")
+        await pipeline.upstream_request(ctx, request)
+        headers = request.headers
+        strip_hop_by_hop(headers)
+        for k, v in ctx.request.headers.raw:  # the forwarding fields written on arrival
+            if k in _FORWARD_COPY:
+                headers.set(k.decode(), v)
+        body = request.body
+        if isinstance(body, bytes):
+            if body or request.method in ("POST", "PUT", "PATCH"):
+                headers.set("content-length", str(len(body)))
+            else:
+                headers.remove("content-length")
+        elif "content-length" not in headers:
+            headers.set("transfer-encoding", "chunked")
+        response, pool, seconds = await self.upstreams[name].send(request)
+        ctx.upstream = pool.url
+        ctx.upstream_seconds = (ctx.upstream_seconds or 0.0) + seconds
+        strip_hop_by_hop(response.headers)
+        return response
+
+    async def startup(self, gateway: Any) -> None:
+        await self.plugins.startup(gateway)
+
+    async def aclose(self, keep: Runtime | None = None) -> None:
+        """Shut plugins down and close pools (those ``keep`` took over stay open)."""
+        await self.plugins.shutdown()
+        await self.upstreams.aclose(keep.upstreams if keep else None)
+
+
+_FORWARD_COPY = frozenset({
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+    b"x-real-ip", b"via", b"x-request-id",
+})
+
+
+class Gateway:
+    """ASGI application serving the current ``Runtime``.
+
+    Implements the SDK's ``Gateway`` protocol for plugins' ``startup``.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._nursery: trio.Nursery | None = None
+        self._date = (0, b"")
+
+    @property
+    def consumers(self) -> Mapping[str, Any]:
+        return self.runtime.config.consumers
+
+    async def reload(self, config: Config) -> None:
+        """Compile and start ``config``, then swap it in atomically.
+
+        Raises ``ConfigError`` (the current config stays). Requests in flight
+        finish on the old runtime, which closes once they are done (or after
+        ``graceful_timeout``); pools of unchanged services carry over.
+        """
+        new = Runtime(config, previous=self.runtime)
+        await new.startup(self)
+        old, self.runtime = self.runtime, new
+        self.start_soon(self._retire, old, new)
+
+    async def _retire(self, old: Runtime, new: Runtime) -> None:
+        with trio.move_on_after(old.config.gateway.graceful_timeout):
+            while old.active:
+                await trio.sleep(0.05)
+        await old.aclose(keep=new)
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None:
+            raise RuntimeError("background tasks can only start once the gateway runs")
+        self._nursery.start_soon(fn, *args)
+
+    # -- ASGI ---------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle_http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # websocket: not supported; returning closes the connection (HTTP 403).
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        await receive()  # lifespan.startup
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self.runtime.startup(self)
+            except Exception as e:
+                log.exception("startup failed")
+                await send({"type": "lifespan.startup.failed", "message": str(e)})
+                nursery.cancel_scope.cancel()
+                return
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            with trio.CancelScope(shield=True):
+                await self.runtime.aclose()
+            nursery.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def handle_http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        rt = self.runtime
+        rt.active += 1
+        try:
+            await self._handle_http(rt, scope, receive, send)
+        finally:
+            rt.active -= 1
+
+    async def _handle_http(self, rt: Runtime, scope: dict, receive: Callable, send: Callable) -> None:
+        started = time.perf_counter()
+        headers = Headers(scope["headers"])
+        peer = scope["client"][0] if scope.get("client") else ""
+        trusted = peer in rt.trusted
+        request_id = ""
+        if trusted:
+            given = headers.get("x-request-id")
+            if given and len(given) <= 200 and set(given) <= _SAFE_ID:
+                request_id = given
+        request_id = request_id or secrets.token_hex(16)
+        body = self._body(headers, receive)  # decided before hop-by-hop fields go
+        client_ip = rt.trusted.client_ip(peer, headers.get_all("x-forwarded-for")) if trusted else peer
+        scheme = scope.get("scheme", "http")
+        method = scope["method"]
+        arrival_headers(headers, peer=peer, trusted=trusted, client_ip=client_ip,
+                        scheme=scheme, request_id=request_id)
+        host = _hostname(headers.get("host") or "")
+        query = scope.get("query_string", b"").decode("latin-1")
+        route: CompiledRoute | None = None
+        params: dict[str, str] = {}
+        matched = ""
+        try:
+            path = normalise(scope.get("raw_path") or scope["path"].encode())
+        except InvalidPath as e:
+            path, error = scope["path"], HTTPError(400, str(e))
+        else:
+            m = rt.router.match(method, path, host)
+            if m.pattern is not None:
+                route, params = m.target, m.params
+                matched = _prefix(path, m.pattern.depth)
+                error = None
+            elif m.allowed:
+                allow = ", ".join(sorted(m.allowed | ({"HEAD"} if "GET" in m.allowed else set())))
+                error = HTTPError(405, f"{method} is not allowed here.", {"allow": allow})
+            else:
+                error = HTTPError(404, "No route matches this request.")
+        request = Request(method, path, query, headers, body, scheme=scheme, host=host)
+        info = route.info if route else RouteInfo("", None)
+        ctx = Context(request, request_id=request_id, route=info, path_params=params,
+                      matched_path=matched, client_ip=client_ip, started=started,
+                      forward=route.forward if route else None)
+        pipeline = route.pipeline if route else rt.fallback
+        if error is not None:
+            request.body = b""
+            ctx.error = error.detail
+            response = await pipeline.finish(ctx, error.to_response(request_id))
+        else:
+            try:
+                response = await pipeline.respond(ctx)
+            except ClientDisconnected:
+                return
+        try:
+            await self._send(send, response, request_id, method == "HEAD")
+        finally:
+            await response.aclose()
+            await pipeline.log(ctx, response)
+
+    def _body(self, headers: Headers, receive: Callable) -> Any:
+        """The request body: b"" when there is none, else a bounded stream."""
+        length = headers.get("content-length")
+        if length is None and "transfer-encoding" not in headers:
+            return b""
+        if length is not None and length.isdigit() and int(length) == 0:
+            return b""
+        if length is not None and length.isdigit() and int(length) > self.runtime.max_body_size:
+            return _too_large(self.runtime.max_body_size)
+        return _receive_body(receive, self.runtime.max_body_size)
+
+    async def _send(self, send: Callable, response: Response, request_id: str, head: bool) -> None:
+        raw = response.headers.raw
+        raw.append((b"x-request-id", request_id.encode()))
+        if not any(k == b"date" for k, _ in raw):
+            raw.append((b"date", self._http_date()))
+        await send({"type": "http.response.start", "status": response.status, "headers": raw})
+        body = response.body
+        if isinstance(body, bytes) or head:
+            await send({"type": "http.response.body", "body": b"" if head else body})
+            return
+        async for chunk in iterate(body):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _http_date(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+
+def _prefix(path: str, depth: int) -> str:
+    """The first ``depth`` segments of a normalised path ("" for none)."""
+    if not depth:
+        return ""
+    segments = [s for s in path.split("/") if s]
+    return "/" + "/".join(segments[:depth])
+
+
+def _hostname(value: str) -> str:
+    """The Host field without its port, lower-cased (``[::1]:80`` -> ``[::1]``)."""
+    if value.startswith("["):
+        return value[: value.find("]") + 1].lower()
+    name, _, port = value.rpartition(":")
+    return (name if name and port.isdigit() else value).lower()
+
+
+async def _too_large(limit: int):  # noqa: ANN202 - an async generator
+    raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+    yield b""  # pragma: no cover
+
+
+async def _receive_body(receive: Callable, limit: int):  # noqa: ANN202 - an async generator
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def build_runtime(config: Config) -> Runtime:
+    """Compile ``config``; raise ``ConfigError`` if a plugin rejects its settings."""
+    return Runtime(config)
+
+
+def available_plugins(extra: Iterable[type[Plugin]] = (), entry_points: bool = True) -> dict[str, Available]:
+    from .registry import discover
+
+    return discover(extra, entry_points)
+
+
+__all__ += ["build_runtime", "available_plugins", "problem_body"]

@@ -1,0 +1,39 @@
+"""The default ``handle``: proxy the request to the route's service.
+
+Registered on every route that names a service, as an ordinary plugin with the
+lowest priority, so the core runs on its own contract: a plugin that handles a
+route (aggregation, mocks) simply answers first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bascule_sdk import Context, Plugin, Request, Response, hookimpl, setting
+
+__all__ = ["Proxy"]
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    strip_path: bool = setting(False, "Remove the matched path prefix before forwarding.")
+    preserve_host: bool = setting(False, "Send the client's Host upstream.")
+
+
+class Proxy(Plugin):
+    """Forwards the client's request, body streaming, to the route's service."""
+
+    name = "_proxy"
+    priority = -(2**31)
+    Settings = ProxySettings
+
+    @hookimpl
+    async def handle(self, ctx: Context) -> Response:
+        client = ctx.request
+        path = client.path
+        if self.settings.strip_path:
+            path = path[len(ctx.matched_path):]  # "" or "/...": the match is segment-aligned
+        headers = client.headers.copy()
+        if not self.settings.preserve_host:
+            headers.remove("host")
+        return await ctx.forward(Request(client.method, path, client.query, headers, client.body))

@@ -1,0 +1,90 @@
+"""Plugin discovery: installed plugin classes, by name.
+
+Plugins are found through the ``bascule.plugins`` entry-point group; the
+entry point's name is the name used in plugins.toml and its value the plugin
+class (``bascule_jwt:JWTPlugin``). Built-in plugins of the core are listed
+here too, so the core uses its own contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+
+from bascule_sdk import Plugin
+
+__all__ = ["ENTRY_POINT_GROUP", "KNOWN_PACKAGES", "Available", "discover"]
+
+ENTRY_POINT_GROUP = "bascule.plugins"
+
+# Names a user may write before installing the distribution that provides them.
+KNOWN_PACKAGES = {
+    "jwt": "bascule-jwt",
+    "key-auth": "bascule-key-auth",
+    "acl": "bascule-acl",
+    "rate-limit": "bascule-ratelimit",
+    "cache": "bascule-cache",
+    "aggregate": "bascule-aggregate",
+    "logging": "bascule-logging",
+    "prometheus": "bascule-prometheus",
+    "cors": "bascule-cors",
+    "request-transformer": "bascule-request-transformer",
+}
+
+log = logging.getLogger("bascule")
+
+
+@dataclass(frozen=True)
+class Available:
+    """An installed plugin class and where it came from."""
+
+    name: str
+    cls: type[Plugin]
+    distribution: str
+    version: str
+
+    @property
+    def hooks(self) -> list[str]:
+        from bascule_sdk import hookspecs
+
+        return [
+            name for name in ("startup", "shutdown", "on_request", "on_upstream_request",
+                              "handle", "on_response", "on_log")
+            if hasattr(getattr(self.cls, name, None), f"{hookspecs.PROJECT}_impl")
+        ]
+
+
+def discover(extra: Iterable[type[Plugin]] = (), entry_points: bool = True) -> dict[str, Available]:
+    """Every installed plugin by name: entry points, then ``extra`` classes.
+
+    An entry point that fails to import is logged and skipped (it would
+    otherwise stop every gateway on the machine); if a config then names it,
+    config validation reports it as not installed.
+    """
+    found: dict[str, Available] = {}
+    if entry_points:
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist
+            try:
+                cls = ep.load()
+            except Exception:
+                log.exception("cannot load plugin %r from %s", ep.name, ep.value)
+                continue
+            if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+                log.error("entry point %r (%s) is not a bascule_sdk.Plugin subclass", ep.name, ep.value)
+                continue
+            found[ep.name] = Available(
+                ep.name, cls, dist.name if dist else "?", dist.version if dist else "?"
+            )
+    for cls in extra:
+        found[cls.name] = Available(cls.name, cls, cls.__module__.split(".")[0], "local")
+    return found
+
+
+def not_installed_message(name: str, available: Mapping[str, Available]) -> str:
+    """The error text for a plugin name that is not installed."""
+    installed = ", ".join(sorted(n for n in available if not n.startswith("_"))) or "none"
+    hint = f" (pip install {KNOWN_PACKAGES[name]})" if name in KNOWN_PACKAGES else ""
+    return f"plugin {name!r} is not installed{hint}; installed plugins: {installed}"

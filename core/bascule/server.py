@@ -1,0 +1,166 @@
+"""Serving: hypercorn's trio worker, signals, reload, and worker processes.
+
+One process: ``serve()`` runs the public listener (and the admin listener, if
+configured) under trio. SIGHUP reloads the config; SIGTERM and SIGINT stop
+accepting connections and let in-flight requests finish (``graceful_timeout``).
+
+Several processes (``workers > 1``): the parent binds the public socket once
+and starts that many worker processes sharing it; the first worker also
+serves the admin listener. The parent forwards SIGHUP/SIGTERM to every worker
+and replaces a worker that dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from .config import Config, ConfigError, GatewaySettings, load_config
+from .gateway import Gateway, Runtime
+from .registry import Available, discover
+
+__all__ = ["hypercorn_config", "run", "serve"]
+
+log = logging.getLogger("bascule")
+
+
+def hypercorn_config(gw: GatewaySettings, bind: str, *, tls: bool = True) -> HypercornConfig:
+    """hypercorn settings for a listener, from ``[gateway]``."""
+    c = HypercornConfig()
+    c.bind = [bind]
+    c.h11_max_incomplete_size = gw.max_header_size
+    c.h2_max_header_list_size = gw.max_header_size
+    c.keep_alive_timeout = gw.keep_alive_timeout
+    c.read_timeout = int(gw.read_timeout) or 1
+    c.graceful_timeout = gw.graceful_timeout
+    c.keep_alive_max_requests = 1_000_000
+    c.include_date_header = False  # the upstream's Date is forwarded; the gateway adds its own otherwise
+    c.include_server_header = False
+    c.accesslog = None
+    c.errorlog = logging.getLogger("hypercorn.error")
+    if tls and gw.tls_cert:
+        c.certfile, c.keyfile = gw.tls_cert, gw.tls_key
+    return c
+
+
+async def serve(
+    path: str | Path,
+    available: Mapping[str, Available],
+    *,
+    sockets: Sockets | None = None,
+    admin: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the config at ``path`` until SIGTERM/SIGINT; reload on SIGHUP."""
+    config = load_config(path, available)
+    gateway = Gateway(Runtime(config))
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_signals, gateway, path, available, stop)
+        binds = await nursery.start(partial(
+            worker_serve, wrap_app(gateway, None, "asgi"),
+            hypercorn_config(config.gateway, config.gateway.listen),
+            sockets=sockets, shutdown_trigger=stop.wait,
+        ))
+        if admin and config.gateway.admin:
+            from .admin import Admin
+
+            admin_app = Admin(gateway, path, available)
+            binds += await nursery.start(partial(
+                worker_serve, wrap_app(admin_app, None, "asgi"),
+                hypercorn_config(config.gateway, config.gateway.admin, tls=False),
+                shutdown_trigger=stop.wait,
+            ))
+        task_status.started(binds)
+        await stop.wait()
+        nursery.cancel_scope.deadline = trio.current_time() + config.gateway.graceful_timeout + 5
+
+
+async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, Available],
+                   stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                try:
+                    await gateway.reload(load_config(path, available))
+                    log.info("reloaded %s", path)
+                except ConfigError as e:
+                    log.error("reload rejected, the old config stays:\n%s", e)
+            else:
+                log.info("shutting down: finishing in-flight requests")
+                stop.set()
+                return
+
+
+def run(path: str | Path, workers: int | None = None) -> int:
+    """Validate and serve ``path``; the ``bascule run`` command. Returns an exit code."""
+    available = discover()
+    try:
+        config = load_config(path, available)
+        Runtime(config)  # plugins accept their settings
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    workers = workers or config.gateway.workers
+    if workers == 1:
+        trio.run(partial(serve, path, available))
+        return 0
+    return _supervise(path, config, workers)
+
+
+def _supervise(path: str | Path, config: Config, workers: int) -> int:
+    hc = hypercorn_config(config.gateway, config.gateway.listen)
+    sockets = hc.create_sockets()
+    ctx = multiprocessing.get_context("spawn")
+    procs: dict[int, multiprocessing.process.BaseProcess] = {}
+    stopping = False
+
+    def start(index: int) -> None:
+        p = ctx.Process(target=_worker, args=(str(path), sockets, index == 0), daemon=False)
+        p.start()
+        procs[index] = p
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for p in procs.values():
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for i in range(workers):
+        start(i)
+    while True:
+        time.sleep(0.2)
+        for i, p in list(procs.items()):
+            if not p.is_alive():
+                if stopping:
+                    procs.pop(i)
+                else:
+                    log.error("worker %d exited with %s; starting a new one", i, p.exitcode)
+                    start(i)
+        if stopping and not procs:
+            return 0
+
+
+def _worker(path: str, sockets: Sockets, admin: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for s in sockets.secure_sockets + sockets.insecure_sockets:
+        s.listen(2048)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
+    trio.run(partial(serve, path, discover(), sockets=sockets, admin=admin))

@@ -1,0 +1,32 @@
+"""bascule-sdk: everything a Bascule plugin imports.
+
+    from bascule_sdk import Plugin, hookimpl, HTTPError, Response
+
+See ``hookspecs`` for the phases and ``settings`` for settings models.
+"""
+
+from .context import Consumer, Context, Gateway, RouteInfo
+from .hookspecs import hookimpl, hookspec
+from .http import Headers, HTTPError, Request, Response
+from .plugin import NoSettings, Plugin
+from .settings import ByteSize, Duration, Secret, SettingsError, setting
+
+__all__ = [
+    "ByteSize",
+    "Consumer",
+    "Context",
+    "Duration",
+    "Gateway",
+    "HTTPError",
+    "Headers",
+    "NoSettings",
+    "Plugin",
+    "Request",
+    "Response",
+    "RouteInfo",
+    "Secret",
+    "SettingsError",
+    "hookimpl",
+    "hookspec",
+    "setting",
+]

@@ -1,0 +1,109 @@
+"""Per-request context, consumers, and the gateway handle given to ``startup``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .http import Request, Response
+
+__all__ = ["Consumer", "Context", "Gateway", "RouteInfo"]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A known API client, declared under ``[consumers.NAME]`` in plugins.toml.
+
+    ``credentials`` maps a plugin name to that plugin's credential table for
+    this consumer (already validated against the plugin's ``Credentials``).
+    Auth plugins may also build consumers on the fly (e.g. from JWT claims).
+    """
+
+    name: str
+    id: str = ""
+    groups: frozenset[str] = frozenset()
+    credentials: Mapping[str, Any] = field(default_factory=dict)
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """What a plugin may know about the matched route."""
+
+    name: str
+    service: str | None
+    plugins: tuple[str, ...] = ()
+
+
+Forwarder = Callable[["Context", Request, "str | None"], Awaitable[Response]]
+
+
+class Context:
+    """State of one request, shared by every hook that runs for it.
+
+    Set by the core: ``request`` (the client's request, path normalised),
+    ``request_id``, ``route``, ``path_params``, ``matched_path`` (the leading
+    part of ``request.path`` the route's pattern matched), ``client_ip``
+    (after trusted proxies), ``started`` (``time.perf_counter()`` at arrival).
+    Set by plugins: ``consumer`` (auth), ``state`` (anything, keyed by your
+    plugin's name), ``tags`` (short facts for logs and metrics, e.g.
+    ``tags["cache"] = "HIT"``).
+    Set by the upstream client: ``upstream`` (the target URL last called) and
+    ``upstream_seconds``. ``error`` holds the text of a gateway-made error.
+    """
+
+    __slots__ = (
+        "request", "request_id", "route", "path_params", "matched_path", "client_ip", "started",
+        "consumer", "state", "tags", "upstream", "upstream_seconds", "error", "_forward",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        *,
+        request_id: str,
+        route: RouteInfo,
+        path_params: dict[str, str] | None = None,
+        matched_path: str = "",
+        client_ip: str = "",
+        started: float = 0.0,
+        forward: Forwarder | None = None,
+    ) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.route = route
+        self.path_params = path_params or {}
+        self.matched_path = matched_path
+        self.client_ip = client_ip
+        self.started = started
+        self.consumer: Consumer | None = None
+        self.state: dict[str, Any] = {}
+        self.tags: dict[str, Any] = {}
+        self.upstream: str | None = None
+        self.upstream_seconds: float | None = None
+        self.error: str | None = None
+        self._forward = forward
+
+    async def forward(self, request: Request, service: str | None = None) -> Response:
+        """Send ``request`` to ``service`` (default: the route's) and return its response.
+
+        Runs the route's ``on_upstream_request`` hooks on ``request`` first,
+        then the gateway's header hygiene (hop-by-hop removal, ``Host``,
+        forwarded headers, request id). Raises ``HTTPError`` 502/503/504 when
+        the service cannot answer. The caller owns the response: send it on,
+        or ``await response.aclose()``.
+        """
+        if self._forward is None:
+            raise RuntimeError("this context is not attached to a gateway")
+        return await self._forward(self, request, service)
+
+
+class Gateway(Protocol):
+    """What ``startup(gateway)`` receives: the running gateway, seen by a plugin."""
+
+    consumers: Mapping[str, Consumer]
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the background until the gateway shuts down."""
+        ...

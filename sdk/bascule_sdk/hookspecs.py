@@ -1,0 +1,93 @@
+"""The hook contract: one function per request phase.
+
+Every hook is ``async``. An implementation may accept any subset of a hook's
+arguments (pluggy's opt-in arguments), so new arguments can be added later
+without breaking plugins. The phases, in the order a request meets them::
+
+    on_request -> on_upstream_request -> handle -> on_response -> on_log
+
+To reject a request, raise ``HTTPError``; any other exception is contained: the
+client gets a 500 problem+json carrying the request id, the traceback is logged
+with the plugin and hook name, and the gateway keeps serving.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from .context import Context, Gateway
+from .http import Request, Response
+
+__all__ = ["hookimpl", "hookspec"]
+
+PROJECT = "bascule"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+async def startup(gateway: Gateway) -> None:
+    """Open shared resources (connection pools, key sets) before serving.
+
+    Runs once per plugin instance when the gateway (or a reloaded config)
+    starts. ``gateway.start_soon`` runs background tasks (e.g. key refresh)
+    until shutdown. Raising here stops the gateway from starting, with the
+    message shown to the operator.
+    """
+
+
+@hookspec
+async def shutdown() -> None:
+    """Close what ``startup`` opened. Runs once per instance on shutdown."""
+
+
+@hookspec
+async def on_request(ctx: Context) -> Response | None:
+    """Inspect the client's request before anything is sent upstream.
+
+    Runs in priority order (highest first). Return a ``Response`` (or raise
+    ``HTTPError``) to answer at once: the remaining ``on_request`` hooks and
+    the upstream call are skipped, but every ``on_response`` and ``on_log``
+    hook still runs. Return ``None`` to go on. Typical: auth (401/403), rate
+    limiting (429), a cache hit.
+    """
+
+
+@hookspec
+async def on_upstream_request(ctx: Context, request: Request) -> None:
+    """Change ``request`` (in place) before it is sent to a service.
+
+    Runs for every upstream call made through ``ctx.forward``: once for a
+    proxied route, once per backend for an aggregated one. Typical: identity
+    headers, path or header rewrites.
+    """
+
+
+@hookspec
+async def handle(ctx: Context) -> Response | None:
+    """Produce the response. The first implementation returning one wins.
+
+    The core's default implementation proxies to the route's service and
+    runs last; implement this to answer differently (aggregation, mocks).
+    """
+
+
+@hookspec
+async def on_response(ctx: Context, response: Response) -> Response | None:
+    """Change the response before it is sent to the client.
+
+    Runs for every response, including short-circuits and errors, in reverse
+    priority order (lowest first: the way middleware unwinds). Modify
+    ``response`` in place, or return a new one to replace it. The body may be
+    a stream: read it only with ``await response.read(limit)``.
+    """
+
+
+@hookspec
+async def on_log(ctx: Context, response: Response) -> None:
+    """Observe the finished exchange; runs after the response was sent.
+
+    Cannot change the response. ``response.body`` is not available here; use
+    ``ctx.tags`` for facts recorded along the way. Keep it fast: never block
+    on I/O here (hand lines to a background writer).
+    """

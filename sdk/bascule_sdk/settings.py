@@ -1,0 +1,277 @@
+"""Settings models: plain dataclasses, validated once when config is loaded.
+
+A plugin declares its settings as a dataclass. ``parse(Model, data)`` turns the
+TOML table into an instance, or raises ``SettingsError`` listing *every*
+problem with the dotted key it belongs to. Supported field types: ``str``,
+``int``, ``float``, ``bool``, ``Literal[...]``, ``list[T]``, ``dict[str, T]``,
+``T | None``, nested dataclasses, and the converters below (``Duration``,
+``ByteSize``, ``Secret``) or your own ``Annotated[T, Converter(fn)]``.
+
+    @dataclass(frozen=True)
+    class Settings:
+        limit: int = setting(100, "Requests admitted per window.")
+        window: Duration = setting(60.0, 'Window length, e.g. "1m".')
+
+Cross-field rules go in ``__post_init__``: raise ``ValueError("message")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+
+__all__ = [
+    "ByteSize",
+    "Converter",
+    "Duration",
+    "Problem",
+    "Secret",
+    "SettingsError",
+    "parse",
+    "parse_byte_size",
+    "parse_duration",
+    "resolve_secret",
+    "setting",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One invalid value: ``key`` is a dotted path inside the section."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class SettingsError(ValueError):
+    """Raised by ``parse`` with every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Converter:
+    """Marks an ``Annotated`` type whose TOML value is converted by ``fn``.
+
+    ``fn`` receives the raw TOML value and returns the Python value, or raises
+    ``ValueError`` with a message for the user.
+    """
+
+    fn: Callable[[Any], Any]
+    description: str
+
+
+def setting(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with a one-line description (used by docs and schema).
+
+    Mutable defaults (lists, dicts) are copied per instance.
+    """
+    metadata = {"doc": doc}
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(
+            default_factory=lambda: type(value)(value), metadata=metadata, **kwargs
+        )
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"250ms"``, ``"5s"``, ``"1m"``, ``"2h"``, ``"1d"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f'expected a duration like "5s" or "250ms", got {value!r}')
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError(f'expected a duration like "5s" or "250ms", got {value!r}')
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    return seconds
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2,
+    "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3,
+}
+
+
+def parse_byte_size(value: Any) -> int:
+    """``"64KiB"``, ``"10MB"``, ``"1GiB"`` or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _SIZE.match(value)):
+        return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise ValueError(f'expected a size like "64KiB" or "10MB", got {value!r}')
+
+
+def resolve_secret(value: Any) -> str:
+    """A literal string, ``"env:NAME"`` (environment variable) or ``"file:PATH"``.
+
+    A file's trailing newline is dropped. A missing variable or unreadable file
+    is an error naming it; the secret itself never appears in a message.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, env:NAME or file:PATH, got {type(value).__name__}")
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = value[5:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().rstrip("\n")
+        except OSError as e:
+            raise ValueError(f"cannot read secret file {path}: {e.strerror}") from None
+    return value
+
+
+Duration = Annotated[float, Converter(parse_duration, 'duration ("250ms", "5s", "1m")')]
+ByteSize = Annotated[int, Converter(parse_byte_size, 'size ("64KiB", "10MB")')]
+Secret = Annotated[str, Converter(resolve_secret, "secret (literal, env:NAME or file:PATH)")]
+
+
+def parse(model: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
+    """Build ``model`` from a TOML table; raise ``SettingsError`` listing all problems.
+
+    Unknown keys are errors. Keys use ``-`` or ``_`` interchangeably
+    (``strip-path`` and ``strip_path`` both fill ``strip_path``).
+    """
+    problems: list[Problem] = []
+    value = _parse_dataclass(model, data or {}, prefix, problems)
+    if problems:
+        raise SettingsError(problems)
+    return value
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _parse_dataclass(model: type, data: Any, prefix: str, problems: list[Problem]) -> Any:
+    if not isinstance(data, Mapping):
+        problems.append(Problem(prefix, f"expected a table, got {_describe(data)}"))
+        return None
+    hints = typing.get_type_hints(model, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(model) if f.init}
+    values: dict[str, Any] = {}
+    before = len(problems)
+    for raw_key, raw in data.items():
+        name = raw_key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            problems.append(Problem(_join(prefix, raw_key), f"unknown key (known keys: {known})"))
+            continue
+        values[name] = _convert(hints[name], raw, _join(prefix, raw_key), problems)
+    for name, f in fields.items():
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if missing and name not in values:
+            problems.append(Problem(_join(prefix, name), "required key is missing"))
+    if len(problems) > before:
+        return None
+    try:
+        return model(**values)
+    except (ValueError, TypeError) as e:
+        problems.append(Problem(prefix, str(e)))
+        return None
+
+
+def _describe(value: Any) -> str:
+    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a float"}
+    return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:120]
+
+
+def _convert(tp: Any, raw: Any, key: str, problems: list[Problem]) -> Any:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *extras = get_args(tp)
+        for extra in extras:
+            if isinstance(extra, Converter):
+                try:
+                    return extra.fn(raw)
+                except ValueError as e:
+                    problems.append(Problem(key, str(e)))
+                    return None
+        return _convert(base, raw, key, problems)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if raw is None and len(args) < len(get_args(tp)):
+            return None
+        if len(args) == 1:
+            return _convert(args[0], raw, key, problems)
+        for arg in args:  # first alternative that accepts the value
+            trial: list[Problem] = []
+            value = _convert(arg, raw, key, trial)
+            if not trial:
+                return value
+        problems.append(Problem(key, f"expected {_type_name(tp)}, got {_describe(raw)}"))
+        return None
+    if origin is Literal:
+        choices = get_args(tp)
+        if raw not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            problems.append(Problem(key, f"must be one of {allowed}, got {raw!r}"))
+        return raw
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(raw, list):
+            problems.append(Problem(key, f"expected an array, got {_describe(raw)}"))
+            return None
+        (item,) = get_args(tp)[:1] or (Any,)
+        items = [_convert(item, v, f"{key}[{i}]", problems) for i, v in enumerate(raw)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(raw, Mapping):
+            problems.append(Problem(key, f"expected a table, got {_describe(raw)}"))
+            return None
+        _, item = get_args(tp) or (str, Any)
+        return {k: _convert(item, v, _join(key, k), problems) for k, v in raw.items()}
+    if dataclasses.is_dataclass(tp):
+        return _parse_dataclass(tp, raw, key, problems)
+    if tp is Any:
+        return raw
+    if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if tp in (str, int, float, bool):
+        if type(raw) is not tp:
+            problems.append(Problem(key, f"expected {_type_name(tp)}, got {_describe(raw)}"))
+            return None
+        return raw
+    raise TypeError(f"settings field {key!r} has an unsupported type {tp!r}")
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+    if tp in names:
+        return names[tp]
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if get_origin(tp) is Annotated:
+        for extra in get_args(tp)[1:]:
+            if isinstance(extra, Converter):
+                return f"a {extra.description}"
+    if get_origin(tp) is list:
+        return "an array"
+    if dataclasses.is_dataclass(tp) or get_origin(tp) is dict:
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
