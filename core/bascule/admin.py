@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bascule_sdk import HTTPError
+from bascule_sdk import Headers, HTTPError, Request, Response
+from bascule_sdk.http import iterate
 
 from .config import Config, ConfigError, load_config
 from .gateway import Gateway
@@ -71,12 +72,18 @@ class Admin:
         if scope["type"] != "http":
             return
         try:
-            status, body = await self._route(scope)
+            self._authorise(scope)
+            response = await self._plugin_page(scope, receive)
+            if response is None:
+                status, body = await self._route(scope)
         except HTTPError as e:
             response = e.to_response()
+        if response is not None:
             await send({"type": "http.response.start", "status": response.status,
                         "headers": response.headers.raw})
-            await send({"type": "http.response.body", "body": response.body})
+            async for chunk in iterate(response.body):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
             return
         data = json.dumps(body, indent=2).encode()
         await send({"type": "http.response.start", "status": status,
@@ -84,12 +91,25 @@ class Admin:
                                 (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
-    async def _route(self, scope: dict) -> tuple[int, Any]:
+    def _authorise(self, scope: dict) -> None:
         token = self.gateway.runtime.config.gateway.admin_token
         if token:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + token.encode()):
                 raise HTTPError(401, "Admin token required.", {"www-authenticate": "Bearer"})
+
+    async def _plugin_page(self, scope: dict, receive: Callable) -> Response | None:
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        request = Request(scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
+                          Headers(scope["headers"]), b"".join(chunks))
+        return await self.gateway.runtime.plugins.admin_request(request)
+
+    async def _route(self, scope: dict) -> tuple[int, Any]:
         method, path = scope["method"], scope["path"]
         rt = self.gateway.runtime
         pages: dict[str, Callable[[], Any]] = {

@@ -39,9 +39,9 @@ __all__ = [
     "Route",
     "RouteSettings",
     "ServiceSettings",
+    "layer_plugin_tables",
     "load_config",
     "parse_config",
-    "layer_plugin_tables",
 ]
 
 RESERVED_PLUGIN_KEYS = ("plugin", "priority")

@@ -53,6 +53,8 @@ class Runtime:
         self.config = config
         gw = config.gateway
         self.active = 0  # requests in flight on this runtime
+        self.retiring = False
+        self.idle = trio.Event()  # set once retiring and no request is in flight
         self.trusted = TrustedProxies(gw.trusted_proxies)
         self.max_body_size = gw.max_body_size
         self.buffer_size = gw.buffer_size
@@ -179,9 +181,10 @@ class Gateway:
         self.start_soon(self._retire, old, new)
 
     async def _retire(self, old: Runtime, new: Runtime) -> None:
-        with trio.move_on_after(old.config.gateway.graceful_timeout):
-            while old.active:
-                await trio.sleep(0.05)
+        old.retiring = True
+        if old.active:
+            with trio.move_on_after(old.config.gateway.graceful_timeout):
+                await old.idle.wait()
         await old.aclose(keep=new)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -224,6 +227,8 @@ class Gateway:
             await self._handle_http(rt, scope, receive, send)
         finally:
             rt.active -= 1
+            if rt.retiring and not rt.active:
+                rt.idle.set()
 
     async def _handle_http(self, rt: Runtime, scope: dict, receive: Callable, send: Callable) -> None:
         started = time.perf_counter()
@@ -331,12 +336,12 @@ def _hostname(value: str) -> str:
     return (name if name and port.isdigit() else value).lower()
 
 
-async def _too_large(limit: int):  # noqa: ANN202 - an async generator
+async def _too_large(limit: int):
     raise HTTPError(413, f"The request body is larger than {limit} bytes.")
     yield b""  # pragma: no cover
 
 
-async def _receive_body(receive: Callable, limit: int):  # noqa: ANN202 - an async generator
+async def _receive_body(receive: Callable, limit: int):
     size = 0
     while True:
         message = await receive()
@@ -363,4 +368,4 @@ def available_plugins(extra: Iterable[type[Plugin]] = (), entry_points: bool = T
     return discover(extra, entry_points)
 
 
-__all__ += ["build_runtime", "available_plugins", "problem_body"]
+__all__ += ["available_plugins", "build_runtime", "problem_body"]

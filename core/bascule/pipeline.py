@@ -20,12 +20,12 @@ import trio
 from bascule_sdk import Context, HTTPError, Plugin, Response, hookspecs
 from bascule_sdk.http import ClientDisconnected
 
-__all__ = ["Hook", "Pipeline", "PluginSet", "PHASES"]
+__all__ = ["PHASES", "Hook", "Pipeline", "PluginSet"]
 
 log = logging.getLogger("bascule")
 
 PHASES = ("on_request", "on_upstream_request", "handle", "on_response", "on_log")
-LIFECYCLE = ("startup", "shutdown")
+LIFECYCLE = ("startup", "shutdown", "on_admin_request")
 _SPEC_ARGS = {
     name: tuple(inspect.signature(getattr(hookspecs, name)).parameters)
     for name in PHASES + LIFECYCLE
@@ -94,6 +94,16 @@ class PluginSet:
         for plugin in self.instances.values():
             if hook := self.hooks(plugin, "startup"):
                 await hook.call(gateway)
+
+    async def admin_request(self, request: Any) -> Response | None:
+        """Offer an admin-listener request to each instance; the first response wins."""
+        ordered = sorted(self.instances.values(), key=lambda p: -p.priority)
+        for plugin in ordered:
+            if hook := self.hooks(plugin, "on_admin_request"):
+                response = await hook.call(request)
+                if response is not None:
+                    return response
+        return None
 
     async def shutdown(self) -> None:
         for plugin in self.instances.values():

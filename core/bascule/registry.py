@@ -51,7 +51,7 @@ class Available:
 
         return [
             name for name in ("startup", "shutdown", "on_request", "on_upstream_request",
-                              "handle", "on_response", "on_log")
+                              "handle", "on_response", "on_log", "on_admin_request")
             if hasattr(getattr(self.cls, name, None), f"{hookspecs.PROJECT}_impl")
         ]
 

@@ -44,7 +44,7 @@ from .gateway import Gateway, Runtime
 from .registry import discover
 from .server import hypercorn_config
 
-__all__ = ["Received", "RunningGateway", "Upstream", "start_gateway", "start_upstream"]
+__all__ = ["Received", "RedisServer", "RunningGateway", "Upstream", "start_gateway", "start_upstream"]
 
 
 @dataclass
@@ -159,3 +159,60 @@ async def start_gateway(
     binds = await nursery.start(partial(worker_serve, wrap_app(gateway, None, "asgi"), hc,
                                         shutdown_trigger=stop.wait))
     return RunningGateway(binds[0], gateway, available, stop)
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, for tests.
+
+    ``stop()`` and ``start()`` take it down and bring it back on the same
+    port (to test fail-open/fail-closed and recovery). Use as a context
+    manager; it is stopped on exit. Raises ``RuntimeError`` when
+    ``redis-server`` is not installed (``.ci/run`` installs it).
+    """
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self._proc: Any = None
+
+    def start(self) -> None:
+        import socket
+        import subprocess
+        import time
+
+        self._proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -91,3 +91,14 @@ async def on_log(ctx: Context, response: Response) -> None:
     ``ctx.tags`` for facts recorded along the way. Keep it fast: never block
     on I/O here (hand lines to a background writer).
     """
+
+
+@hookspec
+async def on_admin_request(request: Request) -> Response | None:
+    """Answer a request made to the admin listener (never the public one).
+
+    Offered to every plugin instance of the running config, highest priority
+    first, before the built-in admin pages; the first ``Response`` wins.
+    Return ``None`` for paths that are not yours. Typical: ``/metrics``,
+    ``/cache/purge``. The admin token, if configured, was already checked.
+    """
