@@ -10,6 +10,7 @@ Nothing here opens a socket: a config is valid or not before anything starts.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tomllib
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from bascule_sdk.settings import (
     Duration,
     Problem,
     SettingsError,
+    check,
     parse,
     setting,
 )
@@ -75,14 +77,29 @@ class GatewaySettings:
     graceful_timeout: Duration = setting(30.0, "On shutdown, in-flight requests get this long to finish.")
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError("workers: must be at least 1")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be set together")
-        for key in ("listen", "admin"):
-            value = getattr(self, key)
-            if value is not None and value.rpartition(":")[2].isdigit() is False:
-                raise ValueError(f"{key}: expected host:port, got {value!r}")
+        bad_cidrs = [c for c in self.trusted_proxies if not _is_network(c)]
+        check(
+            (self.workers < 1, "workers", "must be at least 1"),
+            ((self.tls_cert is None) != (self.tls_key is None), "tls_key", "tls_cert and tls_key go together"),
+            (not _is_address(self.listen), "listen", f"expected host:port, got {self.listen!r}"),
+            (self.admin is not None and not _is_address(self.admin), "admin",
+             f"expected host:port, got {self.admin!r}"),
+            (self.admin is not None and self.admin == self.listen, "admin", "must differ from listen"),
+            (bool(bad_cidrs), "trusted_proxies", f"not CIDRs: {', '.join(map(repr, bad_cidrs))}"),
+        )
+
+
+def _is_address(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) < 65536
+
+
+def _is_network(cidr: str) -> bool:
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -136,14 +153,14 @@ class RouteSettings:
     plugins: dict[str, Any] = setting({}, "Plugins on this route: tables layered over [plugins.X], or X = false.")
 
     def __post_init__(self) -> None:
-        if not self.paths:
-            raise ValueError("paths: a route needs at least one path")
-        for p in self.paths:
-            if not p.startswith("/"):
-                raise ValueError(f"paths: {p!r} must start with '/'")
-        bad = [m for m in self.methods if m not in HTTP_METHODS]
-        if bad:
-            raise ValueError(f"methods: unknown method(s) {', '.join(bad)}")
+        relative = [p for p in self.paths if not p.startswith("/")]
+        unknown = [m for m in self.methods if m not in HTTP_METHODS]
+        check(
+            (not self.paths, "paths", "a route needs at least one path"),
+            (bool(relative), "paths", f"{', '.join(map(repr, relative))} must start with '/'"),
+            (bool(unknown), "methods", f"unknown method(s): {', '.join(unknown)}"),
+            (not self.name, "name", "must not be empty"),
+        )
 
 
 @dataclass(frozen=True)
@@ -210,7 +227,7 @@ def load_config(path: str | Path, available: Mapping[str, Available]) -> Config:
 
 def parse_config(text: str, filename: str, available: Mapping[str, Available]) -> Config:
     """Validate TOML ``text`` (``filename`` is only used in messages)."""
-    name = Path(filename).name
+    name = filename
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -282,6 +299,8 @@ class _Compiler:
             top = _File(
                 **{k: v for k, v in _parse_parts(data).items()}
             )
+        services = data.get("services")
+        self.service_names = set(services) if isinstance(services, Mapping) else set()
         global_tables = self._global_plugins(top.plugins)
         consumers = self._consumers(top.consumers)
         routes = self._routes(top.routes, top.services, global_tables)
@@ -298,12 +317,14 @@ class _Compiler:
         )
 
     def _global_plugins(self, tables: Mapping[str, Any]) -> dict[str, Any]:
+        """Global tables, each checked on its own (installed, valid settings)."""
         result = {}
         for name, table in tables.items():
             where = f"plugins.{name}"
             if not isinstance(table, Mapping):
                 self.error(where, "", f"expected a table, got {type(table).__name__}")
                 continue
+            self._spec(where, name, table, {})
             result[name] = table
         return result
 
@@ -350,6 +371,14 @@ class _Compiler:
                 settings = parse(RouteSettings, raw)
             except SettingsError as e:
                 self.problems(where, e)
+                settings = None
+            raw = raw if isinstance(raw, Mapping) else {}
+            service, plugins = raw.get("service"), raw.get("plugins", {})
+            if isinstance(service, str) and service not in self.service_names:
+                known = ", ".join(sorted(self.service_names)) or "none"
+                self.error(where, "service", f"unknown service {service!r} (services: {known})")
+            specs = self._route_plugins(where, plugins, global_tables) if isinstance(plugins, Mapping) else []
+            if settings is None:
                 continue
             if settings.name in seen:
                 self.error(where, "name", "another route has the same name")
@@ -359,10 +388,6 @@ class _Compiler:
                     RoutePattern(p, None)
                 except ValueError as e:
                     self.error(where, "paths", str(e))
-            if settings.service is not None and settings.service not in services:
-                known = ", ".join(sorted(services)) or "none"
-                self.error(where, "service", f"unknown service {settings.service!r} (services: {known})")
-            specs = self._route_plugins(where, settings, global_tables)
             handles = any("handle" in s.plugin.hooks for s in specs)
             if settings.service is None and not handles:
                 self.error(where, "service", "required: no plugin on this route handles requests itself")
@@ -370,18 +395,18 @@ class _Compiler:
         return routes
 
     def _route_plugins(
-        self, where: str, route: RouteSettings, global_tables: Mapping[str, Any]
+        self, where: str, route_tables: Mapping[str, Any], global_tables: Mapping[str, Any]
     ) -> list[PluginSpec]:
-        for name, value in route.plugins.items():
+        for name, value in route_tables.items():
             if not isinstance(value, (bool, Mapping)):
                 self.error(where, f"plugins.{name}",
                            f"expected a table, true or false, got {type(value).__name__}")
-        tables = layer_plugin_tables(global_tables, route.plugins)
+        tables = layer_plugin_tables(global_tables, route_tables)
         specs = []
         for instance, table in tables.items():
-            from_route = isinstance(route.plugins.get(instance), Mapping)
+            from_route = isinstance(route_tables.get(instance), Mapping)
             spec = self._spec(where if from_route else f"plugins.{instance}", instance, table,
-                              route.plugins.get(instance) or {})
+                              route_tables.get(instance) or {})
             if spec is not None:
                 specs.append(spec)
         specs.sort(key=lambda s: (-s.priority, s.instance))

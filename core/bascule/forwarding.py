@@ -6,6 +6,8 @@
   ``X-Request-ID``) from a client are believed only when the connection comes
   from a ``trusted_proxies`` address; otherwise they are dropped on arrival
   and the gateway writes its own.
+- Identity fields (``X-Consumer-*``) are only ever written by the gateway's
+  auth plugins: a client's copies are dropped on arrival, on every route.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ FORWARDING = frozenset({
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
     b"forwarded", b"x-real-ip", b"x-request-id", b"via",
 })
+IDENTITY_PREFIX = b"x-consumer-"
 VIA = "1.1 bascule"
 
 
@@ -101,7 +104,8 @@ def arrival_headers(
     else:
         xff = forwarded = via = ""
         proto, fwd_host = scheme, host
-    headers.raw = [(k, v) for k, v in headers.raw if k not in FORWARDING]
+    headers.raw = [(k, v) for k, v in headers.raw
+                   if k not in FORWARDING and not k.startswith(IDENTITY_PREFIX)]
     node = f'"[{peer}]"' if ":" in peer else peer
     quoted_host = host.replace('"', "").replace("\\", "")
     own = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")

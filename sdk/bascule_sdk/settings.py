@@ -12,7 +12,9 @@ problem with the dotted key it belongs to. Supported field types: ``str``,
         limit: int = setting(100, "Requests admitted per window.")
         window: Duration = setting(60.0, 'Window length, e.g. "1m".')
 
-Cross-field rules go in ``__post_init__``: raise ``ValueError("message")``.
+Cross-field rules go in ``__post_init__``: raise ``ValueError("message")`` for
+one problem, or ``SettingsError`` with ``Problem(key, message)`` items to
+report several at once, each under its own key (``check`` builds one).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "Problem",
     "Secret",
     "SettingsError",
+    "check",
     "parse",
     "parse_byte_size",
     "parse_duration",
@@ -60,6 +63,17 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
+
+
+def check(*rules: tuple[bool, str, str]) -> None:
+    """Raise ``SettingsError`` for every ``(failed, key, message)`` rule that failed.
+
+        check((self.workers < 1, "workers", "must be at least 1"),
+              (self.port > 65535, "port", "must be at most 65535"))
+    """
+    problems = [Problem(key, message) for failed, key, message in rules if failed]
+    if problems:
+        raise SettingsError(problems)
 
 
 @dataclass(frozen=True)
@@ -191,9 +205,11 @@ def _parse_dataclass(model: type, data: Any, prefix: str, problems: list[Problem
         return None
     try:
         return model(**values)
+    except SettingsError as e:
+        problems.extend(Problem(_join(prefix, p.key), p.message) for p in e.problems)
     except (ValueError, TypeError) as e:
         problems.append(Problem(prefix, str(e)))
-        return None
+    return None
 
 
 def _describe(value: Any) -> str:
