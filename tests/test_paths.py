@@ -42,6 +42,8 @@ def test_normalise(raw, expected):
         (b"/%zz", "malformed"),
         (b"/%4", "malformed"),
         (b"/a%", "malformed"),
+        (b"/public/..;/admin", "dot segment with parameters"),
+        (b"/public/.;x/admin", "dot segment with parameters"),
     ],
 )
 def test_normalise_rejects(raw, reason):

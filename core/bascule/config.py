@@ -107,20 +107,45 @@ class TargetSettings:
     """One target of a service, written as a table: ``{ url = "...", weight = 2 }``."""
 
     url: str = setting(doc="Base URL of the target: http(s)://host:port[/base/path].")
-    weight: int = setting(1, "Relative share of requests (weighted round-robin).")
+    weight: int = setting(1, "Relative share of requests (and of hash-ring slots).")
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """``[services.NAME]``: an upstream service and how to reach it."""
+    """``[services.NAME]``: an upstream service, how to reach it, and how to survive its faults."""
 
     targets: list[str | TargetSettings] = setting(doc="Target URLs (strings) or {url, weight} tables.")
-    timeout: Duration = setting(30.0, "Total time for the upstream to start answering (504 beyond).")
+    timeout: Duration = setting(30.0, "Total time for a target to start answering (504 beyond).")
     connect_timeout: Duration = setting(5.0, "Time to open a connection to a target.")
     read_timeout: Duration = setting(30.0, "Longest wait between two reads from the upstream.")
     max_connections: int = setting(100, "Connections per target; requests queue beyond it.")
     pool_timeout: Duration = setting(5.0, "Longest wait for a free connection (503 beyond).")
     keepalive_expiry: Duration = setting(60.0, "Idle upstream connections are closed after this.")
+    balance: Literal["round-robin", "least-requests", "hash"] = setting(
+        "round-robin", "How a target is chosen: weighted round-robin, fewest requests in flight "
+        "per weight, or consistent hashing on hash_on (sticky).")
+    hash_on: str = setting("ip", 'Key of balance = "hash": "ip", "consumer" or "header:NAME" '
+                                 "(falls back to the client IP when absent).")
+    retries: int = setting(2, "Further attempts, each on another target, after a failed one.")
+    retry_on: list[int] = setting([502, 503, 504], "Upstream statuses that are retried "
+                                  "(connection failures always are).")
+    retry_non_idempotent: bool = setting(False, "Also retry POST/PATCH after the request was sent "
+                                         "(a refused connection is retried for every method).")
+    retry_budget: float = setting(0.2, "Retries allowed, as a share of the requests of the last 10 s.")
+    retry_budget_min: int = setting(10, "Retries per second allowed whatever the budget.")
+    max_failures: int = setting(5, "Consecutive failures that eject a target (0: never eject).")
+    fail_on: list[int] = setting([502, 503, 504], "Upstream statuses counted as failures "
+                                 "(connection errors and timeouts always are).")
+    cool_off: Duration = setting(10.0, "How long an ejected target rests before one trial request.")
+    health_path: str | None = setting(None, 'Path probed by active health checks, e.g. "/healthz" '
+                                            "(off if unset).")
+    health_interval: Duration = setting(10.0, "Time between two probes of a target.")
+    health_timeout: Duration = setting(2.0, "A probe without a 2xx/3xx answer within this fails.")
+    healthy_threshold: int = setting(2, "Consecutive passed probes that bring a target back.")
+    unhealthy_threshold: int = setting(3, "Consecutive failed probes that take a target out.")
+    max_requests: int = setting(0, "Requests in flight to this service at once (0: no limit).")
+    max_queue: int = setting(100, "Requests waiting beyond max_requests; more get 503 + Retry-After.")
+    queue_timeout: Duration = setting(5.0, "Longest wait in that queue (503 + Retry-After beyond).")
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -134,8 +159,26 @@ class ServiceSettings:
                 raise ValueError(f"targets: {url!r} must not have a query or fragment")
             if not isinstance(t, str) and t.weight < 1:
                 raise ValueError(f"targets: weight of {url!r} must be at least 1")
-        if self.max_connections < 1:
-            raise ValueError("max_connections: must be at least 1")
+        at_least = {"max_connections": 1, "retries": 0, "retry_budget_min": 0, "max_failures": 0,
+                    "healthy_threshold": 1, "unhealthy_threshold": 1, "max_requests": 0,
+                    "max_queue": 0}
+        for key, low in at_least.items():
+            if getattr(self, key) < low:
+                raise ValueError(f"{key}: must be at least {low}")
+        if self.retry_budget < 0:
+            raise ValueError("retry_budget: must not be negative")
+        for key in ("retry_on", "fail_on"):
+            bad = [s for s in getattr(self, key) if not 100 <= s <= 599]
+            if bad:
+                raise ValueError(f"{key}: {bad[0]} is not an HTTP status")
+        if self.hash_on not in ("ip", "consumer") and not (
+            self.hash_on.startswith("header:") and len(self.hash_on) > 7
+        ):
+            raise ValueError(f'hash_on: expected "ip", "consumer" or "header:NAME", got {self.hash_on!r}')
+        if self.health_path is not None and not self.health_path.startswith("/"):
+            raise ValueError(f"health_path: {self.health_path!r} must start with '/'")
+        if self.health_interval <= 0:
+            raise ValueError("health_interval: must be positive")
 
 
 @dataclass(frozen=True)

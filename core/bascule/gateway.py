@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 from bascule_sdk import Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo
-from bascule_sdk.http import ClientDisconnected, iterate, problem_body
+from bascule_sdk.http import Body, ClientDisconnected, iterate, problem_body
 from bascule_sdk.settings import SettingsError
 
 from .config import Config, ConfigError, Route
@@ -241,7 +241,12 @@ class Gateway:
             if given and len(given) <= 200 and set(given) <= _SAFE_ID:
                 request_id = given
         request_id = request_id or secrets.token_hex(16)
-        body = self._body(headers, receive)  # decided before hop-by-hop fields go
+        try:  # read before hop-by-hop fields (Transfer-Encoding) go
+            body, body_error = await read_body(headers, receive, rt.max_body_size, rt.buffer_size), None
+        except HTTPError as e:
+            body, body_error = b"", e
+        except ClientDisconnected:
+            return
         client_ip = rt.trusted.client_ip(peer, headers.get_all("x-forwarded-for")) if trusted else peer
         scheme = scope.get("scheme", "http")
         method = scope["method"]
@@ -267,6 +272,7 @@ class Gateway:
                 error = HTTPError(405, f"{method} is not allowed here.", {"allow": allow})
             else:
                 error = HTTPError(404, "No route matches this request.")
+        error = error or body_error
         request = Request(method, path, query, headers, body, scheme=scheme, host=host)
         info = route.info if route else RouteInfo("", None)
         ctx = Context(request, request_id=request_id, route=info, path_params=params,
@@ -274,7 +280,6 @@ class Gateway:
                       forward=route.forward if route else None)
         pipeline = route.pipeline if route else rt.fallback
         if error is not None:
-            request.body = b""
             ctx.error = error.detail
             response = await pipeline.finish(ctx, error.to_response(request_id))
         else:
@@ -287,17 +292,6 @@ class Gateway:
         finally:
             await response.aclose()
             await pipeline.log(ctx, response)
-
-    def _body(self, headers: Headers, receive: Callable) -> Any:
-        """The request body: b"" when there is none, else a bounded stream."""
-        length = headers.get("content-length")
-        if length is None and "transfer-encoding" not in headers:
-            return b""
-        if length is not None and length.isdigit() and int(length) == 0:
-            return b""
-        if length is not None and length.isdigit() and int(length) > self.runtime.max_body_size:
-            return _too_large(self.runtime.max_body_size)
-        return _receive_body(receive, self.runtime.max_body_size)
 
     async def _send(self, send: Callable, response: Response, request_id: str, head: bool) -> None:
         raw = response.headers.raw
@@ -336,25 +330,54 @@ def _hostname(value: str) -> str:
     return (name if name and port.isdigit() else value).lower()
 
 
-async def _too_large(limit: int):
-    raise HTTPError(413, f"The request body is larger than {limit} bytes.")
-    yield b""  # pragma: no cover
+async def read_body(headers: Headers, receive: Callable, limit: int, buffer_size: int) -> Body:
+    """The client's request body: ``bytes`` when it fits in ``buffer_size``, else a stream.
 
-
-async def _receive_body(receive: Callable, limit: int):
+    A body that ends within ``buffer_size`` is read whole (fast, and replayable
+    for a retry); a longer one streams on, its first chunks included. Raises
+    ``HTTPError(413)`` as soon as ``limit`` is exceeded (at once if the
+    declared length does) and ``ClientDisconnected`` if the client goes away.
+    """
+    length = headers.get("content-length")
+    if length is None and "transfer-encoding" not in headers:
+        return b""
+    if length is not None:
+        if int(length) == 0:
+            return b""
+        if int(length) > limit:
+            raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected()
-        chunk = message.get("body", b"")
+        chunk, more = await _receive_chunk(receive)
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+        if not more:
+            return b"".join(chunks)
+        if size >= buffer_size:
+            return _stream_body(chunks, receive, limit, size)
+
+
+async def _receive_chunk(receive: Callable) -> tuple[bytes, bool]:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnected()
+    return message.get("body", b""), message.get("more_body", False)
+
+
+async def _stream_body(head: list[bytes], receive: Callable, limit: int, size: int) -> AsyncIterator[bytes]:
+    for chunk in head:
+        yield chunk
+    more = True
+    while more:
+        chunk, more = await _receive_chunk(receive)
         size += len(chunk)
         if size > limit:
             raise HTTPError(413, f"The request body is larger than {limit} bytes.")
         if chunk:
             yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 def build_runtime(config: Config) -> Runtime:

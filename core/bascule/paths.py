@@ -69,6 +69,9 @@ def _remove_dot_segments(path: str) -> str:
     segments = path.split("/")
     result: list[str] = []
     for seg in segments[1:]:
+        if ";" in seg and seg.partition(";")[0] in (".", ".."):
+            # Some servers read "..;x" as "..": there is no safe reading of it.
+            raise InvalidPath("The path has a dot segment with parameters.")
         if seg == "..":
             if result:
                 result.pop()

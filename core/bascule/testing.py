@@ -44,7 +44,20 @@ from .gateway import Gateway, Runtime
 from .registry import discover
 from .server import hypercorn_config
 
-__all__ = ["Received", "RedisServer", "RunningGateway", "Upstream", "start_gateway", "start_upstream"]
+__all__ = ["Received", "RedisServer", "eventually", "RunningGateway", "Upstream", "start_gateway", "start_upstream"]
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` is true (checked every 10 ms); fail after ``timeout``.
+
+    For effects that follow a response, such as ``on_log`` hooks, which run
+    after the client has its answer.
+    """
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"condition still false after {timeout} s")
 
 
 @dataclass

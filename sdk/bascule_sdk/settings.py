@@ -189,12 +189,13 @@ def _parse_dataclass(model: type, data: Any, prefix: str, problems: list[Problem
     hints = typing.get_type_hints(model, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(model) if f.init}
     values: dict[str, Any] = {}
+    unknown: list[Problem] = []
     before = len(problems)
     for raw_key, raw in data.items():
         name = raw_key.replace("-", "_")
         if name not in fields:
             known = ", ".join(sorted(fields)) or "none"
-            problems.append(Problem(_join(prefix, raw_key), f"unknown key (known keys: {known})"))
+            unknown.append(Problem(_join(prefix, raw_key), f"unknown key (known keys: {known})"))
             continue
         values[name] = _convert(hints[name], raw, _join(prefix, raw_key), problems)
     for name, f in fields.items():
@@ -202,7 +203,14 @@ def _parse_dataclass(model: type, data: Any, prefix: str, problems: list[Problem
         if missing and name not in values:
             problems.append(Problem(_join(prefix, name), "required key is missing"))
     if len(problems) > before:
+        problems.extend(unknown)
         return None
+    value = _build(model, values, prefix, problems)
+    problems.extend(unknown)
+    return None if unknown else value
+
+
+def _build(model: type, values: dict[str, Any], prefix: str, problems: list[Problem]) -> Any:
     try:
         return model(**values)
     except SettingsError as e:
