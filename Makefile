@@ -12,7 +12,7 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
 $(BIN)/bascule: sdk/pyproject.toml core/pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e sdk -e 'core[test]' $(addprefix -e ,$(dir $(PLUGINS))) ruff build
 	touch $@
 

@@ -44,7 +44,7 @@ from .gateway import Gateway, Runtime
 from .registry import discover
 from .server import hypercorn_config
 
-__all__ = ["Received", "RedisServer", "eventually", "RunningGateway", "Upstream", "start_gateway", "start_upstream"]
+__all__ = ["Received", "RedisServer", "RunningGateway", "Upstream", "eventually", "start_gateway", "start_upstream"]
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -54,7 +54,7 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
     after the client has its answer.
     """
     with trio.move_on_after(timeout):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - polls an arbitrary condition
             await trio.sleep(0.01)
         return
     raise AssertionError(f"condition still false after {timeout} s")

@@ -1,0 +1,136 @@
+"""Serving: TLS with HTTP/2, the CLI on the default config, entry-point discovery."""
+
+import datetime
+import ssl
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+from bascule.registry import discover
+from bascule.testing import start_gateway, start_upstream
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
+    cert, key = self_signed(tmp_path)
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(nursery, f"""
+        [gateway]
+        tls_cert = "{cert}"
+        tls_key = "{key}"
+        [services.api]
+        targets = ["{upstream.url}"]
+        [[routes]]
+        name = "api"
+        paths = ["/"]
+        service = "api"
+    """)
+    assert gw.url.startswith("https://")
+    trust = ssl.create_default_context(cafile=str(cert))
+    async with httpx.AsyncClient(verify=trust, http2=True) as h2, httpx.AsyncClient(verify=trust) as h1:
+        url = gw.url.replace("127.0.0.1", "localhost") + "/hello?x=1"
+        r2 = await h2.post(url, content=b"over h2")
+        r1 = await h1.get(url)
+    assert (r2.http_version, r2.status_code) == ("HTTP/2", 200)
+    assert r2.json() == {"method": "POST", "path": "/hello", "query": "x=1", "body": "over h2"}
+    assert r1.http_version == "HTTP/1.1"
+    assert upstream.requests[0].header("x-forwarded-proto") == "https"
+
+
+def bascule(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bascule.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_validate_routes_and_plugins_on_the_default_config():
+    valid = bascule("validate", "plugins.toml")
+    assert valid.returncode == 0, valid.stderr
+    assert valid.stdout.startswith("plugins.toml: valid (")
+    routes = bascule("routes", "-c", "plugins.toml")
+    assert routes.returncode == 0, routes.stderr
+    assert "users: GET /api/users [prefix] hosts=* -> users" in routes.stdout
+    plugins = bascule("plugins")
+    assert plugins.returncode == 0, plugins.stderr
+
+
+def test_cli_validate_reports_every_error_and_exits_1(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(textwrap.dedent("""
+        [[routes]]
+        name = "x"
+        paths = ["/x"]
+        service = "nowhere"
+        [routes.plugins.no-such-plugin]
+    """))
+    result = bascule("validate", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{bad}: route \"x\": service: unknown service 'nowhere' (services: none)",
+        f"{bad}: route \"x\": plugins.no-such-plugin: plugin 'no-such-plugin' is not installed; installed plugins: "
+        + ", ".join(sorted(discover())),
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_plugin_distribution_is_found_through_its_entry_point(tmp_path):
+    package = tmp_path / "src"
+    (package / "bascule_hello").mkdir(parents=True)
+    (package / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "bascule-hello"
+        version = "1.2.3"
+        [project.entry-points."bascule.plugins"]
+        hello = "bascule_hello:Hello"
+        [tool.setuptools]
+        packages = ["bascule_hello"]
+    """))
+    (package / "bascule_hello" / "__init__.py").write_text(textwrap.dedent("""
+        from bascule_sdk import Plugin, hookimpl
+
+        class Hello(Plugin):
+            name = "hello"
+
+            @hookimpl
+            async def on_response(self, response):
+                response.headers.set("x-hello", "world")
+    """))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(package)], check=True, timeout=120)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(site)!r})
+        from bascule.registry import discover
+        hello = discover()["hello"]
+        print(hello.distribution, hello.version, hello.cls.__name__, ",".join(hello.hooks))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["bascule-hello", "1.2.3", "Hello", "on_response"]
