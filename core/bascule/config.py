@@ -42,6 +42,7 @@ __all__ = [
     "RouteSettings",
     "ServiceSettings",
     "layer_plugin_tables",
+    "compile_config",
     "load_config",
     "parse_config",
 ]
@@ -275,7 +276,12 @@ def parse_config(text: str, filename: str, available: Mapping[str, Available]) -
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{name}: invalid TOML: {e}"]) from None
-    return _Compiler(name, available).compile(data, filename)
+    return compile_config(data, filename, available)
+
+
+def compile_config(data: dict[str, Any], filename: str, available: Mapping[str, Available]) -> Config:
+    """Validate already-parsed TOML ``data`` (as ``tomllib`` returns it)."""
+    return _Compiler(filename, available).compile(data, filename)
 
 
 def layer_plugin_tables(

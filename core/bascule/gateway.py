@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from bascule_sdk import Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo
@@ -232,51 +233,22 @@ class Gateway:
 
     async def _handle_http(self, rt: Runtime, scope: dict, receive: Callable, send: Callable) -> None:
         started = time.perf_counter()
-        headers = Headers(scope["headers"])
-        peer = scope["client"][0] if scope.get("client") else ""
-        trusted = peer in rt.trusted
-        request_id = ""
-        if trusted:
-            given = headers.get("x-request-id")
-            if given and len(given) <= 200 and set(given) <= _SAFE_ID:
-                request_id = given
-        request_id = request_id or secrets.token_hex(16)
-        try:  # read before hop-by-hop fields (Transfer-Encoding) go
-            body, body_error = await read_body(headers, receive, rt.max_body_size, rt.buffer_size), None
-        except HTTPError as e:
-            body, body_error = b"", e
+        try:
+            request, request_id, client_ip, error = await _arrive(rt, scope, receive)
         except ClientDisconnected:
             return
-        client_ip = rt.trusted.client_ip(peer, headers.get_all("x-forwarded-for")) if trusted else peer
-        scheme = scope.get("scheme", "http")
-        method = scope["method"]
-        arrival_headers(headers, peer=peer, trusted=trusted, client_ip=client_ip,
-                        scheme=scheme, request_id=request_id)
-        host = _hostname(headers.get("host") or "")
-        query = scope.get("query_string", b"").decode("latin-1")
-        route: CompiledRoute | None = None
-        params: dict[str, str] = {}
-        matched = ""
-        try:
-            path = normalise(scope.get("raw_path") or scope["path"].encode())
-        except InvalidPath as e:
-            path, error = scope["path"], HTTPError(400, str(e))
-        else:
-            m = rt.router.match(method, path, host)
+        route, params, matched = None, {}, ""
+        if error is None:
+            m = rt.router.match(request.method, request.path, request.host)
             if m.pattern is not None:
-                route, params = m.target, m.params
-                matched = _prefix(path, m.pattern.depth)
-                error = None
+                route, params, matched = m.target, m.params, _prefix(request.path, m.pattern.depth)
             elif m.allowed:
                 allow = ", ".join(sorted(m.allowed | ({"HEAD"} if "GET" in m.allowed else set())))
-                error = HTTPError(405, f"{method} is not allowed here.", {"allow": allow})
+                error = HTTPError(405, f"{request.method} is not allowed here.", {"allow": allow})
             else:
                 error = HTTPError(404, "No route matches this request.")
-        error = error or body_error
-        request = Request(method, path, query, headers, body, scheme=scheme, host=host)
-        info = route.info if route else RouteInfo("", None)
-        ctx = Context(request, request_id=request_id, route=info, path_params=params,
-                      matched_path=matched, client_ip=client_ip, started=started,
+        ctx = Context(request, request_id=request_id, route=route.info if route else _NO_ROUTE,
+                      path_params=params, matched_path=matched, client_ip=client_ip, started=started,
                       forward=route.forward if route else None)
         pipeline = route.pipeline if route else rt.fallback
         if error is not None:
@@ -288,7 +260,7 @@ class Gateway:
             except ClientDisconnected:
                 return
         try:
-            await self._send(send, response, request_id, method == "HEAD")
+            await self._send(send, response, request_id, request.method == "HEAD")
         finally:
             await response.aclose()
             await pipeline.log(ctx, response)
@@ -312,6 +284,50 @@ class Gateway:
         if self._date[0] != now:
             self._date = (now, formatdate(now, usegmt=True).encode())
         return self._date[1]
+
+
+_NO_ROUTE = RouteInfo("", None)
+
+
+async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request, str, str, HTTPError | None]:
+    """The client's request as the gateway sees it, or the error that answers it.
+
+    Returns the request (headers cleaned, path normalised, small body read),
+    the request id, the client address (after trusted proxies) and an error
+    for a request that cannot be served. Raises ``ClientDisconnected``.
+    """
+    headers = Headers(scope["headers"])
+    peer = scope["client"][0] if scope.get("client") else ""
+    trusted = peer in rt.trusted
+    given = headers.get("x-request-id") if trusted else None
+    request_id = given if given and len(given) <= 200 and set(given) <= _SAFE_ID else secrets.token_hex(16)
+    method, scheme = scope["method"], scope.get("scheme", "http")
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    error: HTTPError | None = None
+    if not raw_path.startswith(b"/"):  # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
+        absolute = urlsplit(raw_path.decode("latin-1"))
+        if absolute.scheme in ("http", "https") and absolute.netloc:
+            headers.set("host", absolute.netloc)
+            raw_path = absolute.path.encode("latin-1") or b"/"
+    if "content-length" in headers and "transfer-encoding" in headers:
+        error = HTTPError(400, "Content-Length and Transfer-Encoding together are ambiguous.",
+                          {"connection": "close"})
+    body: Body = b""
+    if error is None:
+        try:  # read before hop-by-hop fields (Transfer-Encoding) go
+            body = await read_body(headers, receive, rt.max_body_size, rt.buffer_size)
+        except HTTPError as e:
+            error = e
+    client_ip = rt.trusted.client_ip(peer, headers.get_all("x-forwarded-for")) if trusted else peer
+    arrival_headers(headers, peer=peer, trusted=trusted, client_ip=client_ip, scheme=scheme,
+                    request_id=request_id)
+    try:
+        path = normalise(raw_path)
+    except InvalidPath as e:
+        path, error = scope["path"], error or HTTPError(400, str(e))
+    query = scope.get("query_string", b"").decode("latin-1")
+    host = _hostname(headers.get("host") or "")
+    return Request(method, path, query, headers, body, scheme=scheme, host=host), request_id, client_ip, error
 
 
 def _prefix(path: str, depth: int) -> str:
