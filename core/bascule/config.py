@@ -41,8 +41,8 @@ __all__ = [
     "Route",
     "RouteSettings",
     "ServiceSettings",
-    "layer_plugin_tables",
     "compile_config",
+    "layer_plugin_tables",
     "load_config",
     "parse_config",
 ]
