@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import trio
 from bascule_sdk import Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo
-from bascule_sdk.http import Body, ClientDisconnected, iterate, problem_body
+from bascule_sdk.http import Body, ClientDisconnected, iterate
 from bascule_sdk.settings import SettingsError
 
 from .config import Config, ConfigError, Route
@@ -28,7 +28,6 @@ from .forwarding import TrustedProxies, arrival_headers, strip_hop_by_hop
 from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
 from .proxy import Proxy, ProxySettings
-from .registry import Available
 from .routing import RoutePattern, Router
 from .upstream import Upstreams
 
@@ -122,17 +121,18 @@ class Runtime:
         await pipeline.upstream_request(ctx, request)
         headers = request.headers
         strip_hop_by_hop(headers)
-        for k, v in ctx.request.headers.raw:  # the forwarding fields written on arrival
-            if k in _FORWARD_COPY:
-                headers.set(k.decode(), v)
+        length = headers.get("content-length")
+        raw = [(k, v) for k, v in headers.raw if k not in _REWRITTEN]
+        raw += [(k, v) for k, v in ctx.request.headers.raw if k in _FORWARD_COPY]  # written on arrival
         body = request.body
         if isinstance(body, bytes):
             if body or request.method in ("POST", "PUT", "PATCH"):
-                headers.set("content-length", str(len(body)))
-            else:
-                headers.remove("content-length")
-        elif "content-length" not in headers:
-            headers.set("transfer-encoding", "chunked")
+                raw.append((b"content-length", str(len(body)).encode()))
+        elif length is not None:
+            raw.append((b"content-length", length.encode()))
+        else:
+            raw.append((b"transfer-encoding", b"chunked"))
+        headers.raw = raw
         response, pool, seconds = await self.upstreams[name].send(request)
         ctx.upstream = pool.url
         ctx.upstream_seconds = (ctx.upstream_seconds or 0.0) + seconds
@@ -152,6 +152,7 @@ _FORWARD_COPY = frozenset({
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
     b"x-real-ip", b"via", b"x-request-id",
 })
+_REWRITTEN = _FORWARD_COPY | {b"content-length", b"transfer-encoding"}
 
 
 class Gateway:
@@ -394,17 +395,3 @@ async def _stream_body(head: list[bytes], receive: Callable, limit: int, size: i
             raise HTTPError(413, f"The request body is larger than {limit} bytes.")
         if chunk:
             yield chunk
-
-
-def build_runtime(config: Config) -> Runtime:
-    """Compile ``config``; raise ``ConfigError`` if a plugin rejects its settings."""
-    return Runtime(config)
-
-
-def available_plugins(extra: Iterable[type[Plugin]] = (), entry_points: bool = True) -> dict[str, Available]:
-    from .registry import discover
-
-    return discover(extra, entry_points)
-
-
-__all__ += ["available_plugins", "build_runtime", "problem_body"]
