@@ -244,3 +244,30 @@ async def test_upstream_header_names_are_case_insensitive(nursery):
         r = await client.get("/x")
     assert (r.status_code, r.content, r.headers["x-public"]) == (200, b"ok", "yes")
     assert "x-private" not in r.headers and "keep-alive" not in r.headers
+
+
+async def test_a_reload_storm_loses_no_request(nursery):
+    upstream = await start_upstream(nursery)
+    base = config(upstream.url)
+    gw = await start_gateway(nursery, base)
+    statuses: list[int] = []
+
+    async def client_loop(client):
+        for _ in range(40):
+            statuses.append((await client.get("/x")).status_code)
+
+    async with gw.client() as client, trio.open_nursery() as load:
+        for _ in range(8):
+            load.start_soon(client_loop, client)
+        for i in range(50):
+            await gw.reload(base + f"""
+                [[routes]]
+                name = "extra{i}"
+                paths = ["/extra{i}"]
+                service = "api"
+            """)
+            await trio.sleep(0.01)
+    assert len(statuses) == 320
+    assert set(statuses) == {200}
+    async with gw.client() as client:
+        assert (await client.get("/extra49/y")).status_code == 200
