@@ -261,3 +261,29 @@ async def test_unmatched_requests_still_meet_global_plugins(nursery):
     assert r.headers["x-response-order"] == "tag"
     await eventually(lambda: LOG != [])
     assert LOG == [("tag", 404)]
+
+
+async def test_a_plugin_failing_at_startup_on_reload_keeps_the_old_config(nursery):
+    class Fragile(Plugin):
+        name = "fragile"
+
+        @hookimpl
+        async def startup(self, gateway):
+            raise OSError("cannot open the key file")
+
+    from bascule import ConfigError
+
+    upstream = await start_upstream(nursery)
+    base = f"""
+        [services.api]
+        targets = ["{upstream.url}"]
+        [[routes]]
+        name = "a"
+        paths = ["/a"]
+        service = "api"
+    """
+    gw = await start_gateway(nursery, base, [Fragile], entry_points=False)
+    with pytest.raises(ConfigError, match="a plugin failed to start: cannot open the key file"):
+        await gw.reload(base + "[routes.plugins.fragile]\n")
+    async with gw.client() as client:
+        assert (await client.get("/a")).status_code == 200

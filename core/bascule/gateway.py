@@ -173,12 +173,18 @@ class Gateway:
     async def reload(self, config: Config) -> None:
         """Compile and start ``config``, then swap it in atomically.
 
-        Raises ``ConfigError`` (the current config stays). Requests in flight
+        Raises ``ConfigError`` (the current config stays), also when a
+        plugin's ``startup`` fails. Requests in flight
         finish on the old runtime, which closes once they are done (or after
         ``graceful_timeout``); pools of unchanged services carry over.
         """
         new = Runtime(config, previous=self.runtime)
-        await new.startup(self)
+        try:
+            await new.startup(self)
+        except Exception as e:
+            log.exception("reload: a plugin failed to start; the old config stays")
+            await new.aclose(keep=self.runtime)
+            raise ConfigError([f"{config.path}: a plugin failed to start: {e}"]) from e
         old, self.runtime = self.runtime, new
         self.start_soon(self._retire, old, new)
 
@@ -258,26 +264,32 @@ class Gateway:
         else:
             try:
                 response = await pipeline.respond(ctx)
-            except ClientDisconnected:
+            except ClientDisconnected:  # still logged: nginx's 499, client closed request
+                ctx.error = "The client disconnected while sending its request."
+                await pipeline.log(ctx, Response(499))
                 return
         try:
-            await self._send(send, response, request_id, request.method == "HEAD")
+            await self._send(send, response, ctx, request.method == "HEAD")
         finally:
             await response.aclose()
             await pipeline.log(ctx, response)
 
-    async def _send(self, send: Callable, response: Response, request_id: str, head: bool) -> None:
+    async def _send(self, send: Callable, response: Response, ctx: Context, head: bool) -> None:
         raw = response.headers.raw
-        raw.append((b"x-request-id", request_id.encode()))
+        raw.append((b"x-request-id", ctx.request_id.encode()))
         if not any(k == b"date" for k, _ in raw):
             raw.append((b"date", self._http_date()))
         await send({"type": "http.response.start", "status": response.status, "headers": raw})
         body = response.body
         if isinstance(body, bytes) or head:
-            await send({"type": "http.response.body", "body": b"" if head else body})
+            body = b"" if head else body
+            await send({"type": "http.response.body", "body": body})
+            ctx.bytes_sent = len(body)
             return
+        ctx.bytes_sent = 0
         async for chunk in iterate(body):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            ctx.bytes_sent += len(chunk)
         await send({"type": "http.response.body", "body": b""})
 
     def _http_date(self) -> bytes:

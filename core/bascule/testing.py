@@ -140,6 +140,7 @@ class RunningGateway:
     gateway: Gateway
     available: dict[str, Any]
     stop: trio.Event
+    admin_url: str | None = None
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An httpx client with ``base_url`` set to the gateway."""
@@ -156,12 +157,15 @@ async def start_gateway(
     plugins: Iterable[type[Plugin]] = (),
     *,
     entry_points: bool = True,
+    admin: bool = False,
 ) -> RunningGateway:
     """Serve the TOML ``config`` (dedented) on 127.0.0.1 with a free port.
 
     ``plugins`` are made available under their ``name`` (overriding installed
-    ones); ``entry_points=False`` hides installed plugins. ``[gateway] listen``
-    is ignored. Raises ``ConfigError`` for an invalid config.
+    ones); ``entry_points=False`` hides installed plugins. ``admin=True`` also
+    serves the admin listener on a free port (``admin_url``). ``[gateway]
+    listen`` and ``admin`` are ignored. Raises ``ConfigError`` for an invalid
+    config.
     """
     available = discover(plugins, entry_points)
     parsed = parse_config(textwrap.dedent(config), "plugins.toml", available)
@@ -171,7 +175,16 @@ async def start_gateway(
     hc.graceful_timeout = min(parsed.gateway.graceful_timeout, 5.0)
     binds = await nursery.start(partial(worker_serve, wrap_app(gateway, None, "asgi"), hc,
                                         shutdown_trigger=stop.wait))
-    return RunningGateway(binds[0], gateway, available, stop)
+    running = RunningGateway(binds[0], gateway, available, stop)
+    if admin:
+        from .admin import Admin
+
+        admin_hc = hypercorn_config(parsed.gateway, "127.0.0.1:0", tls=False)
+        admin_hc.graceful_timeout = hc.graceful_timeout
+        (running.admin_url,) = await nursery.start(partial(
+            worker_serve, wrap_app(Admin(gateway, "plugins.toml", available), None, "asgi"), admin_hc,
+            shutdown_trigger=stop.wait))
+    return running
 
 
 class RedisServer:

@@ -51,11 +51,13 @@ class Context:
     ``tags["cache"] = "HIT"``).
     Set by the upstream client: ``upstream`` (the target URL last called) and
     ``upstream_seconds``. ``error`` holds the text of a gateway-made error.
+    Set by the core after sending: ``bytes_sent`` (response body bytes the
+    client was sent; ``on_log`` reads it).
     """
 
     __slots__ = (
         "request", "request_id", "route", "path_params", "matched_path", "client_ip", "started",
-        "consumer", "state", "tags", "upstream", "upstream_seconds", "error", "_forward",
+        "consumer", "state", "tags", "upstream", "upstream_seconds", "error", "bytes_sent", "_forward",
     )
 
     def __init__(
@@ -83,6 +85,7 @@ class Context:
         self.upstream: str | None = None
         self.upstream_seconds: float | None = None
         self.error: str | None = None
+        self.bytes_sent: int | None = None
         self._forward = forward
 
     async def forward(self, request: Request, service: str | None = None) -> Response:

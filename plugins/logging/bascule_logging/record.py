@@ -1,0 +1,111 @@
+"""One access-log record: the fields of a finished request, secrets removed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from typing import Any
+from urllib.parse import unquote_plus
+
+from bascule_sdk import Context, Response
+
+__all__ = ["REDACTED", "access_record", "bytes_in", "bytes_out", "redact_query", "rfc3339"]
+
+REDACTED = "REDACTED"
+_NO_BODY = frozenset({204, 304})
+
+
+def access_record(
+    ctx: Context,
+    response: Response,
+    *,
+    trace_id: str | None,
+    span_id: str | None,
+    redact: Collection[str],
+    headers: Collection[str],
+) -> dict[str, Any]:
+    """The access-log fields of ``ctx``, as JSON-ready values.
+
+    Latencies are milliseconds: ``latency_ms`` from arrival until the response
+    was sent, ``upstream_latency_ms`` waiting for upstream heads (summed over
+    a request's upstream calls), and ``gateway_latency_ms`` the difference
+    (0 when concurrent calls sum to more than the total). ``time`` is the arrival (RFC 3339,
+    UTC). ``bytes_out`` is ``null`` for a streamed body of unknown length.
+    """
+    elapsed = time.perf_counter() - ctx.started
+    upstream = ctx.upstream_seconds
+    request = ctx.request
+    return {
+        "time": rfc3339(time.time() - elapsed),
+        "request_id": ctx.request_id,
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "route": ctx.route.name or None,
+        "method": request.method,
+        "path": request.path,
+        "query": redact_query(request.query, redact),
+        "status": response.status,
+        "bytes_in": bytes_in(ctx),
+        "bytes_out": bytes_out(request.method, response),
+        "client_ip": ctx.client_ip,
+        "consumer": ctx.consumer.name if ctx.consumer else None,
+        "upstream": ctx.upstream,
+        "latency_ms": _ms(elapsed),
+        "upstream_latency_ms": _ms(upstream) if upstream is not None else None,
+        "gateway_latency_ms": _ms(max(0.0, elapsed - (upstream or 0.0))),
+        "cache": ctx.tags.get("cache"),
+        "rate_limit": ctx.tags.get("rate_limit"),
+        "error": ctx.error,
+        "headers": {name: value for name in headers if (value := request.headers.get(name)) is not None},
+    }
+
+
+_second: tuple[int, str] = (0, "")
+
+
+def rfc3339(timestamp: float) -> str:
+    """``timestamp`` as RFC 3339 UTC with milliseconds: ``2026-11-28T04:31:50.123Z``."""
+    global _second
+    whole = int(timestamp)
+    if _second[0] != whole:  # formatting the date and time is the slow part: once a second
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((timestamp - whole) * 1000):03d}Z"
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def bytes_in(ctx: Context) -> int | None:
+    """Request body size: read bodies are measured, else ``Content-Length``."""
+    body = ctx.request.body
+    if isinstance(body, bytes):
+        return len(body)
+    length = ctx.request.headers.get("content-length")
+    return int(length) if length and length.isdigit() else None
+
+
+def bytes_out(method: str, response: Response) -> int | None:
+    """Response body size sent: ``Content-Length`` or the buffered body's length."""
+    if method == "HEAD" or response.status in _NO_BODY:
+        return 0
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit():
+        return int(length)
+    if isinstance(response.body, bytes):
+        return len(response.body)
+    return None
+
+
+def redact_query(query: str, names: Collection[str]) -> str:
+    """``query`` with the values of ``names`` (case-insensitive; ``"*"``: all) replaced by REDACTED."""
+    if not query or not names:
+        return query
+    every = "*" in names
+    parts = []
+    for part in query.split("&"):
+        name, eq, _ = part.partition("=")
+        if eq and (every or unquote_plus(name).lower() in names):
+            part = f"{name}={REDACTED}"
+        parts.append(part)
+    return "&".join(parts)

@@ -1,0 +1,62 @@
+"""Settings of the ``logging`` plugin (``[plugins.logging]``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from bascule_sdk import Duration, setting
+
+__all__ = ["SENSITIVE_HEADERS", "LoggingSettings"]
+
+SENSITIVE_HEADERS = (
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "apikey",
+)
+SECRET_QUERY_PARAMS = (
+    "access_token", "api_key", "apikey", "code", "id_token", "key", "password", "refresh_token",
+    "secret", "sig", "signature", "token",
+)
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: Literal["json"] = setting("json", "Line format: one JSON object per request.")
+    output: str = setting("stdout", '"stdout", "stderr", or a file path (appended to; reopened on reload).')
+    buffer: int = setting(10_000, "Lines queued for the writer; when full, lines are dropped and counted.")
+    flush_timeout: Duration = setting(5.0, "On shutdown or reload, how long queued lines may take to write.")
+    sample_rate: float = setting(1.0, "Fraction of requests logged, 0.0 to 1.0; 5xx responses are always logged.")
+    exclude_paths: list[str] = setting([], 'Paths not logged, with everything below them (e.g. "/healthz").')
+    redact_query: list[str] = setting(
+        list(SECRET_QUERY_PARAMS), 'Query parameters whose values are logged as "REDACTED"; "*" for all.'
+    )
+    headers: list[str] = setting(
+        ["user-agent"], "Request headers logged (under \"headers\"); credentials can never be listed."
+    )
+    sensitive_headers: list[str] = setting(
+        list(SENSITIVE_HEADERS), "Headers that may never be logged (add your API-key header here)."
+    )
+    trace_context: bool = setting(True, "Propagate W3C traceparent/tracestate upstream, a new span per hop.")
+
+    def __post_init__(self) -> None:
+        if self.output not in ("stdout", "stderr"):
+            _check_writable(self.output)
+        if self.buffer < 1:
+            raise ValueError("buffer: must be at least 1")
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ValueError(f"sample_rate: must be between 0.0 and 1.0, got {self.sample_rate}")
+        for path in self.exclude_paths:
+            if not path.startswith("/"):
+                raise ValueError(f"exclude_paths: {path!r} must start with /")
+        never = {h.lower() for h in (*SENSITIVE_HEADERS, *self.sensitive_headers)}
+        if leaked := sorted(h for h in self.headers if h.lower() in never):
+            raise ValueError(f"headers: {', '.join(leaked)} carry credentials and are never logged")
+
+
+def _check_writable(path: str) -> None:
+    """Fail at config load, not at start-up or reload, when the log file cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"output: directory {directory} does not exist")
+    if not os.access(path if os.path.exists(path) else directory, os.W_OK):
+        raise ValueError(f"output: {path} is not writable")

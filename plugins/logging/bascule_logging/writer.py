@@ -1,0 +1,96 @@
+"""A line writer that never makes a request wait.
+
+Requests hand lines to a bounded trio memory channel with ``put`` (never
+blocks). A background task takes every line waiting, joins them and writes
+the batch to the sink in a worker thread, so a slow disk or a full pipe stalls
+only the writer. When the channel is full, lines are dropped and counted in
+``dropped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+__all__ = ["LineWriter", "Sink", "open_sink"]
+
+log = logging.getLogger("bascule.logging")
+
+
+class Sink(Protocol):
+    """Where lines go: any binary file-like object (written from a worker thread)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+
+def open_sink(output: str) -> tuple[Sink, Callable[[], None] | None]:
+    """The sink for an ``output`` setting, and how to close it (``None``: leave open)."""
+    if output == "stdout":
+        return sys.stdout.buffer, None
+    if output == "stderr":
+        return sys.stderr.buffer, None
+    f = open(output, "ab")  # closed by LineWriter.aclose
+    return f, f.close
+
+
+class LineWriter:
+    """Queue of at most ``capacity`` lines, written to ``sink`` by ``run``.
+
+    ``written`` counts lines handed to the sink, ``dropped`` lines refused
+    because the queue was full (or the writer closed).
+    """
+
+    def __init__(self, sink: Sink, capacity: int, *, close: Callable[[], None] | None = None) -> None:
+        self.sink = sink
+        self._close = close
+        self.written = 0
+        self.dropped = 0
+        self._send, self._receive = trio.open_memory_channel[bytes](capacity)
+        self._done = trio.Event()
+
+    def put(self, line: bytes) -> bool:
+        """Queue ``line`` (ending in a newline) without waiting; False if dropped."""
+        try:
+            self._send.send_nowait(line)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.dropped += 1
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Write queued lines until ``aclose``; run it as a background task."""
+        try:
+            async for line in self._receive:
+                batch = [line]
+                while True:  # bounded: the channel holds at most `capacity` lines
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                try:
+                    await trio.to_thread.run_sync(self._write, b"".join(batch), abandon_on_cancel=True)
+                except OSError as e:
+                    self.dropped += len(batch)
+                    log.error("access log: cannot write %d lines: %s", len(batch), e)
+                else:
+                    self.written += len(batch)
+        finally:
+            self._done.set()
+
+    def _write(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.sink.flush()
+
+    async def aclose(self, timeout: float) -> None:
+        """Stop accepting lines; wait up to ``timeout`` seconds for the queue to drain."""
+        self._send.close()
+        with trio.move_on_after(timeout):
+            await self._done.wait()
+        if self._close is not None and self._done.is_set():  # a stalled sink stays with its thread
+            self._close()

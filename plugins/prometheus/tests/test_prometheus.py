@@ -1,0 +1,252 @@
+"""Metrics scraped over HTTP from the admin listener, in one process and summed over two workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+import httpx
+import pytest
+import trio
+from bascule.admin import Admin
+from bascule.config import ConfigError
+from bascule.server import hypercorn_config
+from bascule.testing import RunningGateway, start_gateway, start_upstream
+from bascule_sdk import Context, Plugin, Response, hookimpl
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, keyed by (name, sorted labels)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape_until(scraper: httpx.AsyncClient, condition: Callable[[Samples], bool]) -> Samples:
+    """Scrape ``/metrics`` until ``condition(samples)`` holds (metrics are recorded after the
+    response is sent, so the last requests may still be on their way); fails after 20 s."""
+    with trio.fail_after(20):
+        while True:
+            r = await scraper.get("/metrics")
+            assert r.status_code == 200
+            if condition(samples := parse(r.text)):
+                return samples
+            await trio.sleep(0.01)
+
+
+class FakeTags(Plugin):
+    """Sets the tags the rate-limit and cache plugins set, from the query string."""
+
+    name = "fake-tags"
+    priority = 900
+
+    @hookimpl
+    async def on_request(self, ctx: Context) -> Response | None:
+        query = dict(p.split("=") for p in ctx.request.query.split("&") if "=" in p)
+        if "cache" in query:
+            ctx.tags["cache"] = query["cache"]
+        ctx.tags["rate_limit"] = query.get("limit", "allowed")
+        if ctx.tags["rate_limit"] == "rejected":
+            return Response.json({"detail": "slow down"}, status=429)
+        return None
+
+
+async def start_admin(nursery: trio.Nursery, gw: RunningGateway) -> str:
+    """Serve the admin listener of an in-process gateway on a free port."""
+    config = gw.gateway.runtime.config.gateway
+    admin = Admin(gw.gateway, "plugins.toml", gw.available)
+    binds = await nursery.start(partial(worker_serve, wrap_app(admin, None, "asgi"),
+                                        hypercorn_config(config, "127.0.0.1:0"), shutdown_trigger=gw.stop.wait))
+    return binds[0]
+
+
+async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(nursery, f"""
+        [plugins.prometheus]
+        [services.api]
+        targets = ["{upstream.url}"]
+        [services.down]
+        targets = ["http://127.0.0.1:9"]
+        [[routes]]
+        name = "tagged"
+        paths = ["/tagged"]
+        service = "api"
+        [routes.plugins.fake-tags]
+        [[routes]]
+        name = "broken"
+        paths = ["/broken"]
+        service = "down"
+    """, plugins=[FakeTags])
+    admin = await start_admin(nursery, gw)
+    async with httpx.AsyncClient(base_url=admin) as scraper:
+        # Metrics belong to the process: other tests in it may have counted too, so compare with a baseline.
+        before = await scrape_until(scraper, lambda s: True)
+        async with gw.client() as client:
+            for query in ["cache=HIT"] * 3 + ["cache=MISS"] * 2 + ["limit=rejected", "cache=weird"]:
+                await client.get(f"/tagged?{query}")
+            assert (await client.get("/broken")).status_code == 502
+            assert (await client.get("/not-routed/x")).status_code == 404
+        after = await scrape_until(scraper, lambda s: value(s, "bascule_requests_total", route="(none)",
+                                                            status_class="4xx") > value(
+            before, "bascule_requests_total", route="(none)", status_class="4xx"))
+        r = await scraper.get("/metrics")
+        assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        r = await scraper.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
+        assert r.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert r.text.endswith("# EOF\n")
+        assert (await scraper.head("/metrics")).status_code == 200
+        assert (await scraper.post("/metrics")).status_code == 405
+
+    def counted(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    requests = "bascule_requests_total"
+    assert counted(requests, route="tagged", status_class="2xx") == 6
+    assert counted(requests, route="tagged", status_class="4xx") == 1
+    assert counted(requests, route="broken", status_class="5xx") == 1
+    assert counted(requests, route="(none)", status_class="4xx") == 1
+    assert counted("bascule_cache_total", route="tagged", result="hit") == 3
+    assert counted("bascule_cache_total", route="tagged", result="miss") == 2
+    assert counted("bascule_cache_total", route="tagged", result="other") == 1
+    assert counted("bascule_rate_limit_total", route="tagged", outcome="rejected") == 1
+    assert counted("bascule_rate_limit_total", route="tagged", outcome="allowed") == 6
+    assert counted("bascule_upstream_errors_total", route="broken", status="502") == 1
+    assert counted("bascule_request_duration_seconds_count", route="tagged") == 7
+    assert counted("bascule_request_duration_seconds_bucket", route="tagged", le="+Inf") == 7
+    assert counted("bascule_upstream_duration_seconds_count", route="tagged") == 6  # not the 429
+    assert counted("bascule_upstream_duration_seconds_count", route="broken") == 0
+    assert value(after, "bascule_requests_in_flight") == 0
+    assert len(upstream.requests) == 6
+    routes = {dict(labels).get("route") for (_, labels) in after}
+    assert {"tagged", "broken", "(none)"} <= routes
+    assert not any(r and r.startswith("/") for r in routes)  # raw paths never become labels
+
+
+async def test_invalid_path_setting_is_rejected(nursery):
+    with pytest.raises(ConfigError, match=r"prometheus: path: must start with /, got 'metrics'"):
+        await start_gateway(nursery, """
+            [plugins.prometheus]
+            path = "metrics"
+            [[routes]]
+            name = "x"
+            paths = ["/x"]
+            service = "x"
+            [services.x]
+            targets = ["http://127.0.0.1:9"]
+        """)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def bascule_run(config: str, workers: int, env: dict[str, str], tmp_path) -> AsyncIterator[tuple[str, str]]:
+    """``bascule run --workers N`` as a subprocess; yields the public and admin URLs once it serves."""
+    public, admin = free_port(), free_port()
+    path = tmp_path / "plugins.toml"
+    path.write_text(textwrap.dedent(f"""
+        [gateway]
+        listen = "127.0.0.1:{public}"
+        admin = "127.0.0.1:{admin}"
+        graceful_timeout = "1s"
+    """) + textwrap.dedent(config))
+    output = tmp_path / "bascule.out"
+    with output.open("wb") as out:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "bascule.cli", "run", "-c", str(path), "--workers", str(workers)],
+            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        async with httpx.AsyncClient() as client:
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        if (await client.get(f"http://127.0.0.1:{admin}/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert process.poll() is None, f"bascule run exited:\n{output.read_text()}"
+                    await trio.sleep(0.05)
+        yield f"http://127.0.0.1:{public}", f"http://127.0.0.1:{admin}"
+    finally:
+        process.send_signal(signal.SIGTERM)  # the supervisor stops its workers
+        with trio.move_on_after(15):
+            await process.wait()
+        if process.poll() is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.slow
+async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    upstream = await start_upstream(nursery)
+    config = f"""
+        [plugins.prometheus]
+        [services.api]
+        targets = ["{upstream.url}"]
+        [[routes]]
+        name = "api"
+        paths = ["/api"]
+        service = "api"
+    """
+    async with bascule_run(config, 2, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, tmp_path) as (public, admin):
+        def workers_counted() -> set[str]:
+            return {name for name in os.listdir(metrics_dir) if name.startswith("counter_")}
+
+        sent = 0
+        with trio.fail_after(60):
+            while len(workers_counted()) < 2:  # new connections until both workers have answered some
+                for _ in range(10):
+                    async with httpx.AsyncClient(base_url=public) as client:
+                        assert (await client.get("/api/x")).status_code == 200
+                    sent += 1
+        async with httpx.AsyncClient(base_url=admin) as scraper:
+            samples = await scrape_until(
+                scraper, lambda s: value(s, "bascule_requests_total", route="api", status_class="2xx") >= sent)
+            assert value(samples, "bascule_requests_total", route="api", status_class="2xx") == sent
+            assert sent == len(upstream.requests)
+
+            # Requests in flight, summed over the workers: hold four at the upstream.
+            release = trio.Event()
+
+            async def held(request):
+                await release.wait()
+                return Response.json({"ok": True})
+
+            upstream.handler = held
+            statuses = []
+
+            async def call() -> None:
+                async with httpx.AsyncClient(base_url=public, timeout=30) as client:
+                    statuses.append((await client.get("/api/held")).status_code)
+
+            async with trio.open_nursery() as calls:
+                for _ in range(4):
+                    calls.start_soon(call)
+                await scrape_until(scraper, lambda s: value(s, "bascule_requests_in_flight") == 4)
+                release.set()
+            assert statuses == [200] * 4
+            samples = await scrape_until(scraper, lambda s: value(s, "bascule_requests_in_flight") == 0 and value(
+                s, "bascule_requests_total", route="api", status_class="2xx") == sent + 4)
+            assert value(samples, "bascule_request_duration_seconds_count", route="api") == sent + 4
