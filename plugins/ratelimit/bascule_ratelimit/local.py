@@ -1,0 +1,111 @@
+"""The in-process backend: exact for one process, memory bounded.
+
+Buckets live in a ``cachetools.TLRUCache``: each expires once its quota is
+whole again, and beyond ``max_keys`` the least recently used is forgotten
+(that client starts afresh). A decision makes no ``await``, so under trio it
+is atomic: no other request of this process runs between check and consume.
+The clock is injectable (``clock()`` returns seconds) for tests.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cachetools import TLRUCache
+
+from .policy import Decision, Outcome, Policy
+
+__all__ = ["LocalBackend"]
+
+Clock = Callable[[], float]
+# A check returns its outcome and, if it admits, how to consume: -> (expires_at, state).
+Check = tuple[Outcome, Callable[[], tuple[float, Any]] | None]
+
+
+def gcra(p: Policy, tat: float | None, now: float) -> Check:
+    """Generic cell rate algorithm: the state is the theoretical arrival time (TAT).
+
+    One request is due every ``interval``; a bucket may run ``burst - 1``
+    intervals ahead. ``wait`` is how long until this request would fit.
+    """
+    interval = p.window / p.limit
+    tat = max(tat if tat is not None else now, now)
+    wait = (tat - now) - (p.burst - 1) * interval
+    if wait > 1e-9:
+        return Outcome(p, False, 0, wait, tat - now), None
+    remaining = int(-wait / interval + 1e-9)
+    new_tat = tat + interval
+    return Outcome(p, True, remaining, (remaining + 1) * interval + wait, new_tat - now), lambda: (new_tat, new_tat)
+
+
+def fixed_window(p: Policy, state: tuple[int, float] | None, now: float) -> Check:
+    """A counter for a window that starts with the bucket's first request."""
+    count, ends = state if state is not None and state[1] > now else (0, now + p.window)
+    left = ends - now
+    if count >= p.limit:
+        return Outcome(p, False, 0, left, left), None
+    return Outcome(p, True, p.limit - count - 1, left, left), lambda: (ends, (count + 1, ends))
+
+
+def sliding_window(p: Policy, log: deque[float] | None, now: float) -> Check:
+    """The times of admitted requests in the last window (exact; memory O(limit))."""
+    log = log if log is not None else deque()
+    while log and log[0] <= now - p.window:
+        log.popleft()
+    n = len(log)
+    if n >= p.limit:
+        return Outcome(p, False, 0, log[n - p.limit] + p.window - now, log[-1] + p.window - now), None
+
+    def consume() -> tuple[float, Any]:
+        log.append(now)
+        return now + p.window, log
+
+    oldest = log[0] if log else now
+    return Outcome(p, True, p.limit - n - 1, oldest + p.window - now, p.window), consume
+
+
+CHECKS = {"gcra": gcra, "fixed-window": fixed_window, "sliding-window": sliding_window}
+
+
+class LocalBackend:
+    """Buckets of one process; ``shared()`` gives every plugin instance of a gateway the same one."""
+
+    _shared: weakref.WeakKeyDictionary[Any, dict[tuple[int, Clock], LocalBackend]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, max_keys: int, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self.buckets: TLRUCache[str, tuple[float, Any]] = TLRUCache(
+            max_keys, ttu=lambda _key, value, _now: value[0], timer=clock)
+
+    @classmethod
+    def shared(cls, gateway: Any, max_keys: int, clock: Clock = time.monotonic) -> LocalBackend:
+        """The backend of ``gateway`` for these settings: shared by routes (``group``)
+        and kept across config reloads, so a reload resets no budget."""
+        try:
+            backends = cls._shared.setdefault(gateway, {})
+        except TypeError:  # a gateway that cannot be weakly referenced: no sharing
+            return cls(max_keys, clock)
+        backend = backends.get((max_keys, clock))
+        if backend is None:
+            backend = backends[(max_keys, clock)] = cls(max_keys, clock)
+        return backend
+
+    async def decide(self, keys: Sequence[str], policies: Sequence[Policy]) -> Decision:
+        """Check the request against every policy; consume all quotas or none."""
+        now = self.clock()
+        checks = []
+        for key, policy in zip(keys, policies, strict=True):
+            held = self.buckets.get(key)
+            checks.append(CHECKS[policy.algorithm](policy, held[1] if held else None, now))
+        allowed = all(outcome.allowed for outcome, _ in checks)
+        if allowed:
+            for key, (_, consume) in zip(keys, checks, strict=True):
+                self.buckets[key] = consume()  # type: ignore[misc]
+        return Decision(allowed, tuple(outcome for outcome, _ in checks))
+
+    async def aclose(self) -> None:
+        """Nothing to close: buckets outlive a config (see ``shared``)."""

@@ -1,0 +1,120 @@
+"""The ``rate-limit`` plugin: admit, or answer 429, before anything goes upstream."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import ClassVar
+from urllib.parse import quote
+
+from bascule_sdk import Context, Gateway, HTTPError, Plugin, Response, hookimpl
+
+from .headers import add_headers, delay_seconds
+from .keys import KeyChain
+from .local import LocalBackend
+from .policy import Decision
+from .redis import BackendError, RedisBackend
+from .settings import Settings
+
+__all__ = ["QUOTA_EXCEEDED", "RateLimit"]
+
+log = logging.getLogger("bascule.ratelimit")
+
+#: Problem type of a 429, registered by draft-ietf-httpapi-ratelimit-headers.
+QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+
+
+class RateLimit(Plugin):
+    """Limit how often each client may call a route.
+
+    ``on_request`` draws one request from the client's bucket under every
+    configured limit at once (all or nothing) and raises a 429 when any limit
+    is spent; ``on_response`` adds the RateLimit fields to every response it
+    decided on, 429s included. ``ctx.tags["rate_limit"]`` records "allowed",
+    "rejected", "error" (backend failed) or "unlimited" (no key applied).
+    """
+
+    name = "rate-limit"
+    priority = 900
+    Settings = Settings
+    #: Clock of the local backend (seconds). Tests replace it on a subclass.
+    clock: ClassVar[Callable[[], float]] = time.monotonic
+
+    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+        super().__init__(settings, instance=instance)
+        self.policies = settings.policies()
+        # A bucket per policy; the algorithm is part of its name, as each keeps a different state.
+        self._suffixes = [f"{p.name}:{p.algorithm}" for p in self.policies]
+        self.keys = KeyChain.parse(settings.key)
+        self.backend: LocalBackend | RedisBackend | None = None
+        self.failures = 0  # decisions the backend could not make
+        self._failing = False
+
+    @hookimpl
+    async def startup(self, gateway: Gateway) -> None:
+        s = self.settings
+        if s.backend == "redis":
+            backend = RedisBackend(s.redis_url, s.redis_timeout)
+            await backend.open(gateway.start_soon)
+            self.backend = backend
+        else:
+            self.backend = LocalBackend.shared(gateway, s.local_max_keys, type(self).clock)
+
+    @hookimpl
+    async def shutdown(self) -> None:
+        if self.backend is not None:
+            await self.backend.aclose()
+
+    @hookimpl
+    async def on_request(self, ctx: Context) -> None:
+        identity = self.keys.identify(ctx)
+        if identity is None:
+            if self.settings.missing_key == "allow":
+                ctx.tags["rate_limit"] = "unlimited"
+                return
+            raise HTTPError(400, f"This route limits requests per {self.keys}; the request carries none.")
+        decision = await self._decide(ctx, identity)
+        if decision is None:
+            return
+        ctx.state[self.instance] = decision
+        if decision.allowed:
+            ctx.tags["rate_limit"] = "allowed"
+            return
+        ctx.tags["rate_limit"] = "rejected"
+        retry_after = max(1, delay_seconds(decision.tightest.grows_in))
+        raise HTTPError(
+            429, f"Too many requests; retry in {retry_after} s.", {"retry-after": str(retry_after)},
+            type=QUOTA_EXCEEDED, title="Quota Exceeded", extra={"violated-policies": decision.violated},
+        )
+
+    async def _decide(self, ctx: Context, identity: str) -> Decision | None:
+        """The backend's decision, or ``None`` when it failed and the route fails open."""
+        s = self.settings
+        scope = f"group={s.group}" if s.group else f"route={quote(ctx.route.name, safe='')}"
+        bucket = f"{s.redis_prefix}{{{scope}/{self.instance}|{identity}}}:"
+        assert self.backend is not None, "startup did not run"
+        try:
+            decision = await self.backend.decide([bucket + suffix for suffix in self._suffixes], self.policies)
+        except BackendError as e:
+            self.failures += 1
+            ctx.tags["rate_limit"] = "error"
+            closed = s.on_error == "fail-closed"
+            if not self._failing:
+                self._failing = True
+                log.warning("rate-limit %r: backend failed (%s); failing %s until it works again", self.instance,
+                            e, "closed (503)" if closed else "open (requests admitted)")
+            if closed:
+                raise HTTPError(503, "Rate limiting is unavailable; try again shortly.", {"retry-after": "1"}) from None
+            return None
+        if self._failing:
+            self._failing = False
+            log.info("rate-limit %r: backend works again (%d decisions failed so far)", self.instance,
+                     self.failures)
+        return decision
+
+    @hookimpl
+    async def on_response(self, ctx: Context, response: Response) -> None:
+        decision: Decision | None = ctx.state.get(self.instance)
+        if decision is not None and self.settings.headers != "none":
+            add_headers(response.headers, decision, self.policies, self.settings.headers)

@@ -1,0 +1,168 @@
+"""The Redis backend: exact across any number of gateway processes and hosts.
+
+Each decision is one Lua script (EVALSHA), atomic on the server, with the time
+read from the Redis server (``TIME``), never from a gateway's clock. Every key
+of one request shares a hash tag, so the script also suits a cluster slot.
+Each call is bounded by ``timeout``; a failure raises ``BackendError`` and the
+plugin applies ``on_error``. The client reconnects by itself once Redis is
+back (and reloads the script if Redis lost it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import coredis
+import trio
+from coredis.retry import NoRetryPolicy
+
+from .policy import Decision, Outcome, Policy
+
+__all__ = ["SCRIPT", "BackendError", "RedisBackend"]
+
+log = logging.getLogger("bascule.ratelimit")
+
+SCRIPT = """
+-- One request against every limit of its route, atomically.
+-- KEYS[i]: the bucket of limit i. ARGV, 4 per limit: algorithm, limit, window (us), burst.
+-- Nothing is written unless every limit admits the request: a rejected request consumes nothing.
+-- Returns {admitted, then per limit: admitted, remaining, grows_in (ms), reset (ms)}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function ms(us) return math.max(1, math.ceil(us / 1000)) end
+local function int(x) return string.format('%.0f', x) end
+
+local function gcra(key, limit, window, burst)
+  local interval = window / limit
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local wait = (tat - now) - (burst - 1) * interval
+  if wait > 0.001 then return 0, 0, wait, tat - now, nil end
+  local remaining = math.floor(-wait / interval + 1e-9)
+  local new_tat = tat + interval
+  return 1, remaining, (remaining + 1) * interval + wait, new_tat - now, function()
+    redis.call('SET', key, int(new_tat), 'PX', ms(new_tat - now))
+  end
+end
+
+local function fixed_window(key, limit, window)
+  local count = tonumber(redis.call('GET', key)) or 0
+  local left = redis.call('PTTL', key) * 1000
+  if count == 0 or left < 0 then count, left = 0, window end
+  if count >= limit then return 0, 0, left, left, nil end
+  return 1, limit - count - 1, left, left, function()
+    if count == 0 then redis.call('SET', key, 1, 'PX', ms(window)) else redis.call('INCR', key) end
+  end
+end
+
+local function score(key, index)
+  return tonumber(redis.call('ZRANGE', key, index, index, 'WITHSCORES')[2])
+end
+
+local function sliding_window(key, limit, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - window))
+  local n = redis.call('ZCARD', key)
+  if n >= limit then
+    return 0, 0, score(key, n - limit) + window - now, score(key, -1) + window - now, nil
+  end
+  local oldest = now
+  if n > 0 then oldest = score(key, 0) end
+  return 1, limit - n - 1, oldest + window - now, window, function()
+    redis.call('ZADD', key, int(now), int(now) .. '-' .. n)
+    redis.call('PEXPIRE', key, ms(window))
+  end
+end
+
+local checks = {gcra = gcra, ['fixed-window'] = fixed_window, ['sliding-window'] = sliding_window}
+local out, consume, admitted = {0}, {}, 1
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 4
+  local ok, remaining, grows_in, reset, write = checks[ARGV[a + 1]](
+    key, tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
+  if ok == 0 then admitted = 0 end
+  consume[i] = write
+  for _, v in ipairs({ok, remaining, ms(grows_in), ms(reset)}) do out[#out + 1] = v end
+end
+if admitted == 1 then
+  for _, write in ipairs(consume) do write() end
+end
+out[1] = admitted
+return out
+"""
+
+
+class BackendError(Exception):
+    """The backend could not decide (unreachable, too slow, or failed)."""
+
+
+class RedisBackend:
+    """Decisions on a Redis server through one coredis client (multiplexed)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._script: Any = None
+        self._closed = trio.Event()
+
+    async def open(self, start_soon: Callable[..., Any]) -> None:
+        """Start the client (held open by a background task until ``aclose``).
+
+        Does not wait for Redis to answer: a gateway starts while Redis is down
+        and decisions fail (``on_error``) until it is back.
+        """
+        client = coredis.Redis.from_url(self.url, retry_policy=NoRetryPolicy(), connect_timeout=self.timeout,
+                                        stream_timeout=self.timeout)
+        ready = trio.Event()
+        start_soon(self._hold, client, ready)
+        await ready.wait()
+
+    async def _hold(self, client: coredis.Redis[bytes], ready: trio.Event) -> None:
+        try:
+            async with client:  # coredis 6 is anyio-based: the pool lives inside this block
+                self._script = client.register_script(SCRIPT)
+                with trio.move_on_after(self.timeout):
+                    try:  # load the script now rather than on the first requests; Redis may be down
+                        await client.script_load(SCRIPT)
+                    except coredis.exceptions.RedisError:
+                        pass
+                ready.set()
+                await self._closed.wait()
+        except Exception:
+            log.exception("rate-limit: cannot start the Redis client for %s", _safe(self.url))
+        finally:
+            self._script = None
+            ready.set()
+
+    async def aclose(self) -> None:
+        self._closed.set()
+
+    async def decide(self, keys: Sequence[str], policies: Sequence[Policy]) -> Decision:
+        """Check and consume on Redis; raise ``BackendError`` on any failure or timeout."""
+        script = self._script
+        if script is None:
+            raise BackendError("the Redis client is not running")
+        args: list[Any] = []
+        for p in policies:
+            args += [p.algorithm, p.limit, int(p.window * 1_000_000), p.burst]
+        raw = None
+        try:
+            with trio.move_on_after(self.timeout):
+                raw = await script(keys=list(keys), args=args)
+        except Exception as e:
+            raise BackendError(f"{type(e).__name__}: {e}") from e
+        if raw is None:
+            raise BackendError(f"no answer within {self.timeout * 1000:g} ms")
+        outcomes = tuple(
+            Outcome(p, bool(raw[i]), int(raw[i + 1]), raw[i + 2] / 1000, raw[i + 3] / 1000)
+            for p, i in zip(policies, range(1, len(raw), 4), strict=True)
+        )
+        return Decision(bool(raw[0]), outcomes)
+
+
+def _safe(url: str) -> str:
+    """``url`` without a password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
