@@ -1,0 +1,51 @@
+"""bench/run --quick runs end to end and writes its JSON (no timing is asserted)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    sys.platform != "linux" or not all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in ("nginx", "wrk")),
+    reason="bench/run needs Linux with nginx and wrk (bench/run installs them; CI's .ci/run does not)",
+)]
+
+
+def test_quick_run_writes_results(tmp_path):
+    out = tmp_path / "quick.json"
+    run = subprocess.run(
+        [str(ROOT / "bench" / "run"), "--quick", "--suites", "main,plugins,memory",
+         "--cases", "direct,nginx,hypercorn,bare", "--stream-bytes", str(8 * 2**20), "--out", str(out),
+         "--max-minutes", "2"],
+        capture_output=True, text=True, timeout=150, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    cases = result["cases"]
+    for name in ("direct", "nginx", "hypercorn", "bare", "plugins-0", "plugins-4"):
+        assert cases[name]["skipped"] is None, (name, cases[name]["skipped"])
+        (only,) = cases[name]["runs"]
+        assert only["requests"] > 0 and only["errors"] == 0 and only["non_2xx"] == 0, (name, only)
+    assert cases["bare"]["memory_kib"]["peak"] > 0
+    stream = result["stream"]
+    assert (stream["status"], stream["received"]) == (200, 8 * 2**20)
+    assert "| (5) Bascule, bare route |" in run.stdout
+    assert {t["target"] for t in result["targets"]} >= {"bare route / naive peer (4)", "2 workers / 1 worker"}
+
+
+def test_compare_reads_two_results(tmp_path):
+    def result(rps):
+        return {"date": "d", "machine": {"commit": "c"},
+                "cases": {"bare": {"median": {"rps": rps, "p50_ms": 1.0, "p99_ms": 2.0}}}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(result(1000.0)))
+    b.write_text(json.dumps(result(1250.0)))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "compare"), str(a), str(b)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "| bare | 1,000 | 1,250 | **+25.0%** |" in out
