@@ -4,13 +4,17 @@
     bascule validate FILE                 check a config; exit 1 with every error
     bascule routes [-c FILE]              each route, its matcher and plugin pipeline
     bascule plugins                       installed plugins and the hooks they implement
+    bascule plugin new NAME [--dir DIR]   create a plugin distribution (default dir ./bascule-NAME)
+    bascule schema [-c FILE] [-o OUT]     JSON Schema of plugins.toml with the installed plugins' settings
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 from .admin import describe_plugins, describe_routes
 from .config import ConfigError, load_config
@@ -31,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     routes = sub.add_parser("routes", help="list routes and their plugin pipelines")
     routes.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     sub.add_parser("plugins", help="list installed plugins")
+    plugin = sub.add_parser("plugin", help="plugin development tools")
+    plugin_sub = plugin.add_subparsers(dest="action", required=True)
+    new = plugin_sub.add_parser("new", help="create a plugin distribution that works out of the box")
+    new.add_argument("name", help='the name used in plugins.toml, e.g. "add-header"')
+    new.add_argument("--dir", default=None, help="directory to create (default: ./bascule-NAME)")
+    schema = sub.add_parser("schema", help="print the JSON Schema of plugins.toml")
+    schema.add_argument("-c", "--config", default=None,
+                        help="also check that this config is valid (exit 1 with its errors if not)")
+    schema.add_argument("-o", "--output", default=None, help="write the schema to this file instead")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -38,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from .server import run as serve
 
         return serve(args.config, args.workers)
+    if args.command == "plugin":
+        return _plugin_new(args.name, args.dir)
+    if args.command == "schema":
+        return _schema(args.config, args.output)
     if args.command == "plugins":
         for p in describe_plugins(discover()):
             print(f"{p['name']:<22} {p['version']:<8} {p['distribution']:<28} {', '.join(p['hooks'])}")
@@ -59,6 +76,40 @@ def main(argv: list[str] | None = None) -> int:
         for p in r["plugins"]:
             alias = f" (plugin {p['plugin']})" if p["plugin"] != p["instance"] else ""
             print(f"    {p['priority']:>6}  {p['instance']}{alias}")
+    return 0
+
+
+def _plugin_new(name: str, directory: str | None) -> int:
+    from .scaffold import PluginNames, ScaffoldError, create_plugin
+
+    try:
+        target = create_plugin(name, directory)
+    except ScaffoldError as e:
+        print(f"bascule plugin new: {e}", file=sys.stderr)
+        return 1
+    names = PluginNames(name)
+    print(f"Created {names.distribution} in {target}/ (plugin {name!r}, class {names.package}.{names.cls}).")
+    print("Next:")
+    print(f"    cd {target} && pip install -e '.[test]' && pytest")
+    print(f"    then enable it on a route in plugins.toml: [routes.plugins.{name}]")
+    return 0
+
+
+def _schema(config: str | None, output: str | None) -> int:
+    from .schema import config_schema
+
+    available = discover()
+    if config is not None:
+        try:
+            Runtime(load_config(config, available))
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 1
+    text = json.dumps(config_schema(available), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
     return 0
 
 

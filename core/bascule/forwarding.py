@@ -104,17 +104,18 @@ def arrival_headers(
     else:
         xff = forwarded = via = ""
         proto, fwd_host = scheme, host
-    headers.raw = [(k, v) for k, v in headers.raw
-                   if k not in FORWARDING and not k.startswith(IDENTITY_PREFIX)]
     node = f'"[{peer}]"' if ":" in peer else peer
     quoted_host = host.replace('"', "").replace("\\", "")
     own = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
-    add = headers.add
-    add("x-forwarded-for", f"{xff}, {peer}" if xff else peer)
-    add("x-forwarded-proto", proto)
+    raw = [(k, v) for k, v in headers.raw if k not in FORWARDING and not k.startswith(IDENTITY_PREFIX)]
+    raw += [
+        (b"x-forwarded-for", (f"{xff}, {peer}" if xff else peer).encode("latin-1")),
+        (b"x-forwarded-proto", proto.encode("latin-1")),
+        (b"forwarded", (f"{forwarded}, {own}" if forwarded else own).encode("latin-1")),
+        (b"x-real-ip", client_ip.encode("latin-1")),
+        (b"via", (f"{via}, {VIA}" if via else VIA).encode("latin-1")),
+        (b"x-request-id", request_id.encode("latin-1")),
+    ]
     if fwd_host:
-        add("x-forwarded-host", fwd_host)
-    add("forwarded", f"{forwarded}, {own}" if forwarded else own)
-    add("x-real-ip", client_ip)
-    add("via", f"{via}, {VIA}" if via else VIA)
-    add("x-request-id", request_id)
+        raw.append((b"x-forwarded-host", fwd_host.encode("latin-1")))
+    headers.raw = raw

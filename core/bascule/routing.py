@@ -47,6 +47,7 @@ class RoutePattern(Generic[T]):
     order: int = 0
     segments: tuple[str, ...] = field(init=False)
     params: tuple[tuple[int, str], ...] = field(init=False)
+    rank: tuple[int, ...] = field(init=False, repr=False)  # sort key of the precedence rules
 
     def __post_init__(self) -> None:
         segments = tuple(split_path(self.path))
@@ -63,6 +64,9 @@ class RoutePattern(Generic[T]):
                 raise ValueError(f"a parameter must be a whole segment in path {self.path!r}")
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "params", tuple(params))
+        literal = len(segments) - len(params)
+        rank = (bool(self.hosts), len(segments), self.exact, literal, bool(self.methods), -self.order)
+        object.__setattr__(self, "rank", rank)
 
     @property
     def depth(self) -> int:
@@ -76,11 +80,6 @@ class RoutePattern(Generic[T]):
             elif host == pattern:
                 return True
         return False
-
-    def rank(self) -> tuple[int, int, int, int, int, int]:
-        """Sort key implementing the precedence in the module docstring."""
-        literal = self.depth - len(self.params)
-        return (bool(self.hosts), self.depth, self.exact, literal, bool(self.methods), -self.order)
 
 
 @dataclass(frozen=True)
@@ -123,8 +122,8 @@ class Router(Generic[T]):
         self._sort(self._root)
 
     def _sort(self, node: _Node[T]) -> None:
-        node.exact.sort(key=RoutePattern.rank, reverse=True)
-        node.prefix.sort(key=RoutePattern.rank, reverse=True)
+        node.exact.sort(key=lambda p: p.rank, reverse=True)
+        node.prefix.sort(key=lambda p: p.rank, reverse=True)
         for child in node.static.values():
             self._sort(child)
         if node.param:
@@ -148,9 +147,8 @@ class Router(Generic[T]):
             if pattern.methods and method not in pattern.methods:
                 allowed |= pattern.methods
                 continue
-            rank = pattern.rank()
-            if best is None or rank > best_rank:
-                best, best_rank = pattern, rank
+            if best is None or pattern.rank > best_rank:
+                best, best_rank = pattern, pattern.rank
         if best is None:
             return Match(None, {}, frozenset(allowed))
         return Match(best, {name: segments[i] for i, name in best.params})

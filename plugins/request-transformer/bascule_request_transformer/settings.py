@@ -1,0 +1,62 @@
+"""Settings of the request-transformer plugin: rules for headers, query parameters and the path."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bascule_sdk import setting
+
+from .template import Template
+
+__all__ = ["FieldRules", "TransformerSettings"]
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
+
+
+@dataclass(frozen=True)
+class FieldRules:
+    """What to do to header fields or query parameters, applied in this order."""
+
+    remove: list[str] = setting([], "Names to drop.")
+    rename: dict[str, str] = setting({}, "old = new: move values to a new name (replacing it), if present.")
+    replace: dict[str, str] = setting({}, "name = template: set the value only if the name is present.")
+    add: dict[str, str] = setting({}, "name = template: set the value only if the name is absent.")
+
+    def names(self) -> list[str]:
+        return [*self.remove, *self.rename, *self.rename.values(), *self.replace, *self.add]
+
+    def templates(self) -> dict[str, Template]:
+        return {value: Template.parse(value) for value in (*self.replace.values(), *self.add.values())}
+
+    @property
+    def empty(self) -> bool:
+        return not (self.remove or self.rename or self.replace or self.add)
+
+
+@dataclass(frozen=True)
+class TransformerSettings:
+    """``[routes.plugins.request-transformer]``: how to rewrite the request sent upstream."""
+
+    path: str | None = setting(
+        None, 'Upstream path template, e.g. "/v2/users/{id}{rest}"; unset keeps the path.'
+    )
+    headers: FieldRules = setting(FieldRules(), "Header rules: [routes.plugins.request-transformer.headers].")
+    query: FieldRules = setting(FieldRules(), "Query parameter rules: [...request-transformer.query].")
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError(f"path: {self.path!r} must start with '/'")
+        if self.path is not None and any(c in self.path for c in "?# \t\r\n"):
+            raise ValueError(f"path: {self.path!r} must not contain '?', '#' or whitespace (use query rules)")
+        for name in self.headers.names():
+            if not _TOKEN.match(name):
+                raise ValueError(f"headers: {name!r} is not a valid header name")
+        for template in self.headers.templates().values():
+            if any(c in template.text for c in "\r\n\0"):
+                raise ValueError(f"headers: value {template.text!r} contains CR, LF or NUL")
+        for name in self.query.names():
+            if not name:
+                raise ValueError("query: a parameter name cannot be empty")
+        if self.path is None and self.headers.empty and self.query.empty:
+            raise ValueError("nothing to do: set path, or rules under headers or query")

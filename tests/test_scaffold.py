@@ -1,0 +1,70 @@
+"""`bascule plugin new`: the generated distribution is complete and its tests pass as generated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from bascule.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def test_generates_a_complete_distribution(tmp_path, capsys):
+    target = tmp_path / "bascule-add-header"
+    assert main(["plugin", "new", "add-header", "--dir", str(target)]) == 0
+    assert "Created bascule-add-header" in capsys.readouterr().out
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert files == [".gitignore", "README.md", "bascule_add_header/__init__.py", "bascule_add_header/plugin.py",
+                     "pyproject.toml", "tests/test_add_header.py"]
+    project = tomllib.loads((target / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "bascule-add-header"
+    assert project["project"]["dependencies"] == ["bascule-sdk>=0.1"]
+    assert project["project"]["entry-points"]["bascule.plugins"] == {
+        "add-header": "bascule_add_header:AddHeaderPlugin"}
+    assert project["tool"]["setuptools"]["packages"] == ["bascule_add_header"]
+    readme = (target / "README.md").read_text()
+    for key in ("`header`", "`value`", "[routes.plugins.add-header]"):
+        assert key in readme
+
+
+@pytest.mark.slow
+def test_generated_code_is_lint_clean_and_its_tests_pass(tmp_path):
+    target = tmp_path / "bascule-greet"
+    assert main(["plugin", "new", "greet", "--dir", str(target)]) == 0
+    lint = subprocess.run([BIN / "ruff", "check", "--no-cache", "--config", ROOT / "pyproject.toml", target],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    env = {**os.environ, "PYTHONPATH": str(target)}  # as after `pip install -e .`
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                           cwd=target, env=env, capture_output=True, text=True, timeout=120)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "2 passed" in tests.stdout
+
+
+def test_default_directory_is_named_after_the_distribution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plugin", "new", "x2"]) == 0
+    assert (tmp_path / "bascule-x2" / "bascule_x2" / "plugin.py").is_file()
+    assert "class X2Plugin(Plugin):" in (tmp_path / "bascule-x2" / "bascule_x2" / "plugin.py").read_text()
+
+
+@pytest.mark.parametrize("name", ["Add-Header", "add_header", "x-", "a--b", "9lives", "", "bascule plugin"])
+def test_invalid_names_are_refused(tmp_path, capsys, name):
+    assert main(["plugin", "new", name, "--dir", str(tmp_path / "p")]) == 1
+    assert f"invalid plugin name {name!r}" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_existing_directory_is_never_overwritten(tmp_path, capsys):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    assert main(["plugin", "new", "greet", "--dir", str(target)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
