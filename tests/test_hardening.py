@@ -34,8 +34,11 @@ async def raw_exchange(url: str, payload: bytes) -> bytes:
     await stream.send_all(payload)
     data = b""
     with trio.move_on_after(2):
-        while chunk := await stream.receive_some():
-            data += chunk
+        try:
+            while chunk := await stream.receive_some():
+                data += chunk
+        except trio.BrokenResourceError:  # reset: the server closed with our bytes unread
+            pass
     await stream.aclose()
     return data
 
@@ -64,7 +67,9 @@ async def test_ambiguous_framing_is_rejected_and_never_forwarded(nursery, name):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url))
     data = await raw_exchange(gw.url, SMUGGLING[name])
-    assert statuses(data)[0] in (400, 501)
+    # The answer is 400/501 and the connection closes; when the client has pipelined more
+    # bytes, closing may reset the connection before the answer arrives.
+    assert statuses(data) in ([400], [501]) or (data == b"" and name.startswith("content-length"))
     assert upstream.requests == []
 
 
