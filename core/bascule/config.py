@@ -426,9 +426,11 @@ class _Compiler:
             if isinstance(service, str) and service not in self.service_names:
                 known = ", ".join(sorted(self.service_names)) or "none"
                 self.error(where, "service", f"unknown service {service!r} (services: {known})")
+            before = len(self.errors)
             specs = self._route_plugins(where, plugins, global_tables) if isinstance(plugins, Mapping) else []
             if settings is None:
                 continue
+            plugins_failed = len(self.errors) > before
             if settings.name in seen:
                 self.error(where, "name", "another route has the same name")
             seen.add(settings.name)
@@ -438,7 +440,7 @@ class _Compiler:
                 except ValueError as e:
                     self.error(where, "paths", str(e))
             handles = any("handle" in s.plugin.hooks for s in specs)
-            if settings.service is None and not handles:
+            if settings.service is None and not handles and not plugins_failed:
                 self.error(where, "service", "required: no plugin on this route handles requests itself")
             routes.append(Route(settings, tuple(specs)))
         return routes
