@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from bascule_sdk import Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo
+from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo
 from bascule_sdk.http import Body, ClientDisconnected, iterate
 from bascule_sdk.settings import SettingsError
 
@@ -139,8 +139,10 @@ class Runtime:
         strip_hop_by_hop(response.headers)
         return response
 
-    async def startup(self, gateway: Any) -> None:
-        await self.plugins.startup(gateway)
+    async def startup(self, gateway: Gateway) -> None:
+        """Start this runtime's plugins. They see this runtime's consumers even
+        when it is started for a reload, before it is swapped in."""
+        await self.plugins.startup(PluginGateway(self.config.consumers, gateway.start_soon))
 
     async def aclose(self, keep: Runtime | None = None) -> None:
         """Shut plugins down and close pools (those ``keep`` took over stay open)."""
@@ -155,20 +157,25 @@ _FORWARD_COPY = frozenset({
 _REWRITTEN = _FORWARD_COPY | {b"content-length", b"transfer-encoding"}
 
 
+@dataclass(frozen=True)
+class PluginGateway:
+    """The ``bascule_sdk.Gateway`` that one runtime's plugins get in ``startup``."""
+
+    consumers: Mapping[str, Consumer]
+    start_soon: Callable[..., None]
+
+
 class Gateway:
     """ASGI application serving the current ``Runtime``.
 
-    Implements the SDK's ``Gateway`` protocol for plugins' ``startup``.
+    ``start_soon`` runs background tasks until shutdown (plugins reach it
+    through ``PluginGateway``).
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._nursery: trio.Nursery | None = None
         self._date = (0, b"")
-
-    @property
-    def consumers(self) -> Mapping[str, Any]:
-        return self.runtime.config.consumers
 
     async def reload(self, config: Config) -> None:
         """Compile and start ``config``, then swap it in atomically.

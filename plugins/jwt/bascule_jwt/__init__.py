@@ -1,0 +1,5 @@
+"""bascule-jwt: JWT bearer-token authentication for the Bascule gateway."""
+
+from .plugin import JWTPlugin
+
+__all__ = ["JWTPlugin"]

@@ -1,0 +1,123 @@
+"""The ``jwt`` plugin: bearer tokens (RFC 7519, RFC 8725) checked at the gateway."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import trio
+from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
+
+from .identity import set_identity, strip_identity
+from .settings import Credentials, Settings
+from .verifier import TokenError, Verifier
+
+__all__ = ["JWTPlugin"]
+
+
+class JWTPlugin(Plugin):
+    """Verifies a JWT on every request and sets ``ctx.consumer``.
+
+    Answers 401 (``WWW-Authenticate: Bearer``, RFC 6750) when the token is
+    missing or invalid, 403 when valid but lacking a required scope (or, with
+    ``require_consumer``, matching no declared consumer).
+    """
+
+    name = "jwt"
+    priority = 1000
+    Settings = Settings
+    Credentials = Credentials
+
+    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+        super().__init__(settings, instance=instance)
+        self.verifier = Verifier(settings, self.name)
+        self._anonymous: Consumer | None = None
+        self._claim_header_names = frozenset(h.lower().encode() for h in settings.claim_headers.values())
+        self._refresh = trio.CancelScope()
+
+    @hookimpl
+    async def startup(self, gateway: Gateway) -> None:
+        if self.settings.anonymous:
+            if self.settings.anonymous not in gateway.consumers:
+                raise ValueError(f"plugin {self.instance!r}: anonymous consumer "
+                                 f"{self.settings.anonymous!r} is not declared under [consumers]")
+            self._anonymous = gateway.consumers[self.settings.anonymous]
+        self.verifier.bind_consumers(gateway.consumers)
+        await self.verifier.open()
+        if self.verifier.sources:
+            gateway.start_soon(self._keep_fresh)
+
+    async def _keep_fresh(self) -> None:
+        with self._refresh:
+            await self.verifier.keep_fresh()
+
+    @hookimpl
+    async def shutdown(self) -> None:
+        self._refresh.cancel()
+        await self.verifier.aclose()
+
+    @hookimpl
+    async def on_request(self, ctx: Context) -> None:
+        strip_identity(ctx.request.headers, self._claim_header_names)
+        if self._anonymous is not None and ctx.consumer is not None and ctx.consumer is not self._anonymous:
+            return  # "either" mode: an earlier auth plugin already identified the caller
+        s = self.settings
+        token = self._token(ctx.request)
+        if token is None:
+            if self._anonymous is not None:
+                ctx.consumer = self._anonymous
+                return
+            raise HTTPError(401, "A bearer token is required.", {"WWW-Authenticate": self._challenge()})
+        if len(token) > s.max_token_size:
+            raise self._invalid(f"The token is longer than {s.max_token_size} bytes.")
+        try:
+            verified = await self.verifier.verify(token)
+        except TokenError as e:
+            raise self._invalid(str(e)) from None
+        if verified.consumer is None:
+            raise HTTPError(403, "The token's subject is not a known consumer.")
+        missing = [scope for scope in s.scopes if scope not in verified.scopes]
+        if missing:
+            raise HTTPError(403, "The token lacks a required scope.", {"WWW-Authenticate": self._challenge(
+                "insufficient_scope", "The token lacks a required scope.", " ".join(s.scopes))})
+        ctx.consumer = verified.consumer
+
+    @hookimpl
+    async def on_upstream_request(self, ctx: Context, request: Request) -> None:
+        strip_identity(request.headers, self._claim_header_names)
+        if ctx.consumer is not None:
+            set_identity(request.headers, ctx.consumer, self.settings.claim_headers)
+
+    def _token(self, request: Request) -> str | None:
+        """The token from the header, else the cookie, else the query parameter."""
+        s = self.settings
+        if s.header and (value := request.headers.get(s.header)) is not None:
+            if not s.scheme:
+                return value.strip() or None
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == s.scheme.lower() and token.strip():
+                return token.strip()
+        if s.cookie:
+            for line in request.headers.get_all("cookie"):
+                for pair in line.split(";"):
+                    name, _, value = pair.strip().partition("=")
+                    if name == s.cookie and value:
+                        return value.strip('"')
+        if s.query and request.query:
+            for name, value in parse_qsl(request.query):
+                if name == s.query and value:
+                    return value
+        return None
+
+    def _challenge(self, error: str = "", description: str = "", scope: str = "") -> str:
+        """An RFC 6750 §3 challenge; every value is a fixed phrase or from config."""
+        params = [f'realm="{self.settings.realm}"']
+        if error:
+            params.append(f'error="{error}"')
+        if description:
+            params.append(f'error_description="{description}"')
+        if scope:
+            params.append(f'scope="{scope}"')
+        return "Bearer " + ", ".join(params)
+
+    def _invalid(self, description: str) -> HTTPError:
+        return HTTPError(401, description, {"WWW-Authenticate": self._challenge("invalid_token", description)})

@@ -1,0 +1,204 @@
+"""Token verification: signature, claims, consumer, and the verified-token cache."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
+
+import httpx
+import jwt
+import trio
+from bascule_sdk import Consumer
+from cachetools import TTLCache
+
+from .jwks import JwksSource
+from .keys import ALGORITHMS, VerificationKey
+from .settings import Credentials, Settings, as_list
+
+__all__ = ["TokenError", "Verified", "Verifier"]
+
+_JWS_COMPACT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+
+# What a client is told about a rejected token: fixed phrases, never token content.
+_DESCRIPTIONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "The token has expired."),
+    (jwt.ImmatureSignatureError, "The token is not valid yet."),
+    (jwt.InvalidIssuerError, "The token's issuer is not accepted."),
+    (jwt.InvalidAudienceError, "The token's audience is not accepted."),
+    (jwt.InvalidSignatureError, "The token's signature is invalid."),
+    (jwt.InvalidAlgorithmError, "The token's algorithm is not allowed."),
+)
+
+
+class TokenError(Exception):
+    """A token that must be rejected with 401 ``invalid_token``; ``str()`` is safe to show."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """What a valid token stands for; cached by token hash."""
+
+    consumer: Consumer | None  # None: no declared consumer matched and require_consumer is set
+    scopes: frozenset[str]
+    expires: float  # exp as a Unix time (inf without exp)
+
+
+class Verifier:
+    """Verifies tokens against the configured keys and JWKS sources.
+
+    With JWKS sources: ``open()`` creates the HTTP client and fetches every
+    JWKS once (failures are logged, not raised), ``keep_fresh()`` refreshes
+    them until cancelled, ``aclose()`` closes the client.
+    """
+
+    def __init__(self, settings: Settings, plugin_name: str = "jwt") -> None:
+        self.settings = settings
+        self.plugin_name = plugin_name
+        self.static: tuple[VerificationKey, ...] = tuple(k.loaded for k in settings.keys)
+        self.sources = tuple(
+            JwksSource(c, ttl=settings.jwks_cache_ttl, refetch_interval=settings.jwks_refetch_interval,
+                       max_size=settings.jwks_max_size)
+            for c in settings.jwks
+        )
+        self._issuer_bound = any(k.issuer for k in self.static) or any(s.issuer for s in self.sources)
+        self._declared: dict[tuple[str | None, str], Consumer] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._cache: TTLCache | None = None
+        if settings.cache_size and settings.cache_ttl:
+            self._cache = TTLCache(settings.cache_size, settings.cache_ttl)
+        self._options: dict[str, Any] = {"require": list(settings.require),
+                                         "verify_aud": bool(settings.audiences)}
+
+    def bind_consumers(self, consumers: Mapping[str, Consumer]) -> None:
+        """Index declared consumers by the (issuer, subject) pairs of their jwt credentials."""
+        declared = {}
+        for consumer in consumers.values():
+            creds: Credentials | None = consumer.credentials.get(self.plugin_name)
+            if creds is not None:
+                for subject in creds.subjects:
+                    declared[(creds.issuer, subject)] = consumer
+        self._declared = declared
+
+    async def open(self) -> None:
+        if not self.sources:
+            return
+        self._client = httpx.AsyncClient(timeout=self.settings.jwks_timeout, follow_redirects=False)
+        async with trio.open_nursery() as nursery:
+            for source in self.sources:
+                nursery.start_soon(source.fetch, self._client)
+
+    async def keep_fresh(self) -> None:
+        assert self._client is not None, "open() first"
+        async with trio.open_nursery() as nursery:
+            for source in self.sources:
+                nursery.start_soon(source.keep_fresh, self._client)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def verify(self, token: str) -> Verified:
+        """The ``Verified`` for ``token``, from the cache when seen before; else ``TokenError``."""
+        now = time.time()
+        key = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+        if self._cache is not None:
+            hit = self._cache.get(key)
+            if hit is not None:
+                if hit.expires + self.settings.leeway > now:
+                    return hit
+                self._cache.pop(key, None)
+                raise TokenError("The token has expired.")
+        verified = await self._verify(token, now)
+        if self._cache is not None:
+            self._cache[key] = verified
+        return verified
+
+    async def _verify(self, token: str, now: float) -> Verified:
+        if not _JWS_COMPACT.match(token):  # only well-formed (ASCII) tokens are ever cached
+            raise TokenError("The token is malformed.")
+        try:
+            header = jwt.get_unverified_header(token)
+            iss = jwt.decode(token, options={"verify_signature": False}).get("iss") \
+                if self._issuer_bound else None
+        except jwt.PyJWTError:
+            raise TokenError("The token is malformed.") from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in ALGORITHMS:  # "none" in any casing ends here
+            raise TokenError("The token's algorithm is not allowed.")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenError("The token is malformed.")
+        if not isinstance(iss, str | None):
+            raise TokenError("The token's issuer is not accepted.")
+        keys = self._candidates(alg, kid, iss)
+        if not keys and kid is not None and self.sources:
+            await self._refetch(alg, iss)
+            keys = self._candidates(alg, kid, iss)
+        if not keys:
+            raise TokenError("No known key can verify the token.")
+        claims = self._decode(token, alg, keys)
+        return self._verified(claims, now)
+
+    def _candidates(self, alg: str, kid: str | None, iss: str | None) -> list[VerificationKey]:
+        keys = [k for k in self.static if k.accepts(alg, kid, iss)]
+        for source in self.sources:
+            keys += source.find(alg, kid, iss)
+        return keys
+
+    async def _refetch(self, alg: str, iss: str | None) -> None:
+        """One throttled refetch of every JWKS that could hold the unknown ``kid``."""
+        assert self._client is not None, "open() first"
+        async with trio.open_nursery() as nursery:
+            for source in self.sources:
+                if source.serves(iss) and alg in source.algorithms:
+                    nursery.start_soon(source.refetch, self._client)
+
+    def _decode(self, token: str, alg: str, keys: list[VerificationKey]) -> dict[str, Any]:
+        s = self.settings
+        for key in keys:
+            try:
+                return jwt.decode(token, key.key, algorithms=[alg], audience=s.audiences or None,
+                                  issuer=s.issuers or None, leeway=s.leeway, options=self._options)
+            except jwt.InvalidSignatureError:
+                continue  # another key with the same kid/alg may match
+            except jwt.MissingRequiredClaimError as e:
+                raise TokenError(f"The token lacks the required claim {e.claim}.") from None
+            except jwt.PyJWTError as e:
+                raise TokenError(_describe(e)) from None
+        raise TokenError("The token's signature is invalid.")
+
+    def _verified(self, claims: dict[str, Any], now: float) -> Verified:
+        s = self.settings
+        exp = claims.get("exp")
+        expires = float(exp) if exp is not None else math.inf
+        if s.max_lifetime is not None:
+            iat = claims.get("iat")
+            start = float(iat) if iat is not None else now
+            if expires - start > s.max_lifetime + s.leeway:
+                raise TokenError("The token's lifetime is longer than allowed.")
+        sub, iss = claims.get("sub"), claims.get("iss")
+        frozen = MappingProxyType(claims)
+        consumer = None
+        if isinstance(sub, str):
+            consumer = self._declared.get((iss if isinstance(iss, str) else None, sub)) \
+                or self._declared.get((None, sub))
+        if consumer is not None:
+            consumer = replace(consumer, claims=frozen)
+        elif not s.require_consumer:
+            if not isinstance(sub, str) or not sub:
+                raise TokenError("The token lacks the required claim sub.")
+            consumer = Consumer(name=sub, id=sub, groups=frozenset(as_list(claims.get(s.groups_claim))),
+                                claims=frozen)
+        return Verified(consumer, frozenset(as_list(claims.get(s.scope_claim))), expires)
+
+
+def _describe(error: Exception) -> str:
+    for kind, text in _DESCRIPTIONS:
+        if isinstance(error, kind):
+            return text
+    return "The token is malformed."

@@ -1,0 +1,123 @@
+"""The ``key-auth`` plugin: API keys, stored hashed, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import unquote_plus, unquote_to_bytes
+
+from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
+
+from .identity import set_identity, strip_identity
+from .settings import Credentials, Settings, parse_hashed_key
+
+__all__ = ["KeyAuthPlugin"]
+
+
+class KeyAuthPlugin(Plugin):
+    """Identifies the consumer by an API key in a header or query parameter.
+
+    Answers 401 when the key is missing (unless ``anonymous`` is set), too
+    long, or unknown. The key is never echoed back.
+    """
+
+    name = "key-auth"
+    priority = 1010  # before jwt, so a route may accept either (see README)
+    Settings = Settings
+    Credentials = Credentials
+
+    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+        super().__init__(settings, instance=instance)
+        self._index: dict[bytes, list[tuple[bytes, Consumer]]] = {}  # digest[:4] -> (digest, consumer)
+        self._anonymous: Consumer | None = None
+        self._query = frozenset(settings.query)
+
+    @hookimpl
+    async def startup(self, gateway: Gateway) -> None:
+        if self.settings.anonymous:
+            if self.settings.anonymous not in gateway.consumers:
+                raise ValueError(f"plugin {self.instance!r}: anonymous consumer "
+                                 f"{self.settings.anonymous!r} is not declared under [consumers]")
+            self._anonymous = gateway.consumers[self.settings.anonymous]
+        owners: dict[bytes, Consumer] = {}
+        for consumer in gateway.consumers.values():
+            creds: Credentials | None = consumer.credentials.get(self.name)
+            for key in creds.keys if creds else ():
+                digest = parse_hashed_key(key)
+                if owners.get(digest, consumer) is not consumer:
+                    raise ValueError(f"consumers {owners[digest].name!r} and {consumer.name!r} share an API key")
+                owners[digest] = consumer
+        index: dict[bytes, list[tuple[bytes, Consumer]]] = {}
+        for digest, consumer in owners.items():
+            index.setdefault(digest[:4], []).append((digest, consumer))
+        self._index = index
+
+    @hookimpl
+    async def on_request(self, ctx: Context) -> None:
+        strip_identity(ctx.request.headers)
+        if self._anonymous is not None and ctx.consumer is not None and ctx.consumer is not self._anonymous:
+            return  # "either" mode: an earlier auth plugin already identified the caller
+        key = self._key(ctx.request)
+        if key is None:
+            if self._anonymous is not None:
+                ctx.consumer = self._anonymous
+                return
+            raise self._unauthorized("An API key is required.")
+        if len(key) > self.settings.max_key_size:
+            raise self._unauthorized(f"The API key is longer than {self.settings.max_key_size} bytes.")
+        consumer = self._lookup(key)
+        if consumer is None:
+            raise self._unauthorized("The API key is not valid.")
+        ctx.consumer = consumer
+        if self.settings.hide_credentials:
+            self._hide(ctx.request)
+
+    @hookimpl
+    async def on_upstream_request(self, ctx: Context, request: Request) -> None:
+        strip_identity(request.headers)
+        if ctx.consumer is not None:
+            set_identity(request.headers, ctx.consumer)
+
+    def _key(self, request: Request) -> bytes | None:
+        """The key as the client sent its bytes: from the first header present, else the query."""
+        for name in self.settings.headers:
+            value = request.headers.get(name)
+            if value:
+                return value.strip().encode("latin-1")
+        if self._query and request.query:
+            for name, value in _query_pairs(request.query):
+                if name in self._query and value:
+                    return unquote_to_bytes(value.replace("+", " "))
+        return None
+
+    def _lookup(self, key: bytes) -> Consumer | None:
+        """The consumer owning ``key``, or None.
+
+        Only SHA-256 digests are handled: the index lookup on the first four
+        bytes of the digest can tell an attacker nothing but what hashing their
+        own guess already does, and every full comparison is constant-time.
+        """
+        digest = hashlib.sha256(key).digest()
+        found = None
+        for stored, consumer in self._index.get(digest[:4], ()):
+            if hmac.compare_digest(stored, digest):
+                found = consumer
+        return found
+
+    def _hide(self, request: Request) -> None:
+        request.headers.remove(*self.settings.headers)
+        if self._query and request.query:
+            request.query = "&".join(part for part, (name, _) in zip(
+                request.query.split("&"), _query_pairs(request.query), strict=True) if name not in self._query)
+
+    def _unauthorized(self, detail: str) -> HTTPError:
+        return HTTPError(401, detail, {"WWW-Authenticate": f'APIKey realm="{self.settings.realm}"'})
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    """``(decoded name, raw value)`` per ``&``-separated part (one pair per part)."""
+    pairs = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        pairs.append((unquote_plus(name), value))
+    return pairs

@@ -1,0 +1,220 @@
+"""bascule-key-auth over real sockets: a real gateway in front of a real upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+
+import pytest
+import trio
+from bascule.config import ConfigError
+from bascule.testing import start_gateway, start_upstream
+from bascule_key_auth import KeyAuthPlugin
+from bascule_key_auth.hash import hashed
+from bascule_key_auth.hash import main as hash_main
+
+ALICE_KEY = "alice-key-0123456789"
+ALICE_OLD_KEY = "alice-old-key"
+BOB_KEY = "bob-key-9876543210"
+
+
+def sha(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+CONSUMERS = f"""
+    [consumers.alice]
+    id = "c-1"
+    groups = ["partners", "beta"]
+    [consumers.alice.credentials.key-auth]
+    keys = ["{sha(ALICE_KEY)}", "{sha(ALICE_OLD_KEY).upper().replace('SHA256', 'sha256')}"]
+    [consumers.bob.credentials.key-auth]
+    keys = ["{sha(BOB_KEY)}"]
+    [consumers.guest]
+    groups = ["public"]
+"""
+
+
+def config(upstream, table: str = "", consumers: str = CONSUMERS) -> str:
+    return consumers + f"""
+        [services.partner]
+        targets = ["{upstream.url}"]
+        [[routes]]
+        name = "partner"
+        paths = ["/partner"]
+        service = "partner"
+        [routes.plugins.key-auth]
+        {table}
+        [[routes]]
+        name = "open"
+        paths = ["/open"]
+        service = "partner"
+    """
+
+
+async def serve(nursery, text: str):
+    return await start_gateway(nursery, text, plugins=[KeyAuthPlugin], entry_points=False)
+
+
+def assert_unauthorized(r, detail: str) -> None:
+    assert r.status_code == 401, r.text
+    assert r.headers["www-authenticate"] == 'APIKey realm="bascule"'
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == detail
+
+
+async def test_keys_in_default_headers_identify_consumers(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream))
+    async with gw.client() as client:
+        for headers, who in (({"apikey": ALICE_KEY}, "c-1"), ({"X-API-Key": BOB_KEY}, "bob"),
+                             ({"x-api-key": ALICE_OLD_KEY}, "c-1")):
+            r = await client.get("/partner/orders", headers=headers)
+            assert r.status_code == 200, r.text
+            assert upstream.requests[-1].header("x-consumer-id") == who
+        seen = upstream.requests[0]
+        assert seen.header("x-consumer-username") == "alice"
+        assert seen.header("x-consumer-groups") == "beta,partners"
+        assert seen.header("apikey") == ALICE_KEY  # forwarded unless hide_credentials
+        assert "x-consumer-groups" not in upstream.requests[1].headers  # bob has no groups
+        # The stored digest itself is not a key.
+        r = await client.get("/partner", headers={"apikey": sha(ALICE_KEY)})
+        assert_unauthorized(r, "The API key is not valid.")
+    assert len(upstream.requests) == 3
+
+
+async def test_missing_wrong_and_oversized_keys_are_401(nursery):
+    upstream = await start_upstream(nursery)
+    at_limit = "k" * 64
+    gw = await serve(nursery, config(upstream, "max_key_size = 64", CONSUMERS + f"""
+        [consumers.long.credentials.key-auth]
+        keys = ["{sha(at_limit)}"]
+    """))
+    async with gw.client() as client:
+        assert_unauthorized(await client.get("/partner"), "An API key is required.")
+        r = await client.get("/partner", headers={"apikey": "wrong-key"})
+        assert_unauthorized(r, "The API key is not valid.")
+        assert "wrong-key" not in r.text
+        # A key in a query parameter is ignored unless configured.
+        assert_unauthorized(await client.get("/partner", params={"apikey": ALICE_KEY}), "An API key is required.")
+        # The size limit: a key of exactly max_key_size works, one byte more is refused before hashing.
+        assert (await client.get("/partner", headers={"apikey": at_limit})).status_code == 200
+        r = await client.get("/partner", headers={"apikey": at_limit + "k"})
+        assert_unauthorized(r, "The API key is longer than 64 bytes.")
+    assert len(upstream.requests) == 1
+
+
+async def test_hide_credentials_strips_header_and_query_key(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream, 'query = ["apikey"]\nhide_credentials = true', CONSUMERS + f"""
+        [consumers.utf8.credentials.key-auth]
+        keys = ["{sha('kéy')}"]
+    """))
+    async with gw.client() as client:
+        r = await client.get("/partner/x", headers={"x-api-key": ALICE_KEY, "x-other": "kept"})
+        assert r.status_code == 200
+        seen = upstream.requests[-1]
+        assert "x-api-key" not in seen.headers and seen.header("x-other") == "kept"
+        r = await client.get(f"/partner/x?a=1&apikey={ALICE_KEY}&b=%20two")
+        assert r.status_code == 200
+        assert upstream.requests[-1].query == "a=1&b=%20two"
+        assert upstream.requests[-1].header("x-consumer-id") == "c-1"
+        # Percent-encoded keys are decoded to the bytes that were hashed.
+        r = await client.get("/partner/x?apikey=k%C3%A9y")
+        assert r.status_code == 200 and upstream.requests[-1].header("x-consumer-id") == "utf8"
+        assert upstream.requests[-1].query == ""
+
+
+async def test_client_sent_identity_headers_never_reach_the_upstream(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream))
+    spoof = {"x-consumer-id": "admin", "x-consumer-username": "root", "x-consumer-groups": "admins",
+             "x-consumer-custom": "1"}
+    async with gw.client() as client:
+        assert (await client.get("/partner", headers=spoof | {"apikey": BOB_KEY})).status_code == 200
+        seen = upstream.requests[-1]
+        assert seen.headers.get_all("x-consumer-id") == ["bob"]
+        assert seen.headers.get_all("x-consumer-username") == ["bob"]
+        assert "x-consumer-groups" not in seen.headers and "x-consumer-custom" not in seen.headers
+        # A route without the plugin stays open, and still gets no forged identity.
+        assert (await client.get("/open", headers=spoof)).status_code == 200
+        assert not any(name.startswith("x-consumer-") for name, _ in upstream.requests[-1].headers)
+
+
+async def test_anonymous_consumer(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream, 'anonymous = "guest"'))
+    async with gw.client() as client:
+        assert (await client.get("/partner")).status_code == 200
+        assert upstream.requests[-1].header("x-consumer-username") == "guest"
+        assert upstream.requests[-1].header("x-consumer-groups") == "public"
+        # A wrong key is not downgraded to anonymous.
+        assert_unauthorized(await client.get("/partner", headers={"apikey": "nope"}), "The API key is not valid.")
+    assert len(upstream.requests) == 1
+
+
+async def test_invalid_credentials_are_config_errors(nursery):
+    upstream = await start_upstream(nursery)
+    for keys, message in (('["plaintext-key"]', 'expected "sha256:<64 hex digits>"'),
+                          ('["sha256:abc"]', "keys[0]"), ("[]", "give at least one")):
+        with pytest.raises(ConfigError) as e:
+            await serve(nursery, config(upstream, "", f"""
+                [consumers.eve.credentials.key-auth]
+                keys = {keys}
+            """))
+        assert "consumers.eve" in str(e.value) and message in str(e.value)
+    with pytest.raises(ConfigError, match="at least one header or query"):
+        await serve(nursery, config(upstream, "headers = []"))
+
+
+async def startup_failure(config: str) -> str:
+    """The message a gateway fails to start with."""
+    with pytest.raises(Exception) as e:  # hypercorn wraps it in exception groups
+        async with trio.open_nursery() as nursery:
+            await serve(nursery, config)
+    return "".join(traceback.format_exception(e.value))
+
+
+async def test_shared_key_and_unknown_anonymous_stop_startup(nursery):
+    upstream = await start_upstream(nursery)
+    shared = CONSUMERS + f"""
+        [consumers.mallory.credentials.key-auth]
+        keys = ["{sha(BOB_KEY)}"]
+    """
+    assert "consumers 'bob' and 'mallory' share an API key" in await startup_failure(config(upstream, "", shared))
+    assert "anonymous consumer 'nobody' is not declared" in await startup_failure(
+        config(upstream, 'anonymous = "nobody"'))
+
+
+async def test_reload_picks_up_new_consumers(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream, "", ""))
+    await gw.reload(config(upstream))
+    async with gw.client() as client:
+        assert (await client.get("/partner", headers={"apikey": BOB_KEY})).status_code == 200
+
+
+def test_hash_command(capsys, monkeypatch):
+    assert hash_main([ALICE_KEY]) == 0
+    assert capsys.readouterr().out.strip() == sha(ALICE_KEY) == hashed(ALICE_KEY)
+    assert hash_main(["--new"]) == 0
+    key_line, config_line = capsys.readouterr().out.strip().splitlines()
+    assert config_line.split()[1] == sha(key_line.split()[1])
+
+
+def test_installed_under_its_entry_point():
+    from bascule.registry import discover
+
+    assert discover()["key-auth"].cls is KeyAuthPlugin
+
+
+def test_readme_documents_every_setting():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from bascule_key_auth.settings import Credentials, Settings
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for model in (Settings, Credentials):
+        for f in fields(model):
+            assert f"| `{f.name}` |" in readme, (model.__name__, f.name)
