@@ -142,7 +142,7 @@ class Runtime:
     async def startup(self, gateway: Gateway) -> None:
         """Start this runtime's plugins. They see this runtime's consumers even
         when it is started for a reload, before it is swapped in."""
-        await self.plugins.startup(PluginGateway(self.config.consumers, gateway.start_soon))
+        await self.plugins.startup(PluginGateway(self.config.consumers, gateway.shared, gateway.start_soon))
 
     async def aclose(self, keep: Runtime | None = None) -> None:
         """Shut plugins down and close pools (those ``keep`` took over stay open)."""
@@ -157,11 +157,12 @@ _FORWARD_COPY = frozenset({
 _REWRITTEN = _FORWARD_COPY | {b"content-length", b"transfer-encoding"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PluginGateway:
     """The ``bascule_sdk.Gateway`` that one runtime's plugins get in ``startup``."""
 
     consumers: Mapping[str, Consumer]
+    shared: dict[str, Any]
     start_soon: Callable[..., None]
 
 
@@ -174,6 +175,7 @@ class Gateway:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.shared: dict[str, Any] = {}  # plugins' state that outlives a config
         self._nursery: trio.Nursery | None = None
         self._date = (0, b"")
 

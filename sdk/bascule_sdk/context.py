@@ -106,6 +106,9 @@ class Gateway(Protocol):
     """What ``startup(gateway)`` receives: the running gateway, seen by a plugin."""
 
     consumers: Mapping[str, Consumer]
+    #: State that outlives one config: kept across reloads, shared by every plugin
+    #: instance of this gateway process. Key it by your plugin's name.
+    shared: dict[str, Any]
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background until the gateway shuts down."""

@@ -10,7 +10,6 @@ The clock is injectable (``clock()`` returns seconds) for tests.
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -74,8 +73,6 @@ CHECKS = {"gcra": gcra, "fixed-window": fixed_window, "sliding-window": sliding_
 class LocalBackend:
     """Buckets of one process; ``shared()`` gives every plugin instance of a gateway the same one."""
 
-    _shared: weakref.WeakKeyDictionary[Any, dict[tuple[int, Clock], LocalBackend]] = weakref.WeakKeyDictionary()
-
     def __init__(self, max_keys: int, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self.buckets: TLRUCache[str, tuple[float, Any]] = TLRUCache(
@@ -84,11 +81,8 @@ class LocalBackend:
     @classmethod
     def shared(cls, gateway: Any, max_keys: int, clock: Clock = time.monotonic) -> LocalBackend:
         """The backend of ``gateway`` for these settings: shared by routes (``group``)
-        and kept across config reloads, so a reload resets no budget."""
-        try:
-            backends = cls._shared.setdefault(gateway, {})
-        except TypeError:  # a gateway that cannot be weakly referenced: no sharing
-            return cls(max_keys, clock)
+        and kept across config reloads (in ``gateway.shared``), so a reload resets no budget."""
+        backends = gateway.shared.setdefault("rate-limit.local", {})
         backend = backends.get((max_keys, clock))
         if backend is None:
             backend = backends[(max_keys, clock)] = cls(max_keys, clock)

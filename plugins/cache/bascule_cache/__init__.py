@@ -1,0 +1,6 @@
+"""bascule-cache: an RFC 9111 shared HTTP cache for Bascule routes."""
+
+from .plugin import Cache
+from .settings import CacheSettings
+
+__all__ = ["Cache", "CacheSettings"]

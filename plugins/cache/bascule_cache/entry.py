@@ -1,0 +1,149 @@
+"""A stored response and the RFC 9111 clock arithmetic around it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+from bascule_sdk import Headers
+
+from .control import HEURISTIC_STATUSES, delta_seconds, http_date, parse_cache_control
+
+__all__ = ["Entry", "Policy", "freshness_lifetime"]
+
+# Header fields a 304 must not overwrite in the stored response (RFC 9111 section 3.2).
+_KEEP_ON_MERGE = frozenset({b"content-length", b"transfer-encoding", b"x-cache-status"})
+# Never stored (RFC 9111 section 3.1): connection-specific fields, and what only
+# concerns the one exchange or the one user.
+_NOT_STORED = ("connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "trailer", "upgrade",
+               "proxy-authenticate", "proxy-authentication-info", "proxy-authorization",
+               "age", "x-cache-status", "set-cookie", "x-request-id")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The operator's freshness defaults (from settings)."""
+
+    default_ttl: float = 0.0
+    heuristic_max: float = 86400.0
+
+
+def freshness_lifetime(status: int, headers: Headers, response_time: float, policy: Policy) -> float:
+    """RFC 9111 section 4.2.1 for a shared cache: s-maxage, max-age, Expires - Date, heuristic."""
+    cc = parse_cache_control(headers.get_all("cache-control"))
+    for directive in ("s-maxage", "max-age"):
+        if directive in cc:
+            value = delta_seconds(cc[directive])
+            return float(value) if value is not None else 0.0
+    date = http_date(headers.get("date"))
+    date = response_time if date is None else date
+    expires = headers.get_all("expires")
+    if expires:
+        at = http_date(expires[0])
+        return max(0.0, at - date) if at is not None else 0.0
+    if status in HEURISTIC_STATUSES or "public" in cc:
+        modified = http_date(headers.get("last-modified"))
+        if modified is not None and modified <= date:
+            return min(0.1 * (date - modified), policy.heuristic_max)
+        return policy.default_ttl
+    return 0.0
+
+
+@dataclass
+class Entry:
+    """A response as stored: status, header pairs, body, and its timing.
+
+    ``initial_age`` is the corrected initial age (RFC 9111 section 4.2.3),
+    ``response_time`` the moment the response arrived; the current age at
+    ``now`` is ``initial_age + now - response_time``. ``keep_until`` is when
+    the store may forget it. ``upstream`` is the ``(path, query, host)`` the
+    request was sent upstream with, for background refresh.
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    response_time: float
+    initial_age: float
+    lifetime: float
+    keep_until: float = 0.0
+    upstream: tuple[str, str, bool] | None = None
+    cc: dict[str, str | None] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.cc = parse_cache_control(self.view.get_all("cache-control"))
+
+    @classmethod
+    def from_response(
+        cls, status: int, headers: Headers, body: bytes,
+        request_time: float, response_time: float, policy: Policy,
+    ) -> Entry:
+        """Capture a response received at ``response_time`` for a request sent at ``request_time``."""
+        age_value = delta_seconds((headers.get("age") or "").strip()) or 0
+        date = http_date(headers.get("date"))
+        apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+        corrected_age = age_value + max(0.0, response_time - request_time)
+        stored = headers.copy()
+        stored.remove(*_NOT_STORED)
+        cc = parse_cache_control(headers.get_all("cache-control"))
+        for directive in ("no-cache", "private"):  # qualified forms: never store the listed fields
+            if cc.get(directive):
+                stored.remove(*(f.strip() for f in (cc[directive] or "").split(",") if f.strip()))
+        return cls(status, stored.raw, body, response_time, max(apparent_age, corrected_age),
+                   freshness_lifetime(status, stored, response_time, policy))
+
+    @property
+    def view(self) -> Headers:
+        return Headers(self.headers)
+
+    def age(self, now: float) -> float:
+        return self.initial_age + max(0.0, now - self.response_time)
+
+    def header(self, name: str) -> str | None:
+        return self.view.get(name)
+
+    @property
+    def validators(self) -> dict[str, str]:
+        """Conditional request fields that revalidate this entry."""
+        found = {}
+        if etag := self.header("etag"):
+            found["if-none-match"] = etag
+        if modified := self.header("last-modified"):
+            found["if-modified-since"] = modified
+        return found
+
+    @property
+    def no_cache(self) -> bool:
+        """Unqualified ``no-cache``: validate before every use."""
+        return "no-cache" in self.cc and self.cc["no-cache"] is None
+
+    @property
+    def may_serve_stale(self) -> bool:
+        """False when a directive forbids serving it stale (s-maxage implies proxy-revalidate)."""
+        return not (self.no_cache or {"must-revalidate", "proxy-revalidate", "s-maxage"} & self.cc.keys())
+
+    def stale_window(self, directive: str) -> float:
+        """The ``stale-while-revalidate`` / ``stale-if-error`` window, 0 if none."""
+        return float(delta_seconds(self.cc.get(directive)) or 0)
+
+    def merged(self, headers: Headers, request_time: float, response_time: float, policy: Policy) -> Entry:
+        """This entry freshened by a 304's header fields (RFC 9111 sections 3.2 and 4.3.4)."""
+        update = {k for k, _ in headers.raw} - _KEEP_ON_MERGE
+        raw = [(k, v) for k, v in self.headers if k not in update]
+        raw += [(k, v) for k, v in headers.raw if k in update]
+        fresh = Entry.from_response(self.status, Headers(raw), self.body, request_time, response_time, policy)
+        return replace(fresh, upstream=self.upstream)
+
+    def encode(self) -> bytes:
+        head = {"s": self.status, "h": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers],
+                "t": self.response_time, "a": self.initial_age, "l": self.lifetime, "k": self.keep_until,
+                "u": self.upstream}
+        return json.dumps(head, separators=(",", ":")).encode() + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, data: bytes) -> Entry:
+        head, _, body = data.partition(b"\n")
+        h = json.loads(head)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h["h"]]
+        upstream = tuple(h["u"]) if h.get("u") else None
+        return cls(h["s"], headers, body, h["t"], h["a"], h["l"], h["k"], upstream)  # type: ignore[arg-type]
