@@ -1,11 +1,15 @@
 """The admin listener: health, introspection and reload, off the public port.
 
-    GET  /healthz    the process is alive
-    GET  /readyz     a config is loaded and serving
+    GET  /healthz    the process is alive (200, with its pid)
+    GET  /readyz     200 when a config is loaded and every service has an
+                     available target; 503 naming the services that have none
     GET  /routes     each route: matcher, service, plugin pipeline in order
     GET  /plugins    installed plugins: name, version, distribution, hooks
-    GET  /upstreams  services and their targets, with connections in use
+    GET  /upstreams  services: balancing, retries, admission, and each target
+                     with its health state and counters
     POST /reload     re-read the config file; 400 with the errors if invalid
+                     (with several workers: validated here, then every
+                     worker reloads on the SIGHUP the supervisor forwards)
 
 With ``admin_token`` set, every request needs ``Authorization: Bearer TOKEN``.
 """
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
+import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +28,7 @@ from bascule_sdk import Headers, HTTPError, Request, Response
 from bascule_sdk.http import iterate
 
 from .config import Config, ConfigError, load_config
-from .gateway import Gateway
+from .gateway import Gateway, Runtime
 from .registry import Available
 
 __all__ = ["Admin", "describe_plugins", "describe_routes"]
@@ -57,10 +63,18 @@ def describe_plugins(available: Mapping[str, Available]) -> list[dict[str, Any]]
 class Admin:
     """ASGI app of the admin listener."""
 
-    def __init__(self, gateway: Gateway, path: str | Path, available: Mapping[str, Available]) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        path: str | Path,
+        available: Mapping[str, Available],
+        *,
+        signal_supervisor: bool = False,
+    ) -> None:
         self.gateway = gateway
         self.path = path
         self.available = available
+        self.signal_supervisor = signal_supervisor  # a worker: every worker must reload
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -113,26 +127,36 @@ class Admin:
         method, path = scope["method"], scope["path"]
         rt = self.gateway.runtime
         pages: dict[str, Callable[[], Any]] = {
-            "/healthz": lambda: {"status": "ok"},
-            "/readyz": lambda: {"status": "ready", "config": str(rt.config.path)},
+            "/healthz": lambda: {"status": "ok", "pid": os.getpid()},
             "/routes": lambda: describe_routes(rt.config),
             "/plugins": lambda: describe_plugins(self.available),
-            "/upstreams": lambda: {
-                name: [{"url": p.url, "in_use": p.in_use} for p in svc.pools]
-                for name, svc in rt.upstreams.services.items()
-            },
+            "/upstreams": lambda: {name: svc.describe() for name, svc in rt.upstreams.services.items()},
         }
         if path == "/reload":
             if method != "POST":
                 raise HTTPError(405, "Use POST.", {"allow": "POST"})
-            try:
-                await self.gateway.reload(load_config(self.path, self.available))
-            except ConfigError as e:
-                raise HTTPError(400, "The new config is invalid; the old one stays.",
-                                extra={"errors": e.lines}) from None
-            return 200, {"reloaded": True}
-        if path not in pages:
+            return await self._reload()
+        if path != "/readyz" and path not in pages:
             raise HTTPError(404, "No such admin resource.")
         if method not in ("GET", "HEAD"):
             raise HTTPError(405, "Use GET.", {"allow": "GET, HEAD"})
+        if path == "/readyz":
+            down = sorted(name for name, svc in rt.upstreams.services.items() if not svc.ready())
+            if down:
+                return 503, {"status": "unready", "config": str(rt.config.path),
+                             "without_healthy_target": down}
+            return 200, {"status": "ready", "config": str(rt.config.path)}
         return 200, pages[path]()
+
+    async def _reload(self) -> tuple[int, Any]:
+        try:
+            config = load_config(self.path, self.available)
+            if self.signal_supervisor:
+                Runtime(config)  # plugins accept their settings: the workers will too
+                os.kill(os.getppid(), signal.SIGHUP)
+                return 202, {"reloaded": True, "workers": "signalled"}
+            await self.gateway.reload(config)
+        except ConfigError as e:
+            raise HTTPError(400, "The new config is invalid; the old one stays.",
+                            extra={"errors": e.lines}) from None
+        return 200, {"reloaded": True}

@@ -57,6 +57,7 @@ class Runtime:
         self.idle = trio.Event()  # set once retiring and no request is in flight
         self.trusted = TrustedProxies(gw.trusted_proxies)
         self.max_body_size = gw.max_body_size
+        self.max_header_size = gw.max_header_size
         self.buffer_size = gw.buffer_size
         self.upstreams = Upstreams(config.services, gw.buffer_size,
                                    previous.upstreams if previous else None)
@@ -133,7 +134,7 @@ class Runtime:
         else:
             raw.append((b"transfer-encoding", b"chunked"))
         headers.raw = raw
-        response, pool, seconds = await self.upstreams[name].send(request)
+        response, pool, seconds = await self.upstreams[name].send(request, ctx)
         ctx.upstream = pool.url
         ctx.upstream_seconds = (ctx.upstream_seconds or 0.0) + seconds
         strip_hop_by_hop(response.headers)
@@ -143,6 +144,7 @@ class Runtime:
         """Start this runtime's plugins. They see this runtime's consumers even
         when it is started for a reload, before it is swapped in."""
         await self.plugins.startup(PluginGateway(self.config.consumers, gateway.shared, gateway.start_soon))
+        self.upstreams.start(gateway.start_soon)  # active health checks; kept services go on
 
     async def aclose(self, keep: Runtime | None = None) -> None:
         """Shut plugins down and close pools (those ``keep`` took over stay open)."""
@@ -311,6 +313,14 @@ class Gateway:
 _NO_ROUTE = RouteInfo("", None)
 
 
+def _head_size(scope: dict) -> int:
+    """Bytes of the request head: request line and header fields, as on the wire."""
+    size = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + 12
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    return size
+
+
 async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request, str, str, HTTPError | None]:
     """The client's request as the gateway sees it, or the error that answers it.
 
@@ -326,12 +336,16 @@ async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request,
     method, scheme = scope["method"], scope.get("scheme", "http")
     raw_path = scope.get("raw_path") or scope["path"].encode()
     error: HTTPError | None = None
+    if _head_size(scope) > rt.max_header_size:
+        # hypercorn (h11) itself only limits a head still incomplete after one 64 KiB read.
+        error = HTTPError(431, f"The request head is larger than {rt.max_header_size} bytes.",
+                          {"connection": "close"})
     if not raw_path.startswith(b"/"):  # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
         absolute = urlsplit(raw_path.decode("latin-1"))
         if absolute.scheme in ("http", "https") and absolute.netloc:
             headers.set("host", absolute.netloc)
             raw_path = absolute.path.encode("latin-1") or b"/"
-    if "content-length" in headers and "transfer-encoding" in headers:
+    if error is None and "content-length" in headers and "transfer-encoding" in headers:
         error = HTTPError(400, "Content-Length and Transfer-Encoding together are ambiguous.",
                           {"connection": "close"})
     body: Body = b""

@@ -6,8 +6,9 @@ accepting connections and let in-flight requests finish (``graceful_timeout``).
 
 Several processes (``workers > 1``): the parent binds the public socket once
 and starts that many worker processes sharing it; the first worker also
-serves the admin listener. The parent forwards SIGHUP/SIGTERM to every worker
-and replaces a worker that dies.
+serves the admin listener, whose ``POST /reload`` sends SIGHUP to the parent.
+The parent forwards SIGHUP/SIGTERM to every worker and replaces a worker that
+dies.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def hypercorn_config(gw: GatewaySettings, bind: str, *, tls: bool = True) -> Hyp
     c.h11_max_incomplete_size = gw.max_header_size
     c.h2_max_header_list_size = gw.max_header_size
     c.keep_alive_timeout = gw.keep_alive_timeout
-    c.read_timeout = int(gw.read_timeout) or 1
+    c.read_timeout = gw.read_timeout or None  # seconds, fractions too (hypercorn passes it to trio)
     c.graceful_timeout = gw.graceful_timeout
     c.keep_alive_max_requests = 1_000_000
     c.include_date_header = False  # the upstream's Date is forwarded; the gateway adds its own otherwise
@@ -62,47 +63,54 @@ async def serve(
     *,
     sockets: Sockets | None = None,
     admin: bool = True,
+    supervised: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the config at ``path`` until SIGTERM/SIGINT; reload on SIGHUP."""
+    """Serve the config at ``path`` until SIGTERM/SIGINT; reload on SIGHUP.
+
+    ``supervised``: this is a worker of ``_supervise``, so the admin
+    listener's ``POST /reload`` asks the supervisor to reload every worker.
+    """
     config = load_config(path, available)
     gateway = Gateway(Runtime(config))
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals, gateway, path, available, stop)
-        binds = await nursery.start(partial(
-            worker_serve, wrap_app(gateway, None, "asgi"),
-            hypercorn_config(config.gateway, config.gateway.listen),
-            sockets=sockets, shutdown_trigger=stop.wait,
-        ))
-        if admin and config.gateway.admin:
-            from .admin import Admin
-
-            admin_app = Admin(gateway, path, available)
-            binds += await nursery.start(partial(
-                worker_serve, wrap_app(admin_app, None, "asgi"),
-                hypercorn_config(config.gateway, config.gateway.admin, tls=False),
-                shutdown_trigger=stop.wait,
+        async with trio.open_nursery() as servers:
+            binds = await servers.start(partial(
+                worker_serve, wrap_app(gateway, None, "asgi"),
+                hypercorn_config(config.gateway, config.gateway.listen),
+                sockets=sockets, shutdown_trigger=stop.wait,
             ))
-        task_status.started(binds)
-        await stop.wait()
-        nursery.cancel_scope.deadline = trio.current_time() + config.gateway.graceful_timeout + 5
+            if admin and config.gateway.admin:
+                from .admin import Admin
+
+                admin_app = Admin(gateway, path, available, signal_supervisor=supervised)
+                binds += await servers.start(partial(
+                    worker_serve, wrap_app(admin_app, None, "asgi"),
+                    hypercorn_config(config.gateway, config.gateway.admin, tls=False),
+                    shutdown_trigger=stop.wait,
+                ))
+            task_status.started(binds)
+            await stop.wait()
+            servers.cancel_scope.deadline = trio.current_time() + config.gateway.graceful_timeout + 5
+        nursery.cancel_scope.cancel()  # drained: stop listening for signals
 
 
 async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, Available],
                    stop: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            if signum == signal.SIGHUP:
+            if signum != signal.SIGHUP:
+                if not stop.is_set():
+                    log.info("shutting down: finishing in-flight requests")
+                stop.set()
+            elif not stop.is_set():
                 try:
                     await gateway.reload(load_config(path, available))
                     log.info("reloaded %s", path)
                 except ConfigError as e:
                     log.error("reload rejected, the old config stays:\n%s", e)
-            else:
-                log.info("shutting down: finishing in-flight requests")
-                stop.set()
-                return
 
 
 def run(path: str | Path, workers: int | None = None) -> int:
@@ -163,4 +171,4 @@ def _worker(path: str, sockets: Sockets, admin: bool) -> None:
     for s in sockets.secure_sockets + sockets.insecure_sockets:
         s.listen(2048)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
-    trio.run(partial(serve, path, discover(), sockets=sockets, admin=admin))
+    trio.run(partial(serve, path, discover(), sockets=sockets, admin=admin, supervised=True))

@@ -1,5 +1,10 @@
 """The upstream client: services, their targets, and a connection pool per target.
 
+The one client that proxying, ``ctx.forward`` and health checks use. A
+``Service`` picks a target (``balancing``), skips targets its breaker holds
+out (``health``), retries on another target within a budget (``retries``)
+and bounds the requests it holds (``admission``).
+
 Built on httpcore's ``AsyncHTTPConnection`` (the layer beneath httpx), with
 the gateway's own pool: a LIFO free-list that checks only the connection it
 takes, capped by a ``trio.CapacityLimiter``. httpx's default pool scans every
@@ -14,18 +19,23 @@ to the pool when the response is closed.
 
 from __future__ import annotations
 
-import itertools
 import logging
+import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
 import trio
-from bascule_sdk import Headers, HTTPError, Request, Response
+from bascule_sdk import Context, Headers, HTTPError, Request, Response
 
+from .admission import Admission
+from .balancing import make_balancer
 from .config import ServiceSettings
+from .health import TargetHealth
+from .retries import RetryBudget
 
 __all__ = ["Pool", "PoolFull", "Service", "Upstreams"]
 
@@ -64,6 +74,8 @@ class Pool:
         default_port = port == (443 if parts.scheme == "https" else 80)
         host = parts.hostname if default_port else f"{parts.hostname}:{port}"
         self.host_header = host.encode()
+        self.weight = 1
+        self.health = TargetHealth(url, 0, 0.0)  # a Service sets its own
         self._limiter = trio.CapacityLimiter(max_connections)
         self._idle: list[httpcore.AsyncHTTPConnection] = []
         self._keepalive_expiry = keepalive_expiry
@@ -140,7 +152,7 @@ class Pool:
         buffer_size: int,
         token: object,
     ) -> Response:
-        headers = Headers(response.headers)
+        headers = Headers([(k.lower(), v) for k, v in response.headers])  # h11 keeps the wire's case
         stream = response.stream
 
         async def release() -> None:
@@ -160,8 +172,11 @@ class Pool:
         if small:
             try:
                 body = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
-            finally:
-                await release()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+                raise  # send() returns the token
+            await release()
             return Response(response.status, headers, body)
         return Response(response.status, headers, _chunks(stream), close=release)
 
@@ -178,14 +193,13 @@ async def _chunks(stream: object) -> AsyncIterator[bytes]:
 
 
 class Service:
-    """A named service: its targets, chosen by weighted round-robin."""
+    """A named service: its targets, how one is chosen, retries, health and admission."""
 
     def __init__(self, name: str, settings: ServiceSettings, buffer_size: int) -> None:
         self.name = name
         self.settings = settings
         self.buffer_size = buffer_size
         self.pools: list[Pool] = []
-        order: list[Pool] = []
         for t in settings.targets:
             url, weight = (t, 1) if isinstance(t, str) else (t.url, t.weight)
             pool = Pool(
@@ -196,65 +210,187 @@ class Service:
                 read_timeout=settings.read_timeout,
                 pool_timeout=settings.pool_timeout,
             )
+            pool.weight = weight
+            pool.health = TargetHealth(url, settings.max_failures, settings.cool_off)
             self.pools.append(pool)
-            order += [pool] * weight
-        self._cycle = itertools.cycle(_interleave(order))
+        self.balancer = make_balancer(settings.balance, self.pools)
+        self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
+        self.admission = (Admission(name, settings.max_requests, settings.max_queue,
+                                    settings.queue_timeout) if settings.max_requests else None)
+        self._retry_on = frozenset(settings.retry_on)
+        self._fail_on = frozenset(settings.fail_on)
+        self._checks: trio.CancelScope | None = None
 
-    def pick(self) -> Pool:
-        return next(self._cycle)
+    async def send(self, request: Request, ctx: Context | None = None) -> tuple[Response, Pool, float]:
+        """Send ``request`` to a target, retrying on others as configured.
 
-    async def send(self, request: Request) -> tuple[Response, Pool, float]:
-        """Send to the next target; on a connect failure of an idempotent request,
-        try each other target once. Returns the response, the target's pool
-        and the seconds until the response head arrived.
-
-        Raises ``HTTPError`` 502 (unreachable or broken upstream), 503 (no
-        free connection in time) or 504 (no answer within ``timeout``).
+        Returns the response, the target's pool and the seconds until the
+        response head arrived (every attempt included). ``ctx`` supplies the
+        key of ``balance = "hash"``. Raises ``HTTPError`` 502 (unreachable or
+        broken upstream), 503 (no available target, a full queue or pool)
+        or 504 (no answer within ``timeout``).
         """
-        attempts = len(self.pools) if request.method in IDEMPOTENT else 1
+        admission = self.admission
+        if admission is None:
+            return await self._send(request, ctx)
+        await admission.enter()
+        try:
+            response, pool, seconds = await self._send(request, ctx)
+        except BaseException:
+            admission.leave()
+            raise
+        if response.close is None:
+            admission.leave()
+        else:
+            response.close = _then(response.close, admission.leave)
+        return response, pool, seconds
+
+    async def _send(self, request: Request, ctx: Context | None) -> tuple[Response, Pool, float]:
+        settings = self.settings
         start = time.perf_counter()
-        for attempt in range(attempts):
-            pool = self.pick()
+        now = trio.current_time()
+        self.budget.request(now)
+        key = self._key(request, ctx) if settings.balance == "hash" else None
+        pool = self.balancer.pick(now, key, ())
+        if pool is None:
+            raise self._no_target(now)
+        # Safe to repeat once sent: an idempotent method with a body we still hold.
+        repeatable = (request.method in IDEMPOTENT or settings.retry_non_idempotent) \
+            and isinstance(request.body, bytes)
+        tried: list[Pool] = []
+        retries = settings.retries
+        while True:
+            tried.append(pool)
+            health = pool.health
+            health.begin()
+            response: Response | None = None
             try:
-                with trio.fail_after(self.settings.timeout):
+                with trio.fail_after(settings.timeout):
                     response = await pool.send(request, self.buffer_size)
-                return response, pool, time.perf_counter() - start
             except (httpcore.ConnectError, OSError) as e:
                 log.warning("service %s: cannot connect to %s: %s", self.name, pool.url, e)
-                if attempt + 1 == attempts:
-                    raise HTTPError(502, f"The service {self.name!r} is unreachable.") from None
+                health.failed_once(trio.current_time())
+                error = HTTPError(502, f"The service {self.name!r} is unreachable.")
+                retry = True  # nothing was sent
+            except httpcore.ConnectTimeout:
+                log.warning("service %s: connecting to %s timed out", self.name, pool.url)
+                health.failed_once(trio.current_time())
+                error = HTTPError(504, f"The service {self.name!r} did not answer in time.")
+                retry = True  # nothing was sent
             except PoolFull:
-                raise HTTPError(503, f"The service {self.name!r} is busy.",
-                                {"retry-after": "1"}) from None
+                health.abandoned()
+                raise HTTPError(503, f"The service {self.name!r} is busy.", {"retry-after": "1"}) from None
             except (trio.TooSlowError, httpcore.TimeoutException):
+                health.failed_once(trio.current_time())
                 raise HTTPError(504, f"The service {self.name!r} did not answer in time.") from None
             except (httpcore.ProtocolError, httpcore.NetworkError) as e:
                 log.warning("service %s: %s failed: %r", self.name, pool.url, e)
-                raise HTTPError(502, f"The service {self.name!r} sent an invalid response.") from None
-        raise AssertionError("unreachable")
+                health.failed_once(trio.current_time())
+                error = HTTPError(502, f"The service {self.name!r} sent an invalid response.")
+                retry = repeatable
+            except BaseException:
+                health.abandoned()
+                raise
+            else:
+                status = response.status
+                if status in self._fail_on:
+                    health.failed_once(trio.current_time())
+                else:
+                    health.succeeded()
+                retry = status in self._retry_on and repeatable
+            if retry and retries and self.budget.allows(now := trio.current_time()):
+                following = self.balancer.pick(now, key, tried)
+                if following is not None:
+                    self.budget.spend(now)
+                    if response is not None:
+                        await response.aclose()
+                    retries -= 1
+                    pool = following
+                    continue
+            if response is None:
+                raise error
+            return response, pool, time.perf_counter() - start
+
+    def _key(self, request: Request, ctx: Context | None) -> str | None:
+        on = self.settings.hash_on
+        if on.startswith("header:"):
+            value = request.headers.get(on[7:])
+            if value:
+                return value
+        elif on == "consumer" and ctx is not None and ctx.consumer is not None:
+            return ctx.consumer.id
+        return ctx.client_ip if ctx is not None else request.headers.get("x-real-ip")
+
+    def _no_target(self, now: float) -> HTTPError:
+        waits = [p.health.ejected_until - now for p in self.pools if not p.health.probe_down]
+        retry_after = max(1, math.ceil(min(waits))) if waits else 1
+        return HTTPError(503, f"The service {self.name!r} has no healthy target.",
+                         {"retry-after": str(retry_after)})
+
+    def ready(self) -> bool:
+        """Whether some target may take a request now."""
+        now = trio.current_time()
+        return any(p.health.available(now) for p in self.pools)
+
+    def describe(self) -> dict[str, Any]:
+        """Targets with health state and counters, for the admin listener."""
+        now = trio.current_time()
+        admission = self.admission
+        return {
+            "balance": self.settings.balance,
+            "in_flight": sum(p.in_use for p in self.pools),
+            "queued": admission.queued if admission else 0,
+            "refused": admission.refused if admission else 0,
+            "retries": self.budget.spent,
+            "retries_refused": self.budget.refused,
+            "targets": [{"url": p.url, "weight": p.weight, "in_use": p.in_use,
+                         **p.health.describe(now)} for p in self.pools],
+        }
+
+    # -- active health checks ----------------------------------------------
+
+    def start(self, start_soon: Callable[..., Any]) -> None:
+        """Start active health checks (if ``health_path`` is set); idempotent."""
+        if self.settings.health_path is not None and self._checks is None:
+            self._checks = trio.CancelScope()
+            start_soon(self._check_forever, self._checks)
+
+    async def _check_forever(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                async with trio.open_nursery() as nursery:
+                    for pool in self.pools:
+                        nursery.start_soon(self._probe, pool)
+                await trio.sleep(self.settings.health_interval)
+
+    async def _probe(self, pool: Pool) -> None:
+        s = self.settings
+        request = Request("GET", s.health_path or "/", "",
+                          Headers.of({"user-agent": "bascule-health-check"}), b"")
+        passed = False
+        with trio.move_on_after(s.health_timeout):
+            try:
+                response = await pool.send(request, self.buffer_size)
+                await response.aclose()
+                passed = 200 <= response.status < 400
+            except (httpcore.HTTPError, OSError, PoolFull) as e:
+                log.debug("service %s: probe of %s failed: %r", self.name, pool.url, e)
+        pool.health.probed(passed, s.healthy_threshold, s.unhealthy_threshold)
 
     async def aclose(self) -> None:
+        if self._checks is not None:
+            self._checks.cancel()
         for pool in self.pools:
             await pool.aclose()
 
 
-def _interleave(order: list[Pool]) -> list[Pool]:
-    """Spread each target's slots evenly (smooth weighted round-robin)."""
-    weights: dict[int, int] = {}
-    pools: dict[int, Pool] = {}
-    for p in order:
-        weights[id(p)] = weights.get(id(p), 0) + 1
-        pools[id(p)] = p
-    total = sum(weights.values())
-    current = dict.fromkeys(weights, 0)
-    result = []
-    for _ in range(total):
-        for k, w in weights.items():
-            current[k] += w
-        best = max(current, key=current.__getitem__)
-        current[best] -= total
-        result.append(pools[best])
-    return result
+def _then(close: Callable[[], Awaitable[None]], after: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def closing() -> None:
+        try:
+            await close()
+        finally:
+            after()
+    return closing
 
 
 class Upstreams:
@@ -275,6 +411,11 @@ class Upstreams:
 
     def __getitem__(self, name: str) -> Service:
         return self.services[name]
+
+    def start(self, start_soon: Callable[..., Any]) -> None:
+        """Start the services' active health checks (idempotent: kept services go on)."""
+        for service in self.services.values():
+            service.start(start_soon)
 
     async def aclose(self, keep: Upstreams | None = None) -> None:
         """Close every service's pools, except services that ``keep`` shares."""

@@ -1,0 +1,120 @@
+"""Health of upstream targets: a passive circuit breaker and active probes.
+
+Passive (every service): ``max_failures`` consecutive failures of a target
+(refused or broken connection, timeout, a status in ``fail_on``) eject it
+for ``cool_off``. The first request after that is its trial (half-open): a
+success closes the breaker, a failure ejects the target for another cool-off.
+
+Active (``health_path`` set): each target is probed every
+``health_interval``; ``unhealthy_threshold`` failed probes in a row take it
+out, ``healthy_threshold`` passed probes in a row bring it back. The two are
+independent: a target receives traffic only when neither holds it out.
+
+Every check is O(1) per request: a few attribute reads and a clock read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+__all__ = ["EJECTED", "HALF_OPEN", "HEALTHY", "UNHEALTHY", "TargetHealth"]
+
+log = logging.getLogger("bascule.upstream")
+
+HEALTHY = "healthy"
+EJECTED = "ejected"  # by the passive breaker, for cool_off
+HALF_OPEN = "half-open"  # cool-off over, one trial request in flight
+UNHEALTHY = "unhealthy"  # by active health checks
+
+
+class TargetHealth:
+    """Breaker state and counters of one target."""
+
+    __slots__ = ("url", "max_failures", "cool_off", "state", "failures", "ejected_until",
+                 "probe_down", "probe_streak", "requests", "failed", "ejections")
+
+    def __init__(self, url: str, max_failures: int, cool_off: float) -> None:
+        self.url = url
+        self.max_failures = max_failures
+        self.cool_off = cool_off
+        self.state = HEALTHY  # of the passive breaker
+        self.failures = 0  # consecutive
+        self.ejected_until = 0.0
+        self.probe_down = False  # held out by active checks
+        self.probe_streak = 0  # consecutive probe results of the same kind (+passed / -failed)
+        self.requests = 0
+        self.failed = 0
+        self.ejections = 0
+
+    def available(self, now: float) -> bool:
+        """Whether the target may take a request now (a trial included)."""
+        if self.probe_down:
+            return False
+        return self.state is HEALTHY or (self.state is EJECTED and now >= self.ejected_until)
+
+    def begin(self) -> None:
+        """A request was sent to the target; after a cool-off it is the trial."""
+        self.requests += 1
+        if self.state is EJECTED:
+            self.state = HALF_OPEN
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        if self.state is not HEALTHY:
+            log.info("target %s is healthy again", self.url)
+            self.state = HEALTHY
+
+    def failed_once(self, now: float) -> None:
+        self.failed += 1
+        self.failures += 1
+        if self.state is EJECTED or not self.max_failures:
+            return  # requests sent before the ejection may still fail
+        if self.state is HALF_OPEN or self.failures >= self.max_failures:
+            if self.state is HEALTHY:
+                log.warning("target %s ejected after %d failures", self.url, self.failures)
+            self.state = EJECTED
+            self.ejected_until = now + self.cool_off
+            self.ejections += 1
+
+    def abandoned(self) -> None:
+        """The request ended with no verdict (cancelled): allow another trial."""
+        if self.state is HALF_OPEN:
+            self.state = EJECTED
+
+    def probed(self, passed: bool, healthy_threshold: int, unhealthy_threshold: int) -> None:
+        """Record one active probe."""
+        if passed:
+            self.probe_streak = max(self.probe_streak, 0) + 1
+            if self.probe_down and self.probe_streak >= healthy_threshold:
+                log.info("target %s passes its health checks again", self.url)
+                self.probe_down = False
+        else:
+            self.probe_streak = min(self.probe_streak, 0) - 1
+            if not self.probe_down and -self.probe_streak >= unhealthy_threshold:
+                log.warning("target %s fails its health checks", self.url)
+                self.probe_down = True
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """State and counters, for the admin listener."""
+        if self.probe_down:
+            state = UNHEALTHY
+        elif self.state is EJECTED and now >= self.ejected_until:
+            state = HALF_OPEN  # the next request is the trial
+        else:
+            state = self.state
+        return {
+            "state": state,
+            "consecutive_failures": self.failures,
+            "requests": self.requests,
+            "failures": self.failed,
+            "ejections": self.ejections,
+            "ejected_for": round(max(self.ejected_until - now, 0.0), 3) if state == EJECTED else 0.0,
+        }
+
+
+def now() -> float:
+    """The clock of the breaker (trio's, so tests may use a mock clock)."""
+    return trio.current_time()
