@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from functools import partial
@@ -151,19 +153,26 @@ def _supervise(path: str | Path, config: Config, workers: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    for i in range(workers):
-        start(i)
-    while True:
-        time.sleep(0.2)
-        for i, p in list(procs.items()):
-            if not p.is_alive():
-                if stopping:
-                    procs.pop(i)
-                else:
-                    log.error("worker %d exited with %s; starting a new one", i, p.exitcode)
-                    start(i)
-        if stopping and not procs:
-            return 0
+    # A scratch directory shared by this run's workers, for state summed across them
+    # (e.g. metrics); workers inherit $BASCULE_RUN_DIR. Removed when the run ends.
+    run_dir = tempfile.mkdtemp(prefix="bascule-run-")
+    os.environ["BASCULE_RUN_DIR"] = run_dir
+    try:
+        for i in range(workers):
+            start(i)
+        while True:
+            time.sleep(0.2)
+            for i, p in list(procs.items()):
+                if not p.is_alive():
+                    if stopping:
+                        procs.pop(i)
+                    else:
+                        log.error("worker %d exited with %s; starting a new one", i, p.exitcode)
+                        start(i)
+            if stopping and not procs:
+                return 0
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _worker(path: str, sockets: Sockets, admin: bool) -> None:
