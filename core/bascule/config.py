@@ -373,7 +373,7 @@ class _Compiler:
             if not isinstance(table, Mapping):
                 self.error(where, "", f"expected a table, got {type(table).__name__}")
                 continue
-            self._spec(where, name, table, {})
+            self._spec(where, name, table)
             result[name] = table
         return result
 
@@ -457,15 +457,16 @@ class _Compiler:
         for instance, table in tables.items():
             from_route = isinstance(route_tables.get(instance), Mapping)
             spec = self._spec(where if from_route else f"plugins.{instance}", instance, table,
-                              route_tables.get(instance) or {})
+                              global_tables.get(instance) if from_route else None)
             if spec is not None:
                 specs.append(spec)
         specs.sort(key=lambda s: (-s.priority, s.instance))
         return specs
 
     def _spec(
-        self, where: str, instance: str, table: Mapping[str, Any], route_table: Mapping[str, Any]
+        self, where: str, instance: str, table: Mapping[str, Any], inherited: Mapping[str, Any] | None = None
     ) -> PluginSpec | None:
+        """Validate one instance's table; ``inherited`` is the global table a route layered over."""
         prefix = f"plugins.{instance}" if where.startswith("route") else ""
         plugin_name = table.get("plugin", instance)
         available = self.available.get(plugin_name) if isinstance(plugin_name, str) else None
@@ -486,12 +487,10 @@ class _Compiler:
         try:
             settings = parse(available.cls.Settings, settings_table)
         except SettingsError as e:
-            # A key the route did not set came from [plugins.X]: report it there, once.
+            # A bad value the route inherited from [plugins.X] is reported there, once.
             for p in e.problems:
                 top_key = p.key.split(".")[0].split("[")[0]
-                if prefix and top_key and top_key.replace("_", "-") not in {
-                    k.replace("_", "-") for k in route_table
-                }:
+                if inherited is not None and inherited.get(top_key) == table.get(top_key) is not None:
                     self.error(f"plugins.{instance}", p.key, p.message)
                 else:
                     self.error(where, ".".join(x for x in (prefix, p.key) if x), p.message)
