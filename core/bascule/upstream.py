@@ -95,10 +95,13 @@ class Pool:
         up within ``pool_timeout``.
         """
         token = object()
-        with trio.move_on_after(self._pool_timeout) as waited:
-            await self._limiter.acquire_on_behalf_of(token)
-        if waited.cancelled_caught:
-            raise PoolFull(self.url)
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(token)  # the common case: no timer needed
+        except trio.WouldBlock:
+            with trio.move_on_after(self._pool_timeout) as waited:
+                await self._limiter.acquire_on_behalf_of(token)
+            if waited.cancelled_caught:
+                raise PoolFull(self.url) from None
         try:
             return await self._send(request, buffer_size, token)
         except BaseException:
