@@ -276,3 +276,57 @@ async def test_a_reload_storm_loses_no_request(nursery):
     assert set(statuses) == {200}
     async with gw.client() as client:
         assert (await client.get("/extra49/y")).status_code == 200
+
+
+async def test_unkeyed_forwarding_headers_cannot_poison_the_cache(nursery):
+    # A typical origin builds absolute links from X-Forwarded-Host/-Proto. An untrusted
+    # client's copies are replaced on arrival, so the stored answer is the honest one.
+    from bascule_sdk import Response
+
+    async def origin(request):
+        link = f"{request.header('x-forwarded-proto')}://{request.header('x-forwarded-host')}/next"
+        return Response.json({"next": link}, headers={"cache-control": "public, max-age=60"})
+
+    upstream = await start_upstream(nursery, origin)
+    gw = await start_gateway(nursery, config(upstream.url) + "[routes.plugins.cache]\n")
+    async with gw.client() as client:
+        attack = await client.get("/page", headers={
+            "host": "shop.example", "x-forwarded-host": "evil.example", "x-forwarded-proto": "javascript",
+            "forwarded": "host=evil.example;proto=https",
+        })
+        victim = await client.get("/page", headers={"host": "shop.example"})
+    assert attack.json() == {"next": "http://shop.example/next"}
+    assert (victim.headers["x-cache-status"], victim.json()) == ("HIT", {"next": "http://shop.example/next"})
+    assert len(upstream.requests) == 1
+
+
+async def test_compressed_backend_answers_are_not_inflated_by_aggregation(nursery):
+    # A gzip body is never decompressed by the gateway (no zip bomb can expand in it):
+    # for the aggregator it is not JSON, which is a failure of that backend.
+    import gzip
+
+    from bascule_sdk import Response
+
+    bomb = gzip.compress(b"[" * 1_000_000)
+
+    async def backend(request):
+        return Response(200, {"content-type": "application/json", "content-encoding": "gzip"}, bomb)
+
+    upstream = await start_upstream(nursery, backend)
+    gw = await start_gateway(nursery, f"""
+        [services.api]
+        targets = ["{upstream.url}"]
+        [[routes]]
+        name = "agg"
+        paths = ["/agg"]
+        [routes.plugins.aggregate]
+        [[routes.plugins.aggregate.backends]]
+        name = "packed"
+        service = "api"
+        path = "/x"
+    """)
+    async with gw.client() as client:
+        r = await client.get("/agg")
+    assert r.status_code == 502
+    assert r.headers["content-type"] == "application/problem+json"
+    assert [e["backend"] for e in r.json()["errors"]] == ["packed"]
