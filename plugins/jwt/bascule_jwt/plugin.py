@@ -6,8 +6,8 @@ from urllib.parse import parse_qsl
 
 import trio
 from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
+from bascule_sdk.identity import set_identity, strip_identity
 
-from .identity import set_identity, strip_identity
 from .settings import Credentials, Settings
 from .verifier import TokenError, Verifier
 

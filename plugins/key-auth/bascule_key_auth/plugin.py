@@ -7,8 +7,8 @@ import hmac
 from urllib.parse import unquote_plus, unquote_to_bytes
 
 from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
+from bascule_sdk.identity import set_identity, strip_identity
 
-from .identity import set_identity, strip_identity
 from .settings import Credentials, Settings, parse_hashed_key
 
 __all__ = ["KeyAuthPlugin"]

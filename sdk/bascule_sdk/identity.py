@@ -1,4 +1,8 @@
-"""Identity headers sent upstream, and removal of clients' forged copies."""
+"""Identity headers that auth plugins send upstream (``X-Consumer-*``).
+
+The core drops a client's copies on arrival, on every route; an auth plugin
+strips again before it writes (another plugin may have added some) and sets
+the consumer it authenticated."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from bascule_sdk import Consumer, Headers
+from .context import Consumer
+from .http import Headers
 
 __all__ = ["header_value", "set_identity", "strip_identity"]
 
