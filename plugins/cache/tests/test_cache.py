@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 from email.utils import formatdate
-from functools import partial
 
 import pytest
 import trio
-from bascule.admin import Admin
 from bascule.config import ConfigError
 from bascule.testing import start_gateway, start_upstream
 from bascule_cache import Cache
 from bascule_sdk import Consumer, Plugin, Response, hookimpl
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 
 async def until(predicate, timeout: float = 10) -> None:
@@ -75,7 +70,7 @@ async def setup(nursery, cache_cls, handler, *, plugins=(), **settings):
         return response
 
     upstream = await start_upstream(nursery, dated)
-    gw = await start_gateway(nursery, config(upstream.url, **settings), plugins=[cache_cls, *plugins])
+    gw = await start_gateway(nursery, config(upstream.url, **settings), plugins=[cache_cls, *plugins], admin=True)
     return upstream, gw
 
 
@@ -622,20 +617,11 @@ async def test_invalid_settings_are_config_errors(nursery):
 # -- purge on the admin listener ---------------------------------------------------------------------
 
 
-async def start_admin(nursery, gw) -> str:
-    hc = HypercornConfig()
-    hc.bind = ["127.0.0.1:0"]
-    hc.accesslog = None
-    app = Admin(gw.gateway, "plugins.toml", gw.available)
-    binds = await nursery.start(partial(worker_serve, wrap_app(app, None, "asgi"), hc, shutdown_trigger=gw.stop.wait))
-    return binds[0]
-
-
 async def test_purge_by_key_prefix_and_all(nursery, cache_cls):
     import httpx
 
     _, gw = await setup(nursery, cache_cls, responder({"cache-control": "max-age=60"}))
-    admin = await start_admin(nursery, gw)
+    admin = gw.admin_url
     paths = ["/api/products/1", "/api/products/2", "/api/users/1"]
 
     async def statuses(c):

@@ -10,18 +10,13 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 
 import httpx
 import pytest
 import trio
-from bascule.admin import Admin
 from bascule.config import ConfigError
-from bascule.server import hypercorn_config
-from bascule.testing import RunningGateway, start_gateway, start_upstream
+from bascule.testing import start_gateway, start_upstream
 from bascule_sdk import Context, Plugin, Response, hookimpl
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -66,15 +61,6 @@ class FakeTags(Plugin):
         return None
 
 
-async def start_admin(nursery: trio.Nursery, gw: RunningGateway) -> str:
-    """Serve the admin listener of an in-process gateway on a free port."""
-    config = gw.gateway.runtime.config.gateway
-    admin = Admin(gw.gateway, "plugins.toml", gw.available)
-    binds = await nursery.start(partial(worker_serve, wrap_app(admin, None, "asgi"),
-                                        hypercorn_config(config, "127.0.0.1:0"), shutdown_trigger=gw.stop.wait))
-    return binds[0]
-
-
 async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, f"""
@@ -92,8 +78,8 @@ async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
         name = "broken"
         paths = ["/broken"]
         service = "down"
-    """, plugins=[FakeTags])
-    admin = await start_admin(nursery, gw)
+    """, plugins=[FakeTags], admin=True)
+    admin = gw.admin_url
     async with httpx.AsyncClient(base_url=admin) as scraper:
         # Metrics belong to the process: other tests in it may have counted too, so compare with a baseline.
         before = await scrape_until(scraper, lambda s: True)
