@@ -5,6 +5,7 @@ import tracemalloc
 import httpx
 import pytest
 import trio
+from bascule.asgi import accept_lifespan
 from bascule.testing import start_gateway, start_upstream
 from bascule_sdk import HTTPError, Plugin, Response, hookimpl
 from hypercorn.config import Config
@@ -241,10 +242,7 @@ class CountingUpstream:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
-            await receive()
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
+            await accept_lifespan(receive, send)
             return
         while True:
             message = await receive()

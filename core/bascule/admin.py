@@ -27,6 +27,7 @@ from typing import Any
 from bascule_sdk import Headers, HTTPError, Request, Response
 from bascule_sdk.http import iterate
 
+from .asgi import accept_lifespan
 from .config import Config, ConfigError, load_config
 from .gateway import Gateway, Runtime
 from .registry import Available
@@ -78,10 +79,7 @@ class Admin:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            await receive()
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
+            await accept_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return

@@ -31,6 +31,7 @@ from bascule_sdk.settings import (
 )
 
 from .registry import Available, not_installed_message
+from .routing import RoutePattern
 
 __all__ = [
     "Config",
@@ -216,13 +217,7 @@ class ConsumerSettings:
     credentials: dict[str, Any] = setting({}, "Per auth plugin: [consumers.NAME.credentials.<plugin>].")
 
 
-@dataclass(frozen=True)
-class _File:
-    gateway: GatewaySettings = setting(GatewaySettings())
-    services: dict[str, ServiceSettings] = setting({})
-    routes: list[Any] = setting([])
-    consumers: dict[str, ConsumerSettings] = setting({})
-    plugins: dict[str, Any] = setting({})
+SECTIONS = ("consumers", "gateway", "plugins", "routes", "services")
 
 
 @dataclass(frozen=True)
@@ -335,35 +330,51 @@ class _Compiler:
             self.error(where, ".".join(x for x in (prefix, p.key) if x), p.message)
 
     def compile(self, data: dict[str, Any], path: str) -> Config:
-        try:
-            top = parse(_File, data)
-        except SettingsError as e:
-            for p in e.problems:
-                section, _, key = p.key.partition(".")
-                if section in ("services", "consumers"):
-                    name, _, key = key.partition(".")
-                    section = f"{section}.{name}"
-                self.error(section or "(top level)", key, p.message)
-            # Go on with what parsed, to report route and plugin problems too.
-            top = _File(
-                **{k: v for k, v in _parse_parts(data).items()}
-            )
-        services = data.get("services")
-        self.service_names = set(services) if isinstance(services, Mapping) else set()
-        global_tables = self._global_plugins(top.plugins)
-        consumers = self._consumers(top.consumers)
-        routes = self._routes(top.routes, top.services, global_tables)
+        # Each section is checked on its own, so a bad one hides no problem in another.
+        for key in data:
+            if key not in SECTIONS:
+                self.error(key, "", f"unknown key (known keys: {', '.join(SECTIONS)})")
+        gateway = self._parse("gateway", GatewaySettings, data.get("gateway", {})) or GatewaySettings()
+        services = self._parse_each("services", ServiceSettings, data.get("services", {}))
+        consumers = self._parse_each("consumers", ConsumerSettings, data.get("consumers", {}))
+        self.service_names = set(data.get("services", {})) if isinstance(data.get("services"), Mapping) else set()
+        global_tables = self._global_plugins(self._table("plugins", data.get("plugins", {})))
+        routes = data.get("routes", [])
+        if not isinstance(routes, list):
+            self.error("routes", "", f"expected an array of tables, got {type(routes).__name__}")
+            routes = []
+        consumer_objects = self._consumers(consumers)
+        compiled = self._routes(routes, global_tables)
         if self.errors:
             raise ConfigError(self.errors)
         return Config(
             path=path,
-            gateway=top.gateway,
-            services=top.services,
-            routes=tuple(routes),
-            consumers=consumers,
+            gateway=gateway,
+            services=services,
+            routes=tuple(compiled),
+            consumers=consumer_objects,
             available=self.available,
             global_plugins=tuple(global_tables),
         )
+
+    def _parse(self, where: str, model: type, table: Any) -> Any:
+        try:
+            return parse(model, table)
+        except SettingsError as e:
+            self.problems(where, e)
+            return None
+
+    def _table(self, where: str, value: Any) -> Mapping[str, Any]:
+        if isinstance(value, Mapping):
+            return value
+        self.error(where, "", f"expected a table, got {type(value).__name__}")
+        return {}
+
+    def _parse_each(self, section: str, model: type, value: Any) -> dict[str, Any]:
+        """``[section.NAME]`` tables parsed one by one; the valid ones."""
+        parsed = {name: self._parse(f"{section}.{name}", model, table)
+                  for name, table in self._table(section, value).items()}
+        return {name: v for name, v in parsed.items() if v is not None}
 
     def _global_plugins(self, tables: Mapping[str, Any]) -> dict[str, Any]:
         """Global tables, each checked on its own (installed, valid settings)."""
@@ -380,8 +391,6 @@ class _Compiler:
     def _consumers(self, consumers: Mapping[str, ConsumerSettings]) -> dict[str, Consumer]:
         result = {}
         for name, c in consumers.items():
-            if c is None:
-                continue
             creds: dict[str, Any] = {}
             for plugin_name, table in c.credentials.items():
                 where = f"consumers.{name}"
@@ -403,14 +412,7 @@ class _Compiler:
                                     credentials=creds)
         return result
 
-    def _routes(
-        self,
-        raw_routes: list[Any],
-        services: Mapping[str, ServiceSettings],
-        global_tables: Mapping[str, Any],
-    ) -> list[Route]:
-        from .routing import RoutePattern
-
+    def _routes(self, raw_routes: list[Any], global_tables: Mapping[str, Any]) -> list[Route]:
         routes: list[Route] = []
         seen: set[str] = set()
         for i, raw in enumerate(raw_routes):
@@ -498,31 +500,6 @@ class _Compiler:
         spec = PluginSpec(instance, available, settings, priority, identity)
         self.specs[identity] = spec
         return spec
-
-
-def _parse_parts(data: dict[str, Any]) -> dict[str, Any]:
-    """Parse each top-level section alone, keeping the ones that are valid."""
-    parts: dict[str, Any] = {}
-    for key, model in (("gateway", GatewaySettings),):
-        try:
-            parts[key] = parse(model, data.get(key, {}))
-        except SettingsError:
-            pass
-    for key, model in (("services", ServiceSettings), ("consumers", ConsumerSettings)):
-        section = data.get(key, {})
-        good = {}
-        if isinstance(section, Mapping):
-            for name, table in section.items():
-                try:
-                    good[name] = parse(model, table)
-                except SettingsError:
-                    pass
-        parts[key] = good
-    routes = data.get("routes", [])
-    parts["routes"] = routes if isinstance(routes, list) else []
-    plugins = data.get("plugins", {})
-    parts["plugins"] = plugins if isinstance(plugins, Mapping) else {}
-    return parts
 
 
 __all__ += ["Problem", "TargetSettings"]

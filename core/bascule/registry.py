@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 
-from bascule_sdk import Plugin
+from bascule_sdk import Plugin, hookspecs
 
 __all__ = ["ENTRY_POINT_GROUP", "KNOWN_PACKAGES", "Available", "discover"]
 
 ENTRY_POINT_GROUP = "bascule.plugins"
+HOOKS = ("startup", "shutdown", "on_request", "on_upstream_request", "handle", "on_response", "on_log",
+         "on_admin_request")
 
 # Names a user may write before installing the distribution that provides them.
 KNOWN_PACKAGES = {
@@ -45,15 +48,10 @@ class Available:
     distribution: str
     version: str
 
-    @property
+    @cached_property
     def hooks(self) -> list[str]:
-        from bascule_sdk import hookspecs
-
-        return [
-            name for name in ("startup", "shutdown", "on_request", "on_upstream_request",
-                              "handle", "on_response", "on_log", "on_admin_request")
-            if hasattr(getattr(self.cls, name, None), f"{hookspecs.PROJECT}_impl")
-        ]
+        """The hooks the class implements, in phase order."""
+        return [name for name in HOOKS if hasattr(getattr(self.cls, name, None), f"{hookspecs.PROJECT}_impl")]
 
 
 def discover(extra: Iterable[type[Plugin]] = (), entry_points: bool = True) -> dict[str, Available]:

@@ -39,6 +39,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from .asgi import accept_lifespan
 from .config import parse_config
 from .gateway import Gateway, Runtime
 from .registry import discover
@@ -95,10 +96,7 @@ class Upstream:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            await receive()
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
+            await accept_lifespan(receive, send)
             return
         at = trio.current_time()
         chunks = []
