@@ -1,19 +1,22 @@
 # The two commands of the README:
 #   make run    start the demo services and the gateway on plugins.toml
 #   make test   run every test
-# Both create .venv (Python 3.11+) and install the workspace into it first.
+#   make dist   a wheel and an sdist of every distribution (sdk, core, plugins/*) in dist/
+# Each creates .venv (Python 3.11+) and installs the workspace into it first.
+#   make lint   ruff (lint and format) and mypy, as CI runs them
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: run test install lint
+.PHONY: run test install lint dist
 
 $(BIN)/bascule: sdk/pyproject.toml core/pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e sdk -e 'core[test]' $(addprefix -e ,$(dir $(PLUGINS))) ruff build
+	$(BIN)/pip install --quiet -e sdk -e 'core[test]' $(addprefix -e ,$(dir $(PLUGINS))) \
+		'ruff==0.17.6' 'mypy==2.4.1' build  # lint tools pinned: a new release may judge old code anew
 	touch $@
 
 install: $(BIN)/bascule
@@ -24,5 +27,17 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# Built without isolation by the virtualenv's setuptools: no download. Each sdist is built
+# first and the wheel from it, so a file missing from an sdist fails here.
+dist: install
+	rm -rf dist
+	@for d in sdk core $(dir $(PLUGINS)); do \
+	  echo "dist: $$d"; \
+	  out=$$($(BIN)/python -m build --no-isolation --outdir dist $$d 2>&1) || { echo "$$out"; exit 1; }; \
+	done
+	@ls dist
+
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

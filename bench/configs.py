@@ -20,9 +20,12 @@ def nginx_upstream(tmp: Path, port: int, body: bytes, name: str) -> Path:
     big = www / "big.json"
     if not big.exists():
         filler = "x" * (BIG_BYTES - 16)
-        big.write_text(json.dumps({"data": filler})[:BIG_BYTES - 1] + "}")
+        big.write_text(json.dumps({"data": filler})[: BIG_BYTES - 1] + "}")
     text = body.decode()
-    return _nginx(tmp, name, f"""
+    return _nginx(
+        tmp,
+        name,
+        f"""
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         default_type application/json;
@@ -30,12 +33,16 @@ def nginx_upstream(tmp: Path, port: int, body: bytes, name: str) -> Path:
         location / {{ return 200 '{text}'; }}
         location = /big {{ try_files /big.json =404; }}
         location /cacheable {{ add_header Cache-Control "public, max-age=3600" always; return 200 '{text}'; }}
-    }}""")
+    }}""",
+    )
 
 
 def nginx_proxy(tmp: Path, port: int, upstream_port: int, name: str) -> Path:
     """nginx ``proxy_pass`` to the upstream through a keep-alive pool."""
-    return _nginx(tmp, name, f"""
+    return _nginx(
+        tmp,
+        name,
+        f"""
     upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -44,7 +51,8 @@ def nginx_proxy(tmp: Path, port: int, upstream_port: int, name: str) -> Path:
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
-    }}""")
+    }}""",
+    )
 
 
 def _nginx(tmp: Path, name: str, server: str) -> Path:
@@ -103,20 +111,19 @@ def gateway(
 ) -> str:
     """A plugins.toml. A route is a mapping of route keys plus ``plugins``:
     {instance: settings table}; a consumer may carry ``credentials``: {plugin: table}."""
-    parts = [_table("gateway", {"listen": f"127.0.0.1:{port}",
-                                **({"admin": f"127.0.0.1:{admin}"} if admin else {})})]
+    parts = [_table("gateway", {"listen": f"127.0.0.1:{port}", **({"admin": f"127.0.0.1:{admin}"} if admin else {})})]
     for name, targets in services.items():
         parts.append(_table(f"services.{json.dumps(name)}", {"targets": targets, "timeout": "30s"}))
     for route in routes:
         plugins = route.get("plugins", {})
-        parts.append("[[routes]]\n" + "\n".join(
-            f"{k} = {toml_value(v)}" for k, v in route.items() if k != "plugins") + "\n")
+        parts.append(
+            "[[routes]]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in route.items() if k != "plugins") + "\n"
+        )
         for instance, settings in plugins.items():
             parts.append(_table(f"routes.plugins.{json.dumps(instance)}", settings))
     for name, consumer in (consumers or {}).items():
         credentials = consumer.get("credentials", {})
-        parts.append(_table(f"consumers.{json.dumps(name)}",
-                            {k: v for k, v in consumer.items() if k != "credentials"}))
+        parts.append(_table(f"consumers.{json.dumps(name)}", {k: v for k, v in consumer.items() if k != "credentials"}))
         for plugin, table in credentials.items():
             parts.append(_table(f"consumers.{json.dumps(name)}.credentials.{json.dumps(plugin)}", table))
     return "\n".join(parts)
@@ -135,9 +142,13 @@ class JWTKeys:
 
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.public_pem = tmp / "jwt-public.pem"
-        self.public_pem.write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self.public_pem.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         now = int(time.time())
-        self.token = jwt.encode({"sub": "bench", "iss": self.issuer, "aud": self.audience,
-                                 "iat": now, "exp": now + 24 * 3600}, key, algorithm="RS256",
-                                headers={"kid": "bench"})
+        self.token = jwt.encode(
+            {"sub": "bench", "iss": self.issuer, "aud": self.audience, "iat": now, "exp": now + 24 * 3600},
+            key,
+            algorithm="RS256",
+            headers={"kid": "bench"},
+        )

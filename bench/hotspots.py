@@ -27,9 +27,26 @@ def record(case: Any, bench: Any, tmp: Path) -> dict:
     seconds = max(3, round(bench.opts.duration))
     load = threading.Thread(target=bench._wrk, args=(case, seconds + 2))
     load.start()
-    out = subprocess.run([str(spy), "record", "--pid", str(case.pid), "--duration", str(seconds), "--rate", "200",
-                          "--format", "raw", "--nonblocking", "--output", str(raw)],
-                         capture_output=True, text=True, timeout=seconds + 60)
+    out = subprocess.run(
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(case.pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(raw),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     load.join()
     if out.returncode != 0 or not raw.exists():
         return {"case": case.name, "error": (out.stderr or out.stdout).strip()[-300:]}

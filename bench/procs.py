@@ -96,13 +96,28 @@ class Procs:
         self.logdir = logdir
         self.running: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, cmd: Sequence[str], *, core: int | None = None, port: int | None = None,
-              env: dict[str, str] | None = None, cwd: str | Path | None = None,
-              timeout: float = 30.0) -> subprocess.Popen:
+    def start(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        *,
+        core: int | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        timeout: float = 30.0,
+    ) -> subprocess.Popen:
         """Start ``cmd`` (its output goes to ``<logdir>/<name>.log``); wait for ``port`` if given."""
         log = open(self.logdir / f"{name}.log", "ab")  # the child keeps its own copy
-        proc = subprocess.Popen(pinned(cmd, core), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            pinned(cmd, core),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
         log.close()
         self.running.append((name, proc))
         if port is not None:

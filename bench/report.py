@@ -33,8 +33,9 @@ def summarise(runs: list[dict]) -> dict:
         "requests": sum(r["requests"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
-        "cpu_us_per_req": (statistics.median(r["cpu_us_per_req"] for r in runs)
-                           if all("cpu_us_per_req" in r for r in runs) else None),
+        "cpu_us_per_req": (
+            statistics.median(r["cpu_us_per_req"] for r in runs) if all("cpu_us_per_req" in r for r in runs) else None
+        ),
     }
 
 
@@ -59,35 +60,79 @@ def targets(result: dict) -> list[dict]:
         x, y = _m(result, a).get("cpu_us_per_req"), _m(result, b).get("cpu_us_per_req")
         return y / x if x and y else None
 
-    def add(target: str, goal: str, value: float | None, ok: Callable[[float], bool], fmt: str = "{:.2f}x",
-            cpu: float | None = None):
-        out.append({"target": target, "goal": goal, "measured": value,
-                    "text": fmt.format(value) if value is not None else "not measured",
-                    "ok": ok(value) if value is not None else None,
-                    "by_cpu": cpu, "by_cpu_text": fmt.format(cpu) if cpu is not None else "-"})
+    def add(
+        target: str,
+        goal: str,
+        value: float | None,
+        ok: Callable[[float], bool],
+        fmt: str = "{:.2f}x",
+        cpu: float | None = None,
+    ):
+        out.append(
+            {
+                "target": target,
+                "goal": goal,
+                "measured": value,
+                "text": fmt.format(value) if value is not None else "not measured",
+                "ok": ok(value) if value is not None else None,
+                "by_cpu": cpu,
+                "by_cpu_text": fmt.format(cpu) if cpu is not None else "-",
+            }
+        )
 
-    add("bare route / hypercorn-trio no-proxy app (3)", "≥ 0.60 (aim 0.75)", ratio("bare", "hypercorn"),
-        lambda v: v >= 0.60, cpu=by_cpu("bare", "hypercorn"))
-    add("bare route / naive peer (4)", "≥ 1.5", ratio("bare", "naive"), lambda v: v >= 1.5,
-        cpu=by_cpu("bare", "naive"))
+    add(
+        "bare route / hypercorn-trio no-proxy app (3)",
+        "≥ 0.60 (aim 0.75)",
+        ratio("bare", "hypercorn"),
+        lambda v: v >= 0.60,
+        cpu=by_cpu("bare", "hypercorn"),
+    )
+    add("bare route / naive peer (4)", "≥ 1.5", ratio("bare", "naive"), lambda v: v >= 1.5, cpu=by_cpu("bare", "naive"))
     bare = _m(result, "bare")
-    add("bare route p99 / p50 at c=50", "≤ 2", bare["p99_ms"] / bare["p50_ms"] if bare.get("p50_ms") else None,
-        lambda v: v <= 2.0)
-    add("full default stack / bare route", "≥ 0.80", ratio("full", "bare"), lambda v: v >= 0.80,
-        cpu=by_cpu("full", "bare"))
+    add(
+        "bare route p99 / p50 at c=50",
+        "≤ 2",
+        bare["p99_ms"] / bare["p50_ms"] if bare.get("p50_ms") else None,
+        lambda v: v <= 2.0,
+    )
+    add(
+        "full default stack / bare route",
+        "≥ 0.80",
+        ratio("full", "bare"),
+        lambda v: v >= 0.80,
+        cpu=by_cpu("full", "bare"),
+    )
     add("2 workers / 1 worker", "≥ 1.8", ratio("workers-2", "workers-1"), lambda v: v >= 1.8)
-    add("cache hit / bare route", "≥ 1.5", ratio("cache-hit", "bare"), lambda v: v >= 1.5,
-        cpu=by_cpu("cache-hit", "bare"))
+    add(
+        "cache hit / bare route",
+        "≥ 1.5",
+        ratio("cache-hit", "bare"),
+        lambda v: v >= 1.5,
+        cpu=by_cpu("cache-hit", "bare"),
+    )
     few, many = _rps(result, "routes-10"), _rps(result, "routes-10000")
-    add("per-request cost, 10,000 routes / 10 routes", "≤ 1.10", few / many if few and many else None,
-        lambda v: v <= 1.10, cpu=by_cpu("routes-10", "routes-10000"))
+    add(
+        "per-request cost, 10,000 routes / 10 routes",
+        "≤ 1.10",
+        few / many if few and many else None,
+        lambda v: v <= 1.10,
+        cpu=by_cpu("routes-10", "routes-10000"),
+    )
     matcher = result.get("matcher_us", {})
-    add("Router.match alone, 10,000 routes / 10 routes", "≤ 1.10",
-        matcher["10000"] / matcher["10"] if "10000" in matcher and "10" in matcher else None, lambda v: v <= 1.10)
+    add(
+        "Router.match alone, 10,000 routes / 10 routes",
+        "≤ 1.10",
+        matcher["10000"] / matcher["10"] if "10000" in matcher and "10" in matcher else None,
+        lambda v: v <= 1.10,
+    )
     agg, slow = _m(result, "aggregate"), _m(result, "slowest")
-    add("aggregate p50 - slowest backend p50", "≤ 2 ms",
+    add(
+        "aggregate p50 - slowest backend p50",
+        "≤ 2 ms",
         agg["p50_ms"] - slow["p50_ms"] if agg.get("p50_ms") and slow.get("p50_ms") else None,
-        lambda v: v <= 2.0, "{:+.2f} ms")
+        lambda v: v <= 2.0,
+        "{:+.2f} ms",
+    )
     return out
 
 
@@ -150,17 +195,21 @@ def render(result: dict) -> str:
             continue
         lines.append(f"### {SUITE_TITLES.get(suite, suite)}\n")
         if suite == "main":
-            lines.append("| case | req/s | p50 ms | p99 ms | % of (1) | % of (2) | % of (3) | CPU µs/req "
-                         "| peak RSS MiB | notes |")
+            lines.append(
+                "| case | req/s | p50 ms | p99 ms | % of (1) | % of (2) | % of (3) | CPU µs/req "
+                "| peak RSS MiB | notes |"
+            )
             lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
             for c in members:
                 md = c.get("median") or {}
                 r = md.get("rps")
                 big = c["name"].endswith("-100k")
                 d, n = (_rps(result, "direct-100k"), _rps(result, "nginx-100k")) if big else (direct, nginx)
-                lines.append(f"| {c['label']} | {_fmt_rps(r)} | {_fmt_ms(md.get('p50_ms'))} | "
-                             f"{_fmt_ms(md.get('p99_ms'))} | {_pct(r, d)} | {_pct(r, n)} | "
-                             f"{'-' if big else _pct(r, hyper)} | {_cpu(md)} | {_mib(c)} | {_note(c)} |")
+                lines.append(
+                    f"| {c['label']} | {_fmt_rps(r)} | {_fmt_ms(md.get('p50_ms'))} | "
+                    f"{_fmt_ms(md.get('p99_ms'))} | {_pct(r, d)} | {_pct(r, n)} | "
+                    f"{'-' if big else _pct(r, hyper)} | {_cpu(md)} | {_mib(c)} | {_note(c)} |"
+                )
         else:
             base = next((c for c in members if c.get("median")), None)
             lines.append("| case | req/s | p50 ms | p99 ms | vs first row | CPU µs/req | peak RSS MiB | notes |")
@@ -169,24 +218,31 @@ def render(result: dict) -> str:
                 md = c.get("median") or {}
                 r = md.get("rps")
                 b = (base or {}).get("median", {}).get("rps")
-                lines.append(f"| {c['label']} | {_fmt_rps(r)} | {_fmt_ms(md.get('p50_ms'))} | "
-                             f"{_fmt_ms(md.get('p99_ms'))} | {f'{r / b:.2f}x' if r and b else '-'} | "
-                             f"{_cpu(md)} | {_mib(c)} | {_note(c)} |")
+                lines.append(
+                    f"| {c['label']} | {_fmt_rps(r)} | {_fmt_ms(md.get('p50_ms'))} | "
+                    f"{_fmt_ms(md.get('p99_ms'))} | {f'{r / b:.2f}x' if r and b else '-'} | "
+                    f"{_cpu(md)} | {_mib(c)} | {_note(c)} |"
+                )
         lines.append("")
     matcher = result.get("matcher_us")
     if matcher:
-        lines.append("Router.match alone (in process, best of 5): " + ", ".join(
-            f"{int(n):,} routes {us:.2f} µs" for n, us in matcher.items()) + ".\n")
+        lines.append(
+            "Router.match alone (in process, best of 5): "
+            + ", ".join(f"{int(n):,} routes {us:.2f} µs" for n, us in matcher.items())
+            + ".\n"
+        )
     stream = result.get("stream")
     if stream:
         lines.append("### Memory: one streamed response\n")
         if stream.get("skipped"):
             lines.append(f"skipped: {stream['skipped']}\n")
         else:
-            lines.append(f"{stream['received'] / 2**20:,.0f} MiB streamed through a bare route (HTTP "
-                         f"{stream['status']}, {stream['mib_per_s']:.0f} MiB/s): gateway RSS "
-                         f"{stream['rss_before_kib'] / 1024:.0f} MiB before, {stream['rss_after_kib'] / 1024:.0f}"
-                         f" MiB after, peak {stream['peak_kib'] / 1024:.0f} MiB.\n")
+            lines.append(
+                f"{stream['received'] / 2**20:,.0f} MiB streamed through a bare route (HTTP "
+                f"{stream['status']}, {stream['mib_per_s']:.0f} MiB/s): gateway RSS "
+                f"{stream['rss_before_kib'] / 1024:.0f} MiB before, {stream['rss_after_kib'] / 1024:.0f}"
+                f" MiB after, peak {stream['peak_kib'] / 1024:.0f} MiB.\n"
+            )
     profile = result.get("profile")
     if profile:
         lines.append(f"### Profile of `{profile.get('case', '?')}` (py-spy)\n")
@@ -194,8 +250,11 @@ def render(result: dict) -> str:
             lines.append(f"not recorded: {profile['error']}\n")
         else:
             lines.append(f"{profile['samples']:,} samples; raw stacks in {profile.get('file', '?')}\n")
-            for key, title in (("packages", "self time by package"), ("self", "self time by function"),
-                               ("top", "on the stack (inclusive)")):
+            for key, title in (
+                ("packages", "self time by package"),
+                ("self", "self time by function"),
+                ("top", "on the stack (inclusive)"),
+            ):
                 lines.append(f"| % of samples | {title} |")
                 lines.append("|---:|---|")
                 for row in profile.get(key, ()):
@@ -230,9 +289,11 @@ def compare(a: dict, b: dict) -> str:
             text = f"**{change:+.1f}%**" if abs(change) >= NOISE else f"{change:+.1f}%"
         else:
             text = "-"
-        lines.append(f"| {name} | {_fmt_rps(ra)} | {_fmt_rps(rb)} | {text} | "
-                     f"{_fmt_ms(ma.get('p50_ms'))} / {_fmt_ms(ma.get('p99_ms'))} | "
-                     f"{_fmt_ms(mb.get('p50_ms'))} / {_fmt_ms(mb.get('p99_ms'))} |")
+        lines.append(
+            f"| {name} | {_fmt_rps(ra)} | {_fmt_rps(rb)} | {text} | "
+            f"{_fmt_ms(ma.get('p50_ms'))} / {_fmt_ms(ma.get('p99_ms'))} | "
+            f"{_fmt_ms(mb.get('p50_ms'))} / {_fmt_ms(mb.get('p99_ms'))} |"
+        )
     only = sorted(set(a["cases"]) ^ set(b["cases"]))
     if only:
         lines.append(f"\nIn one file only: {', '.join(only)}")

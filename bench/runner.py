@@ -86,8 +86,9 @@ class Bench:
     # -- servers ------------------------------------------------------------
 
     def nginx(self, name: str, conf: Path, port: int, core: int | None) -> subprocess.Popen:
-        return self.procs.start(name, ["nginx", "-e", str(conf.parent / "error.log"), "-c", str(conf)],
-                                core=core, port=port)
+        return self.procs.start(
+            name, ["nginx", "-e", str(conf.parent / "error.log"), "-c", str(conf)], core=core, port=port
+        )
 
     def upstream(self) -> str:
         """The shared upstream nginx (core 0), started once."""
@@ -100,8 +101,12 @@ class Bench:
     def redis(self) -> str:
         if self._redis is None:
             port = free_port()
-            self.procs.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                       "--appendonly", "no"], core=LOAD_CORE, port=port)
+            self.procs.start(
+                "redis",
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                core=LOAD_CORE,
+                port=port,
+            )
             self._redis = f"redis://127.0.0.1:{port}"
         return self._redis
 
@@ -119,8 +124,9 @@ class Bench:
         (info / "entry_points.txt").write_text("[bascule.plugins]\nnoop = bascule_bench_noop:Noop\n")
         return path
 
-    def gateways(self, specs: Iterable[tuple[str, Callable[[int, int], str]]],
-                 workers: int = 1) -> dict[str, tuple[int, int] | str]:
+    def gateways(
+        self, specs: Iterable[tuple[str, Callable[[int, int], str]]], workers: int = 1
+    ) -> dict[str, tuple[int, int] | str]:
         """Start one Bascule per (name, config(port, admin port) -> plugins.toml text), all at once.
 
         Returns name -> (pid, port), or name -> an error message when it did not start.
@@ -152,8 +158,15 @@ class Bench:
         cases, specs = [], []
         for d in defs:
             missing = sorted(set(d.needs) - self.available)
-            case = Case(d.name, d.label, suite, headers=tuple(d.headers), lua=d.lua,
-                        connections=d.connections, wrk_core=d.wrk_core)
+            case = Case(
+                d.name,
+                d.label,
+                suite,
+                headers=tuple(d.headers),
+                lua=d.lua,
+                connections=d.connections,
+                wrk_core=d.wrk_core,
+            )
             if missing:
                 case.skipped = f"plugin not installed: {', '.join(missing)}"
             elif d.gateway not in dict(specs):
@@ -221,8 +234,14 @@ class Bench:
         """One wrk run, with the server's CPU time per request (robust to other load on the machine)."""
         lua = wrk.script(self.tmp / f"{case.name}.lua", case.lua)
         before = cpu_seconds(case.pid) if case.pid else None
-        result = wrk.run(case.url, duration=duration, connections=case.connections or self.opts.connections,
-                         lua=lua, headers=case.headers, core=case.wrk_core)
+        result = wrk.run(
+            case.url,
+            duration=duration,
+            connections=case.connections or self.opts.connections,
+            lua=lua,
+            headers=case.headers,
+            core=case.wrk_core,
+        )
         if before is not None and result["requests"]:
             result["cpu_us_per_req"] = (cpu_seconds(case.pid) - before) * 1e6 / result["requests"]
         return result
@@ -233,7 +252,7 @@ class Bench:
         """(1)-(6), each with the small body, then the 100 KB body through (1), (2), (4) and (5)."""
         up = self.upstream()
         want = self.wanted
-        direct = proxy = hello = hello_pid = None
+        direct = proxy = hello = hello_pid = served = served_pid = None
         naive = Case("naive", "(4) naive peer: ASGI + httpx on uvicorn", "main")
         direct_pid = proxy_pid = None
         if want("direct", "direct-100k"):  # the same nginx config as the upstream, on the server core
@@ -246,18 +265,53 @@ class Bench:
             proxy_pid = self.nginx("nginx-proxy", conf, proxy, SERVER_CORE).pid
         if want("hypercorn"):
             hello = free_port()
-            p = self.procs.start("hypercorn-trio", [
-                str(ROOT / ".venv" / "bin" / "hypercorn"), "--worker-class", "trio", "--bind",
-                f"127.0.0.1:{hello}", "hello:app"], core=SERVER_CORE, port=hello, cwd=BENCH / "apps")
+            p = self.procs.start(
+                "hypercorn-trio",
+                [
+                    str(ROOT / ".venv" / "bin" / "hypercorn"),
+                    "--worker-class",
+                    "trio",
+                    "--bind",
+                    f"127.0.0.1:{hello}",
+                    "hello:app",
+                ],
+                core=SERVER_CORE,
+                port=hello,
+                cwd=BENCH / "apps",
+            )
             hello_pid = p.pid
+        if want("hypercorn-bascule"):
+            served = free_port()
+            p = self.procs.start(
+                "hypercorn-bascule",
+                [str(ROOT / ".venv" / "bin" / "python"), "hello_bascule.py", str(served)],
+                core=SERVER_CORE,
+                port=served,
+                cwd=BENCH / "apps",
+            )
+            served_pid = p.pid
         if want("naive", "naive-100k") and (problem := peer_environment()):
             naive.skipped = problem
         elif want("naive", "naive-100k"):
             port = free_port()
-            p = self.procs.start("naive", [
-                str(PEER / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                "--no-access-log", "naive_proxy:app"], core=SERVER_CORE, port=port, cwd=BENCH / "apps",
-                env={"UPSTREAM": up})
+            p = self.procs.start(
+                "naive",
+                [
+                    str(PEER / "uvicorn"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "naive_proxy:app",
+                ],
+                core=SERVER_CORE,
+                port=port,
+                cwd=BENCH / "apps",
+                env={"UPSTREAM": up},
+            )
             naive.url, naive.pid = f"http://127.0.0.1:{port}/api/x", p.pid
         gw = self.gateway_cases("main", [d for d in plugin_cases(self) if want(d.name)], self.opts.workers)
         if self.opts.workers > 1:  # the workers, and wrk, float over every core
@@ -265,20 +319,46 @@ class Bench:
                 c.label += f" ({self.opts.workers} workers)"
                 c.wrk_core = None
         cases = [
-            Case("direct", "(1) upstream directly (nginx)", "main", f"http://127.0.0.1:{direct}/api/x",
-                 pid=direct_pid),
-            Case("nginx", "(2) nginx proxy_pass, keep-alive pool", "main", f"http://127.0.0.1:{proxy}/api/x",
-                 pid=proxy_pid),
-            Case("hypercorn", "(3) hypercorn-trio app, no proxying", "main", f"http://127.0.0.1:{hello}/api/x",
-                 pid=hello_pid),
+            Case("direct", "(1) upstream directly (nginx)", "main", f"http://127.0.0.1:{direct}/api/x", pid=direct_pid),
+            Case(
+                "nginx",
+                "(2) nginx proxy_pass, keep-alive pool",
+                "main",
+                f"http://127.0.0.1:{proxy}/api/x",
+                pid=proxy_pid,
+            ),
+            Case(
+                "hypercorn",
+                "(3) hypercorn-trio app, no proxying",
+                "main",
+                f"http://127.0.0.1:{hello}/api/x",
+                pid=hello_pid,
+            ),
+            Case(
+                "hypercorn-bascule",
+                "(3b) the same app on Bascule's server module",
+                "main",
+                f"http://127.0.0.1:{served}/api/x",
+                pid=served_pid,
+            ),
             naive,
             *[c for c in gw if c.name != "bare-100k"],
-            Case("direct-100k", "100 KB body: (1) upstream directly", "main", f"http://127.0.0.1:{direct}/big",
-                 pid=direct_pid),
-            Case("nginx-100k", "100 KB body: (2) nginx proxy", "main", f"http://127.0.0.1:{proxy}/big",
-                 pid=proxy_pid),
-            Case("naive-100k", "100 KB body: (4) naive peer", "main", naive.url.replace("/api/x", "/big"),
-                 pid=naive.pid, skipped=naive.skipped),
+            Case(
+                "direct-100k",
+                "100 KB body: (1) upstream directly",
+                "main",
+                f"http://127.0.0.1:{direct}/big",
+                pid=direct_pid,
+            ),
+            Case("nginx-100k", "100 KB body: (2) nginx proxy", "main", f"http://127.0.0.1:{proxy}/big", pid=proxy_pid),
+            Case(
+                "naive-100k",
+                "100 KB body: (4) naive peer",
+                "main",
+                naive.url.replace("/api/x", "/big"),
+                pid=naive.pid,
+                skipped=naive.skipped,
+            ),
             *[c for c in gw if c.name == "bare-100k"],
         ]
         self.load([c for c in cases if want(c.name)])
@@ -311,25 +391,41 @@ class Bench:
         delays = (2, 5, 10)
         ports = [free_port() for _ in delays]
         args = [str(x) for d, p in zip(delays, ports, strict=True) for x in (d, p)]
-        p = self.procs.start("delay-backends", [PYTHON, str(BENCH / "apps" / "backends.py"), "delay", *args],
-                             core=LOAD_CORE)
+        p = self.procs.start(
+            "delay-backends", [PYTHON, str(BENCH / "apps" / "backends.py"), "delay", *args], core=LOAD_CORE
+        )
         for port in ports:
             wait_port(port, p, 30, "delay-backends")
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         c = self.opts.agg_connections
-        slowest = Case("slowest", f"slowest backend ({delays[-1]} ms) directly, c={c}", "aggregate",
-                       f"{urls[-1]}/x", connections=c, pid=p.pid)
+        slowest = Case(
+            "slowest",
+            f"slowest backend ({delays[-1]} ms) directly, c={c}",
+            "aggregate",
+            f"{urls[-1]}/x",
+            connections=c,
+            pid=p.pid,
+        )
         defs = aggregate_cases(urls, c)
         self.load([slowest, *self.gateway_cases("aggregate", defs)])
 
     def memory(self) -> None:
         port = free_port()
         size = self.opts.stream_bytes
-        p = self.procs.start("stream-backend", [PYTHON, str(BENCH / "apps" / "backends.py"), "stream",
-                                                str(size), str(port)], core=LOAD_CORE, port=port)
-        d = GatewayCase("stream", f"{size / 2**20:,.0f} MiB streamed", "stream", "/stream",
-                        routes=[{"name": "stream", "paths": ["/stream"], "service": "stream"}],
-                        services={"stream": [f"http://127.0.0.1:{port}"]})
+        p = self.procs.start(
+            "stream-backend",
+            [PYTHON, str(BENCH / "apps" / "backends.py"), "stream", str(size), str(port)],
+            core=LOAD_CORE,
+            port=port,
+        )
+        d = GatewayCase(
+            "stream",
+            f"{size / 2**20:,.0f} MiB streamed",
+            "stream",
+            "/stream",
+            routes=[{"name": "stream", "paths": ["/stream"], "service": "stream"}],
+            services={"stream": [f"http://127.0.0.1:{port}"]},
+        )
         (case,) = self.gateway_cases("memory", [d])
         result: dict[str, object] = {"bytes": size}
         if case.skipped:
@@ -337,16 +433,35 @@ class Bench:
         else:
             before = memory_kib(case.pid)
             try:
-                curl = subprocess.run(["curl", "-sS", "-o", "/dev/null", "--max-time", "300", "-w",
-                                       "%{http_code} %{size_download} %{time_total}", case.url],
-                                      capture_output=True, text=True, timeout=320)
+                curl = subprocess.run(
+                    [
+                        "curl",
+                        "-sS",
+                        "-o",
+                        "/dev/null",
+                        "--max-time",
+                        "300",
+                        "-w",
+                        "%{http_code} %{size_download} %{time_total}",
+                        case.url,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=320,
+                )
             except subprocess.TimeoutExpired:
                 curl = subprocess.CompletedProcess([], 1, "", "")
             after = memory_kib(case.pid)
             status, got, seconds = [*curl.stdout.split(), "0", "0", "0"][:3]
-            result.update(status=int(status), received=int(got), seconds=float(seconds),
-                          rss_before_kib=before["rss"], rss_after_kib=after["rss"], peak_kib=after["peak"],
-                          mib_per_s=int(got) / float(seconds) / 2**20 if float(seconds) else 0.0)
+            result.update(
+                status=int(status),
+                received=int(got),
+                seconds=float(seconds),
+                rss_before_kib=before["rss"],
+                rss_after_kib=after["rss"],
+                peak_kib=after["peak"],
+                mib_per_s=int(got) / float(seconds) / 2**20 if float(seconds) else 0.0,
+            )
         self.stream = result
         self.procs.stop(p)
 
@@ -356,8 +471,7 @@ def peer_environment() -> str | None:
     if (PEER / "uvicorn").exists():
         return None
     print("bench: creating bench/.venv for the naive peer (uvicorn, uvloop, httptools, httpx)", file=sys.stderr)
-    steps = ([sys.executable, "-m", "venv", str(PEER.parent)],
-             [str(PEER / "pip"), "install", "-q", *PEER_PACKAGES])
+    steps = ([sys.executable, "-m", "venv", str(PEER.parent)], [str(PEER / "pip"), "install", "-q", *PEER_PACKAGES])
     for cmd in steps:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if out.returncode != 0:
@@ -409,44 +523,76 @@ def plugin_cases(b: Bench) -> list[GatewayCase]:
     redis = b.redis() if b.wanted(*needs_redis) and "rate-limit" in b.available else ""
     jwt = b.jwt()
     bearer = [f"Authorization: Bearer {jwt.token}"]
-    jwt_settings = {"keys": [{"pem": f"file:{jwt.public_pem}", "algorithms": ["RS256"], "kid": "bench"}],
-                    "issuers": [jwt.issuer], "audiences": [jwt.audience]}
+    jwt_settings = {
+        "keys": [{"pem": f"file:{jwt.public_pem}", "algorithms": ["RS256"], "kid": "bench"}],
+        "issuers": [jwt.issuer],
+        "audiences": [jwt.audience],
+    }
     limit_local = {"limit": huge, "window": "1m", "key": "ip"}
     limit_redis = {**limit_local, "backend": "redis", "redis_url": redis}
     key_hash = sha256(b"bench-key").hexdigest()
     logging_settings = {"format": "json", "output": str(b.tmp / "access.log")}
 
-    def one(name: str, label: str, needs: tuple[str, ...], plugins: dict, path: str = "/api/x",
-            gateway: str | None = None, **kw: object) -> GatewayCase:
+    def one(
+        name: str,
+        label: str,
+        needs: tuple[str, ...],
+        plugins: dict,
+        path: str = "/api/x",
+        gateway: str | None = None,
+        **kw: object,
+    ) -> GatewayCase:
         return GatewayCase(name, label, gateway or name, path, [route(plugins)], services, needs, **kw)
 
     return [
         bare_case("bare", "(5) Bascule, bare route", up),
         one("jwt", "(6) jwt (RS256, verified-token cache)", ("jwt",), {"jwt": jwt_settings}, headers=bearer),
-        one("key-auth", "(6) key-auth", ("key-auth",), {"key-auth": {}}, headers=["apikey: bench-key"],
-            consumers={"bench": {"credentials": {"key-auth": {"keys": [f"sha256:{key_hash}"]}}}}),
+        one(
+            "key-auth",
+            "(6) key-auth",
+            ("key-auth",),
+            {"key-auth": {}},
+            headers=["apikey: bench-key"],
+            consumers={"bench": {"credentials": {"key-auth": {"keys": [f"sha256:{key_hash}"]}}}},
+        ),
         one("rate-limit-local", "(6) rate-limit, local", ("rate-limit",), {"rate-limit": limit_local}),
         one("rate-limit-redis", "(6) rate-limit, Redis", ("rate-limit",), {"rate-limit": limit_redis}),
-        one("cache-hit", "(6) cache hit", ("cache",), {"cache": {}}, path="/cacheable/x",
-            gateway="cache"),
-        one("cache-miss", "(6) cache miss (every URL new)", ("cache",), {"cache": {}},
-            path="/cacheable/x", gateway="cache", lua=wrk.UNIQUE_QUERY),
+        one("cache-hit", "(6) cache hit", ("cache",), {"cache": {}}, path="/cacheable/x", gateway="cache"),
+        one(
+            "cache-miss",
+            "(6) cache miss (every URL new)",
+            ("cache",),
+            {"cache": {}},
+            path="/cacheable/x",
+            gateway="cache",
+            lua=wrk.UNIQUE_QUERY,
+        ),
         one("logging", "(6) logging (JSON lines to a file)", ("logging",), {"logging": logging_settings}),
         one("prometheus", "(6) metrics (prometheus)", ("prometheus",), {"prometheus": {}}),
-        one("full", "(6) full default stack: jwt + rate-limit Redis + logging + metrics",
+        one(
+            "full",
+            "(6) full default stack: jwt + rate-limit Redis + logging + metrics",
             ("jwt", "rate-limit", "logging", "prometheus"),
             {"jwt": jwt_settings, "rate-limit": limit_redis, "logging": logging_settings, "prometheus": {}},
-            headers=bearer),
+            headers=bearer,
+        ),
         bare_case("bare-100k", "100 KB body: (5) Bascule, bare route", up, "/big", gateway="bare"),
     ]
 
 
 def many_routes_case(n: int, up: str) -> GatewayCase:
     """``n`` routes (a literal prefix and a ``{param}`` path each); wrk calls the last one declared."""
-    routes = [{"name": f"r{i}", "paths": [f"/svc{i}/items/{{id}}", f"/svc{i}/static"], "service": "up"}
-              for i in range(n)]
-    return GatewayCase(f"routes-{n}", f"{n:,} routes, request matches the last", f"routes-{n}",
-                       f"/svc{n - 1}/items/42", routes, {"up": [up]})
+    routes = [
+        {"name": f"r{i}", "paths": [f"/svc{i}/items/{{id}}", f"/svc{i}/static"], "service": "up"} for i in range(n)
+    ]
+    return GatewayCase(
+        f"routes-{n}",
+        f"{n:,} routes, request matches the last",
+        f"routes-{n}",
+        f"/svc{n - 1}/items/42",
+        routes,
+        {"up": [up]},
+    )
 
 
 def matcher_costs(counts: Iterable[int]) -> dict[str, float]:
@@ -458,8 +604,9 @@ def matcher_costs(counts: Iterable[int]) -> dict[str, float]:
 
     timers = {}
     for n in counts:
-        router = Router([RoutePattern(path, i, order=i) for i in range(n)
-                         for path in (f"/svc{i}/items/{{id}}", f"/svc{i}/static")])
+        router = Router(
+            [RoutePattern(path, i, order=i) for i in range(n) for path in (f"/svc{i}/items/{{id}}", f"/svc{i}/static")]
+        )
         path = f"/svc{n - 1}/items/42"
         assert router.match("GET", path).target == n - 1
         timer = timeit.Timer(lambda r=router, p=path: r.match("GET", p))
@@ -473,22 +620,52 @@ def matcher_costs(counts: Iterable[int]) -> dict[str, float]:
 
 def noop_case(n: int, up: str) -> GatewayCase:
     plugins = {f"noop{i}": {"plugin": "noop"} for i in range(n)}
-    return GatewayCase(f"plugins-{n}", f"{n} no-op plugins on the route (3 hooks each)", f"plugins-{n}",
-                       "/api/x", [route(plugins)], {"up": [up]}, ("noop",) if n else ())
+    return GatewayCase(
+        f"plugins-{n}",
+        f"{n} no-op plugins on the route (3 hooks each)",
+        f"plugins-{n}",
+        "/api/x",
+        [route(plugins)],
+        {"up": [up]},
+        ("noop",) if n else (),
+    )
 
 
 def aggregate_cases(urls: list[str], connections: int) -> list[GatewayCase]:
     """(7) One gateway: a bare route to the slowest backend, and a route aggregating all of them."""
     services = {f"b{i}": [u] for i, u in enumerate(urls)}
-    agg = {"aggregate": {"backends": [{"name": f"b{i}", "service": f"b{i}", "path": "/x", "group": f"b{i}"}
-                                      for i in range(len(urls))]}}
-    routes = [{"name": "slow", "paths": ["/slow"], "service": f"b{len(urls) - 1}", "strip_path": True},
-              {"name": "agg", "paths": ["/agg"], "plugins": agg}]
+    agg = {
+        "aggregate": {
+            "backends": [
+                {"name": f"b{i}", "service": f"b{i}", "path": "/x", "group": f"b{i}"} for i in range(len(urls))
+            ]
+        }
+    }
+    routes = [
+        {"name": "slow", "paths": ["/slow"], "service": f"b{len(urls) - 1}", "strip_path": True},
+        {"name": "agg", "paths": ["/agg"], "plugins": agg},
+    ]
     return [
-        GatewayCase("proxy-slowest", f"Bascule bare route to the slowest backend, c={connections}",
-                    "aggregate", "/slow/x", routes, services, ("aggregate",), connections=connections),
-        GatewayCase("aggregate", f"aggregated route over {len(urls)} backends, c={connections}", "aggregate",
-                    "/agg", routes, services, ("aggregate",), connections=connections),
+        GatewayCase(
+            "proxy-slowest",
+            f"Bascule bare route to the slowest backend, c={connections}",
+            "aggregate",
+            "/slow/x",
+            routes,
+            services,
+            ("aggregate",),
+            connections=connections,
+        ),
+        GatewayCase(
+            "aggregate",
+            f"aggregated route over {len(urls)} backends, c={connections}",
+            "aggregate",
+            "/agg",
+            routes,
+            services,
+            ("aggregate",),
+            connections=connections,
+        ),
     ]
 
 
@@ -527,8 +704,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     versions = {}
     for dist in ("bascule", "bascule-sdk", "trio", "hypercorn", "httpcore", "h11", "pluggy"):
         try:
@@ -542,16 +725,26 @@ def machine() -> dict:
         except (OSError, AttributeError, subprocess.TimeoutExpired):
             pass
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except OSError:
         commit, dirty = "", ""
-    return {"cpu": cpu, "cores": CORES, "memory_gib": round(os.sysconf("SC_PAGE_SIZE") *
-                                                            os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "kernel": platform.release(), "python": platform.python_version(), "versions": versions,
-            "commit": commit + ("+dirty" if dirty else "")}
+    return {
+        "cpu": cpu,
+        "cores": CORES,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "commit": commit + ("+dirty" if dirty else ""),
+    }
 
 
 class Deadline(Exception):
@@ -587,8 +780,12 @@ def main(argv: list[str] | None = None) -> int:
         with Procs(tmp) as procs:
             bench = Bench(opts, procs, tmp)
             runners: dict[str, Callable[[], None]] = {
-                "main": bench.main, "workers": bench.workers, "routes": bench.routes,
-                "plugins": bench.plugins, "aggregate": bench.aggregate, "memory": bench.memory,
+                "main": bench.main,
+                "workers": bench.workers,
+                "routes": bench.routes,
+                "plugins": bench.plugins,
+                "aggregate": bench.aggregate,
+                "memory": bench.memory,
             }
             for name in SUITES:
                 if name in suites:
@@ -608,8 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; everything started was stopped", file=sys.stderr)
         return 130
     except Deadline:
-        print(f"bench: --max-minutes ({opts.max_minutes:g}) ran out; everything started was stopped",
-              file=sys.stderr)
+        print(f"bench: --max-minutes ({opts.max_minutes:g}) ran out; everything started was stopped", file=sys.stderr)
         return 124
     finally:
         signal.alarm(0)

@@ -35,15 +35,23 @@ def script(path: Path, extra: str = "") -> Path:
     return path
 
 
-def run(url: str, *, duration: float, connections: int, threads: int = 1, lua: Path,
-        headers: Sequence[str] = (), core: int | None = 0, timeout: float | None = None) -> dict:
+def run(
+    url: str,
+    *,
+    duration: float,
+    connections: int,
+    threads: int = 1,
+    lua: Path,
+    headers: Sequence[str] = (),
+    core: int | None = 0,
+    timeout: float | None = None,
+) -> dict:
     """One bounded wrk run; returns rps, p50/p90/p99/max in ms, requests, errors."""
     secs = max(1, round(duration))
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{secs}s", "--timeout", "10s", "-s", str(lua)]
     for h in headers:
         cmd += ["-H", h]
-    out = subprocess.run(pinned([*cmd, url], core), capture_output=True, text=True,
-                         timeout=timeout or secs + 30)
+    out = subprocess.run(pinned([*cmd, url], core), capture_output=True, text=True, timeout=timeout or secs + 30)
     line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH-JSON ")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
@@ -52,7 +60,11 @@ def run(url: str, *, duration: float, connections: int, threads: int = 1, lua: P
     errors = sum(raw[k] for k in ("connect", "read", "write", "timeout"))
     return {
         "rps": raw["requests"] / seconds if seconds else 0.0,
-        "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000, "max_ms": raw["max_us"] / 1000,
-        "requests": raw["requests"], "errors": errors, "non_2xx": raw["status"],
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "requests": raw["requests"],
+        "errors": errors,
+        "non_2xx": raw["status"],
     }

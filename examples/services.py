@@ -25,8 +25,10 @@ PRODUCTS = {
     "p3": {"id": "p3", "name": "Water bottle", "price": 15.5, "stock": 40},
 }
 ORDERS = {"o1": {"id": "o1", "user_id": "1", "items": ["p1", "p3"], "total": 104.5, "status": "shipped"}}
-PAYMENTS = {"o1": {"order_id": "o1", "status": "paid", "method": "card"},
-            "r1": {"ride_id": "r1", "status": "authorised", "amount": 18.4, "currency": "EUR"}}
+PAYMENTS = {
+    "o1": {"order_id": "o1", "status": "paid", "method": "card"},
+    "r1": {"ride_id": "r1", "status": "authorised", "amount": 18.4, "currency": "EUR"},
+}
 DRIVERS = {"r1": {"ride_id": "r1", "driver": "Marie", "lat": 45.7640, "lon": 4.8357, "eta_minutes": 4}}
 
 Handler = Callable[[dict, bytes], tuple[int, object]]
@@ -76,24 +78,39 @@ def create_order(scope: dict, body: bytes) -> tuple[int, object]:
 
 
 SERVICES = {
-    "users": (9101, {
-        r"/users": lambda s, b: (200, list(USERS.values())),
-        r"/users/(?P<id>[^/]+)": lambda s, b: found(USERS, s["params"]["id"]),
-    }),
-    "products": (9102, {
-        r"/products": lambda s, b: (200, list(PRODUCTS.values())),
-        r"/products/(?P<id>[^/]+)": lambda s, b: found(PRODUCTS, s["params"]["id"]),
-    }),
-    "orders": (9103, {
-        r"/orders": lambda s, b: create_order(s, b) if s["method"] == "POST" else (200, list(ORDERS.values())),
-        r"/orders/(?P<id>[^/]+)": lambda s, b: found(ORDERS, s["params"]["id"]),
-    }),
-    "payments": (9104, {
-        r"/payments/(?P<id>[^/]+)": lambda s, b: found(PAYMENTS, s["params"]["id"]),
-    }),
-    "drivers": (9105, {
-        r"/rides/(?P<id>[^/]+)/location": lambda s, b: found(DRIVERS, s["params"]["id"]),
-    }),
+    "users": (
+        9101,
+        {
+            r"/users": lambda s, b: (200, list(USERS.values())),
+            r"/users/(?P<id>[^/]+)": lambda s, b: found(USERS, s["params"]["id"]),
+        },
+    ),
+    "products": (
+        9102,
+        {
+            r"/products": lambda s, b: (200, list(PRODUCTS.values())),
+            r"/products/(?P<id>[^/]+)": lambda s, b: found(PRODUCTS, s["params"]["id"]),
+        },
+    ),
+    "orders": (
+        9103,
+        {
+            r"/orders": lambda s, b: create_order(s, b) if s["method"] == "POST" else (200, list(ORDERS.values())),
+            r"/orders/(?P<id>[^/]+)": lambda s, b: found(ORDERS, s["params"]["id"]),
+        },
+    ),
+    "payments": (
+        9104,
+        {
+            r"/payments/(?P<id>[^/]+)": lambda s, b: found(PAYMENTS, s["params"]["id"]),
+        },
+    ),
+    "drivers": (
+        9105,
+        {
+            r"/rides/(?P<id>[^/]+)/location": lambda s, b: found(DRIVERS, s["params"]["id"]),
+        },
+    ),
 }
 
 

@@ -45,8 +45,9 @@ async def start_admin(nursery, gw, path) -> httpx.AsyncClient:
     """Serve the gateway's admin listener on a free port; return a client for it."""
     admin = Admin(gw.gateway, path, gw.available)
     hc = hypercorn_config(gw.gateway.runtime.config.gateway, "127.0.0.1:0", tls=False)
-    (url,) = await nursery.start(partial(worker_serve, wrap_app(admin, None, "asgi"), hc,
-                                         shutdown_trigger=gw.stop.wait))
+    (url,) = await nursery.start(
+        partial(worker_serve, wrap_app(admin, None, "asgi"), hc, shutdown_trigger=gw.stop.wait)
+    )
     return httpx.AsyncClient(base_url=url, timeout=30)
 
 
@@ -63,7 +64,7 @@ async def test_health_routes_plugins(nursery, tmp_path):
         missing = await admin.get("/nope")
         wrong = await admin.post("/routes")
     assert health.json() == {"status": "ok", "pid": os.getpid()}
-    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["degraded"] == []
     assert [(r["name"], r["service"], r["paths"]) for r in routes.json()] == [("api", "api", ["/api"])]
     assert isinstance(plugins.json(), list)
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
@@ -96,6 +97,7 @@ async def test_upstreams_shows_a_killed_target_ejected_after_max_failures(nurser
     assert states[-1]["url"] == ups[0].url and states[-1]["requests"] == 4
     assert ready.status_code == 200
     assert unready.status_code == 503 and unready.json()["without_healthy_target"] == ["api"]
+    assert unready.json()["status"] == "unready" and unready.json()["degraded"] == []
 
 
 async def test_reload_applies_a_valid_file_and_rejects_an_invalid_one(nursery, tmp_path):

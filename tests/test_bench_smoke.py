@@ -10,19 +10,37 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    sys.platform != "linux" or not all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in ("nginx", "wrk")),
-    reason="bench/run needs Linux with nginx and wrk (bench/run installs them; CI's .ci/run does not)",
-)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        sys.platform != "linux"
+        or not all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in ("nginx", "wrk")),
+        reason="bench/run needs Linux with nginx and wrk (bench/run installs them; CI's .ci/run does not)",
+    ),
+]
 
 
 def test_quick_run_writes_results(tmp_path):
     out = tmp_path / "quick.json"
     run = subprocess.run(
-        [str(ROOT / "bench" / "run"), "--quick", "--suites", "main,plugins,memory",
-         "--cases", "direct,nginx,hypercorn,bare", "--stream-bytes", str(8 * 2**20), "--out", str(out),
-         "--max-minutes", "2"],
-        capture_output=True, text=True, timeout=150, cwd=ROOT,
+        [
+            str(ROOT / "bench" / "run"),
+            "--quick",
+            "--suites",
+            "main,plugins,memory",
+            "--cases",
+            "direct,nginx,hypercorn,bare",
+            "--stream-bytes",
+            str(8 * 2**20),
+            "--out",
+            str(out),
+            "--max-minutes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -40,12 +58,20 @@ def test_quick_run_writes_results(tmp_path):
 
 def test_compare_reads_two_results(tmp_path):
     def result(rps):
-        return {"date": "d", "machine": {"commit": "c"},
-                "cases": {"bare": {"median": {"rps": rps, "p50_ms": 1.0, "p99_ms": 2.0}}}}
+        return {
+            "date": "d",
+            "machine": {"commit": "c"},
+            "cases": {"bare": {"median": {"rps": rps, "p50_ms": 1.0, "p99_ms": 2.0}}},
+        }
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(result(1000.0)))
     b.write_text(json.dumps(result(1250.0)))
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "compare"), str(a), str(b)],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare"), str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     assert "| bare | 1,000 | 1,250 | **+25.0%** |" in out

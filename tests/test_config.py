@@ -1,12 +1,15 @@
 """Config validation: every problem reported at once, each naming file, section or route, and key."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from bascule import ConfigError, parse_config
 from bascule.config import layer_plugin_tables
 from bascule.registry import discover
 from bascule_sdk import Duration, Plugin, hookimpl, setting
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ def errors(text: str) -> list[str]:
 
 
 def test_valid_config_compiles():
-    config = parse_config(SERVICE + """
+    config = parse_config(
+        SERVICE
+        + """
         [plugins.limit]
         limit = 5
         [[routes]]
@@ -49,7 +54,10 @@ def test_valid_config_compiles():
         service = "users"
         [routes.plugins.limit]
         window = "1m"
-    """, "plugins.toml", AVAILABLE)
+    """,
+        "plugins.toml",
+        AVAILABLE,
+    )
     (route,) = config.routes
     (spec,) = route.plugins
     assert (spec.instance, spec.settings.limit, spec.settings.window, spec.priority) == ("limit", 5, 60.0, 900)
@@ -87,10 +95,10 @@ def test_every_problem_is_reported_once_with_its_location():
         'conf/plugins.toml: services.users: timeout: expected a duration like "5s" or "250ms", got \'soon\'',
         "conf/plugins.toml: consumers.alice: groups: expected an array, got a string ('admins')",
         'conf/plugins.toml: plugins.limit: window: expected a duration like "5s" or "250ms", got \'forever\'',
-        "conf/plugins.toml: plugins.jwt: plugin 'jwt' is not installed (pip install bascule-jwt);"
+        f"conf/plugins.toml: plugins.jwt: plugin 'jwt' is not installed (pip install {ROOT / 'plugins' / 'jwt'});"
         " installed plugins: limit",
         "conf/plugins.toml: route \"users\": paths: 'api/users' must start with '/'",
-        "conf/plugins.toml: route \"users\": colour: unknown key (known keys: hosts, match, methods, name, paths,"
+        'conf/plugins.toml: route "users": colour: unknown key (known keys: hosts, match, methods, name, paths,'
         " plugins, preserve_host, service, strip_path)",
         "conf/plugins.toml: route \"users\": service: unknown service 'userz' (services: users)",
         "conf/plugins.toml: route \"users\": plugins.limit.limit: expected an integer, got a string ('ten')",
@@ -102,25 +110,40 @@ def test_every_problem_is_reported_once_with_its_location():
 @pytest.mark.parametrize(
     ("snippet", "message"),
     [
-        ("[[routes]]\nname = 'a'\npaths = ['/a']\n",
-         "route \"a\": service: required: no plugin on this route handles requests itself"),
-        ("[[routes]]\nname = 'a'\npaths = ['/a/{x}/{x}']\nservice = 'users'\n",
-         "route \"a\": paths: parameter '{x}' appears twice in path '/a/{x}/{x}'"),
-        ("[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\nmethods = ['FETCH']\n",
-         "route \"a\": methods: unknown method(s): FETCH"),
-        ("[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\nmatch = 'regex'\n",
-         "route \"a\": match: must be one of 'prefix', 'exact', got 'regex'"),
-        ("[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins]\nlimit = 3\n",
-         "route \"a\": plugins.limit: expected a table, true or false, got int"),
-        ("[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins.limit]\nburst = 1\n",
-         "route \"a\": plugins.limit.burst: unknown key (known keys: limit, window)"),
-        ("[gateway]\ntrusted_proxies = ['10.0.0.0/8', 'lan']\n",
-         "gateway: trusted_proxies: not CIDRs: 'lan'"),
+        (
+            "[[routes]]\nname = 'a'\npaths = ['/a']\n",
+            'route "a": service: required: no plugin on this route handles requests itself',
+        ),
+        (
+            "[[routes]]\nname = 'a'\npaths = ['/a/{x}/{x}']\nservice = 'users'\n",
+            "route \"a\": paths: parameter '{x}' appears twice in path '/a/{x}/{x}'",
+        ),
+        (
+            "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\nmethods = ['FETCH']\n",
+            'route "a": methods: unknown method(s): FETCH',
+        ),
+        (
+            "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\nmatch = 'regex'\n",
+            "route \"a\": match: must be one of 'prefix', 'exact', got 'regex'",
+        ),
+        (
+            "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins]\nlimit = 3\n",
+            'route "a": plugins.limit: expected a table, true or false, got int',
+        ),
+        (
+            "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins.limit]\nburst = 1\n",
+            'route "a": plugins.limit.burst: unknown key (known keys: limit, window)',
+        ),
+        ("[gateway]\ntrusted_proxies = ['10.0.0.0/8', 'lan']\n", "gateway: trusted_proxies: not CIDRs: 'lan'"),
         ("[gateway]\ntls_cert = 'cert.pem'\n", "gateway: tls_key: tls_cert and tls_key go together"),
-        ("[gatway]\nlisten = '1.2.3.4:80'\n",
-         "gatway: unknown key (known keys: consumers, gateway, plugins, routes, services)"),
-        ("[consumers.bob.credentials.limit]\n", "consumers.bob: credentials.limit: plugin 'limit' takes no"
-         " consumer credentials"),
+        (
+            "[gatway]\nlisten = '1.2.3.4:80'\n",
+            "gatway: unknown key (known keys: consumers, gateway, plugins, routes, services)",
+        ),
+        (
+            "[consumers.bob.credentials.limit]\n",
+            "consumers.bob: credentials.limit: plugin 'limit' takes no consumer credentials",
+        ),
         ("[services.users]\ntargets = []\n", "services.users: targets: a service needs at least one target"),
     ],
 )
@@ -154,36 +177,45 @@ def test_secrets_from_env_and_file(tmp_path, monkeypatch):
     secret_file = tmp_path / "key"
     secret_file.write_text("from-file\n")
     monkeypatch.setenv("BASCULE_TEST_KEY", "from-env")
-    for value, expected in (("env:BASCULE_TEST_KEY", "from-env"), (f"file:{secret_file}", "from-file"),
-                            ("literal", "literal")):
-        config = parse_config(SERVICE + f"""
+    for value, expected in (
+        ("env:BASCULE_TEST_KEY", "from-env"),
+        (f"file:{secret_file}", "from-file"),
+        ("literal", "literal"),
+    ):
+        config = parse_config(
+            SERVICE
+            + f"""
             [plugins.keyed]
             key = "{value}"
             [[routes]]
             name = "a"
             paths = ["/a"]
             service = "users"
-        """, "plugins.toml", available)
+        """,
+            "plugins.toml",
+            available,
+        )
         assert config.routes[0].plugins[0].settings.key == expected
     with pytest.raises(ConfigError) as info:
         parse_config(SERVICE + '[plugins.keyed]\nkey = "env:BASCULE_UNSET_VAR"\n', "plugins.toml", available)
-    assert info.value.lines == [
-        "plugins.toml: plugins.keyed: key: environment variable BASCULE_UNSET_VAR is not set"
-    ]
+    assert info.value.lines == ["plugins.toml: plugins.keyed: key: environment variable BASCULE_UNSET_VAR is not set"]
 
 
 @pytest.mark.parametrize(
     ("global_tables", "route_tables", "expected"),
     [
-        ({"a": {"x": 1}}, {}, {"a": {"x": 1}}),                                # global applies everywhere
-        ({}, {"a": {"x": 1}}, {"a": {"x": 1}}),                                # route-only
-        ({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}}, {"a": {"x": 1, "y": 3}}),   # route keys layered over global
-        ({"a": {"t": {"p": 1, "q": 2}}}, {"a": {"t": {"q": 3}}},
-         {"a": {"t": {"p": 1, "q": 3}}}),                                      # tables merge key by key
-        ({"a": {"l": [1, 2]}}, {"a": {"l": [3]}}, {"a": {"l": [3]}}),          # arrays replace
-        ({"a": {"x": 1}}, {"a": False}, {}),                                   # X = false switches global off
-        ({"a": {"x": 1}}, {"a": True}, {"a": {"x": 1}}),                       # X = true keeps global settings
-        ({}, {"a": True}, {"a": {}}),                                          # X = true with defaults
+        ({"a": {"x": 1}}, {}, {"a": {"x": 1}}),  # global applies everywhere
+        ({}, {"a": {"x": 1}}, {"a": {"x": 1}}),  # route-only
+        ({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}}, {"a": {"x": 1, "y": 3}}),  # route keys layered over global
+        (
+            {"a": {"t": {"p": 1, "q": 2}}},
+            {"a": {"t": {"q": 3}}},
+            {"a": {"t": {"p": 1, "q": 3}}},
+        ),  # tables merge key by key
+        ({"a": {"l": [1, 2]}}, {"a": {"l": [3]}}, {"a": {"l": [3]}}),  # arrays replace
+        ({"a": {"x": 1}}, {"a": False}, {}),  # X = false switches global off
+        ({"a": {"x": 1}}, {"a": True}, {"a": {"x": 1}}),  # X = true keeps global settings
+        ({}, {"a": True}, {"a": {}}),  # X = true with defaults
         ({"a": {"x": 1}}, {"b": {"plugin": "a"}}, {"a": {"x": 1}, "b": {"plugin": "a"}}),  # second instance
     ],
 )
@@ -192,7 +224,9 @@ def test_plugin_table_precedence(global_tables, route_tables, expected):
 
 
 def test_identical_settings_share_one_instance():
-    config = parse_config(SERVICE + """
+    config = parse_config(
+        SERVICE
+        + """
         [plugins.limit]
         limit = 5
         [[routes]]
@@ -209,7 +243,10 @@ def test_identical_settings_share_one_instance():
         service = "users"
         [routes.plugins.limit]
         limit = 6
-    """, "plugins.toml", AVAILABLE)
+    """,
+        "plugins.toml",
+        AVAILABLE,
+    )
     a, b, c = (r.plugins[0] for r in config.routes)
     assert a is b
     assert c is not a and c.settings.limit == 6

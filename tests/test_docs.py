@@ -98,8 +98,7 @@ def example(hook: str) -> type[Plugin]:
     sys.modules[module.__name__] = module  # dataclasses and typing look their module up
     # dont_inherit: run the example as written, not under this file's ``from __future__`` imports.
     exec(compile(code, f"docs/plugins.md ({hook} example)", "exec", dont_inherit=True), module.__dict__)
-    (cls,) = [v for v in vars(module).values()
-              if isinstance(v, type) and issubclass(v, Plugin) and v is not Plugin]
+    (cls,) = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Plugin) and v is not Plugin]
     return cls
 
 
@@ -125,10 +124,12 @@ async def test_startup_example(nursery, tmp_path):
     upstream = await start_upstream(nursery)
     (tmp_path / "blocked").write_text("10.9.9.9\n127.0.0.1\n")
     (tmp_path / "empty").write_text("10.9.9.9\n")
-    blocked = await start_gateway(nursery, route(upstream.url, "blocklist", f'file = "{tmp_path / "blocked"}"'),
-                                  plugins=[blocklist])
-    allowed = await start_gateway(nursery, route(upstream.url, "blocklist", f'file = "{tmp_path / "empty"}"'),
-                                  plugins=[blocklist])
+    blocked = await start_gateway(
+        nursery, route(upstream.url, "blocklist", f'file = "{tmp_path / "blocked"}"'), plugins=[blocklist]
+    )
+    allowed = await start_gateway(
+        nursery, route(upstream.url, "blocklist", f'file = "{tmp_path / "empty"}"'), plugins=[blocklist]
+    )
     async with blocked.client() as client:
         r = await client.get("/api/x")
         other = await client.get("/other/x")
@@ -172,8 +173,9 @@ async def test_on_upstream_request_example(nursery, monkeypatch):
     token = example("on_upstream_request")
     monkeypatch.setenv("DOCS_SERVICE_TOKEN", "s3cret")
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, route(upstream.url, "upstream-token", 'token = "env:DOCS_SERVICE_TOKEN"'),
-                             plugins=[token])
+    gw = await start_gateway(
+        nursery, route(upstream.url, "upstream-token", 'token = "env:DOCS_SERVICE_TOKEN"'), plugins=[token]
+    )
     async with gw.client() as client:
         r = await client.get("/api/x", headers={"authorization": "Bearer client-token"})
         await client.get("/other/x", headers={"authorization": "Bearer client-token"})
@@ -183,14 +185,18 @@ async def test_on_upstream_request_example(nursery, monkeypatch):
 
 async def test_handle_example(nursery):
     mock = example("handle")
-    gw = await start_gateway(nursery, """
+    gw = await start_gateway(
+        nursery,
+        """
         [[routes]]
         name = "mocked"
         paths = ["/mock"]
         [routes.plugins.mock]
         status = 201
         body = { created = true }
-    """, plugins=[mock])
+    """,
+        plugins=[mock],
+    )
     async with gw.client() as client:
         r = await client.post("/mock/orders")
     assert r.status_code == 201
@@ -204,8 +210,9 @@ async def test_on_response_example(nursery):
         return Response(200, {"server": "nginx/1.0", "content-length": "2"}, b"ok")
 
     upstream = await start_upstream(nursery, service)
-    gw = await start_gateway(nursery, route(upstream.url, "security-headers", 'hsts_max_age = "1d"'),
-                             plugins=[security])
+    gw = await start_gateway(
+        nursery, route(upstream.url, "security-headers", 'hsts_max_age = "1d"'), plugins=[security]
+    )
     async with gw.client() as client:
         r = await client.get("/api/x")
         other = await client.get("/other/x")
@@ -220,8 +227,7 @@ async def test_on_log_example(caplog):
     caplog.set_level(logging.WARNING, logger="slow-requests")
     async with trio.open_nursery() as nursery:
         upstream = await start_upstream(nursery)
-        gw = await start_gateway(nursery, route(upstream.url, "slow-log", 'threshold = "0s"'),
-                                 plugins=[slow_log])
+        gw = await start_gateway(nursery, route(upstream.url, "slow-log", 'threshold = "0s"'), plugins=[slow_log])
         async with gw.client() as client:
             r = await client.get("/api/slow")
             await client.get("/other/x")
@@ -240,8 +246,9 @@ async def test_on_admin_request_example(nursery):
         gw = await start_gateway(public, route(upstream.url, "status-counts"), plugins=[counts])
         admin = Admin(gw.gateway, "plugins.toml", gw.available)
         hc = hypercorn_config(gw.gateway.runtime.config.gateway, "127.0.0.1:0", tls=False)
-        (admin_url,) = await nursery.start(partial(worker_serve, wrap_app(admin, None, "asgi"), hc,
-                                                   shutdown_trigger=admin_stop.wait))
+        (admin_url,) = await nursery.start(
+            partial(worker_serve, wrap_app(admin, None, "asgi"), hc, shutdown_trigger=admin_stop.wait)
+        )
         async with gw.client() as client:
             await client.get("/api/a")
             await client.get("/api/b")
@@ -282,7 +289,7 @@ def toml_examples(model: type) -> list[str]:
     text = config_doc()
     start = text.index(f"<!-- END {model.__name__} -->")
     end = text.find("\n## ", start)
-    return re.findall(r"^```toml\n(.*?)^```", text[start:end if end != -1 else None], flags=re.M | re.S)
+    return re.findall(r"^```toml\n(.*?)^```", text[start : end if end != -1 else None], flags=re.M | re.S)
 
 
 def example_tables(model: type, data: dict) -> list[dict]:

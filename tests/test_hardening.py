@@ -73,10 +73,13 @@ async def test_ambiguous_framing_is_rejected_and_never_forwarded(nursery, name):
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize("payload", [
-    b"GET /a HTTP/1.1\nHost: a\n\n",                         # bare LF line endings
-    b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n",  # obsolete line folding
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"GET /a HTTP/1.1\nHost: a\n\n",  # bare LF line endings
+        b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n",  # obsolete line folding
+    ],
+)
 async def test_lenient_syntax_is_forwarded_as_exactly_one_clean_request(nursery, payload):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url))
@@ -97,7 +100,9 @@ async def test_absolute_form_target_uses_its_authority_as_host(nursery):
 
 async def test_unknown_hosts_are_rejected_unless_a_default_route_exists(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
         [[routes]]
@@ -105,7 +110,8 @@ async def test_unknown_hosts_are_rejected_unless_a_default_route_exists(nursery)
         paths = ["/"]
         hosts = ["shop.example"]
         service = "api"
-    """)
+    """,
+    )
     async with gw.client() as client:
         known = await client.get("/", headers={"host": "shop.example"})
         unknown = await client.get("/", headers={"host": "evil.example"})
@@ -140,25 +146,32 @@ class RawUpstream:
         await stream.aclose()
 
 
-@pytest.mark.parametrize(("name", "response", "hang", "status"), [
-    ("not HTTP", b"SSH-2.0-OpenSSH\r\n\r\n", False, 502),
-    ("bad status line", b"HTTP/1.1 twohundred OK\r\n\r\n", False, 502),
-    ("huge header", b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", False, 502),
-    ("closed before answering", b"", False, 502),
-    ("hangs after the head", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", True, 504),
-])
+@pytest.mark.parametrize(
+    ("name", "response", "hang", "status"),
+    [
+        ("not HTTP", b"SSH-2.0-OpenSSH\r\n\r\n", False, 502),
+        ("bad status line", b"HTTP/1.1 twohundred OK\r\n\r\n", False, 502),
+        ("huge header", b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", False, 502),
+        ("closed before answering", b"", False, 502),
+        ("hangs after the head", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", True, 504),
+    ],
+)
 async def test_a_broken_upstream_gets_a_defined_answer(nursery, name, response, hang, status):
     raw = RawUpstream(response, hang)
     url = await raw.serve(nursery)
     healthy = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(url, timeout="500ms") + f"""
+    gw = await start_gateway(
+        nursery,
+        config(url, timeout="500ms")
+        + f"""
         [services.ok]
         targets = ["{healthy.url}"]
         [[routes]]
         name = "ok"
         paths = ["/ok"]
         service = "ok"
-    """)
+    """,
+    )
     async with gw.client(timeout=10) as client:
         broken = await client.get("/x")
         fine = await client.get("/ok")  # the gateway keeps serving others
@@ -179,27 +192,56 @@ async def test_upstream_cut_mid_body_aborts_the_client_connection(nursery):
                     pass
 
 
-SCALARS = (st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False)
-           | st.text(string.printable, max_size=12) | st.sampled_from(["api", "/a", "5s", "GET", "prefix"]))
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**6)
+    | st.floats(allow_nan=False)
+    | st.text(string.printable, max_size=12)
+    | st.sampled_from(["api", "/a", "5s", "GET", "prefix"])
+)
 TOML_VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["a", "url", "weight", "limit", "plugin", "priority", "x-y"]), inner,
-                      max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["a", "url", "weight", "limit", "plugin", "priority", "x-y"]), inner, max_size=3
+        )
+    ),
     max_leaves=8,
 )
-KEYS = st.sampled_from(["listen", "targets", "timeout", "paths", "service", "methods", "plugins", "name",
-                        "match", "hosts", "strip_path", "workers", "trusted_proxies", "groups", "credentials",
-                        "junk"])
+KEYS = st.sampled_from(
+    [
+        "listen",
+        "targets",
+        "timeout",
+        "paths",
+        "service",
+        "methods",
+        "plugins",
+        "name",
+        "match",
+        "hosts",
+        "strip_path",
+        "workers",
+        "trusted_proxies",
+        "groups",
+        "credentials",
+        "junk",
+    ]
+)
 SECTION = st.dictionaries(KEYS, TOML_VALUES, max_size=5)
-DOCUMENT = st.fixed_dictionaries({}, optional={
-    "gateway": SECTION,
-    "services": st.dictionaries(st.sampled_from(["api", "users"]), SECTION, max_size=2),
-    "routes": st.lists(SECTION, max_size=3) | SCALARS,
-    "plugins": st.dictionaries(st.sampled_from(["tag", "jwt"]), TOML_VALUES, max_size=2),
-    "consumers": st.dictionaries(st.sampled_from(["ada"]), SECTION, max_size=1),
-    "extra": SCALARS,
-})
+DOCUMENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "gateway": SECTION,
+        "services": st.dictionaries(st.sampled_from(["api", "users"]), SECTION, max_size=2),
+        "routes": st.lists(SECTION, max_size=3) | SCALARS,
+        "plugins": st.dictionaries(st.sampled_from(["tag", "jwt"]), TOML_VALUES, max_size=2),
+        "consumers": st.dictionaries(st.sampled_from(["ada"]), SECTION, max_size=1),
+        "extra": SCALARS,
+    },
+)
 
 
 def _available():
@@ -241,8 +283,10 @@ def test_any_text_is_valid_or_a_clean_error(text):
 
 async def test_upstream_header_names_are_case_insensitive(nursery):
     # Real servers send "Content-Length", "Connection": hygiene must not depend on the case.
-    raw = RawUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Private\r\nX-Private: secret\r\n"
-                      b"Keep-Alive: timeout=5\r\nX-Public: yes\r\n\r\nok")
+    raw = RawUpstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Private\r\nX-Private: secret\r\n"
+        b"Keep-Alive: timeout=5\r\nX-Public: yes\r\n\r\nok"
+    )
     url = await raw.serve(nursery)
     gw = await start_gateway(nursery, config(url))
     async with gw.client() as client:
@@ -265,12 +309,15 @@ async def test_a_reload_storm_loses_no_request(nursery):
         for _ in range(8):
             load.start_soon(client_loop, client)
         for i in range(50):
-            await gw.reload(base + f"""
+            await gw.reload(
+                base
+                + f"""
                 [[routes]]
                 name = "extra{i}"
                 paths = ["/extra{i}"]
                 service = "api"
-            """)
+            """
+            )
             await trio.sleep(0.01)
     assert len(statuses) == 320
     assert set(statuses) == {200}
@@ -290,10 +337,15 @@ async def test_unkeyed_forwarding_headers_cannot_poison_the_cache(nursery):
     upstream = await start_upstream(nursery, origin)
     gw = await start_gateway(nursery, config(upstream.url) + "[routes.plugins.cache]\n")
     async with gw.client() as client:
-        attack = await client.get("/page", headers={
-            "host": "shop.example", "x-forwarded-host": "evil.example", "x-forwarded-proto": "javascript",
-            "forwarded": "host=evil.example;proto=https",
-        })
+        attack = await client.get(
+            "/page",
+            headers={
+                "host": "shop.example",
+                "x-forwarded-host": "evil.example",
+                "x-forwarded-proto": "javascript",
+                "forwarded": "host=evil.example;proto=https",
+            },
+        )
         victim = await client.get("/page", headers={"host": "shop.example"})
     assert attack.json() == {"next": "http://shop.example/next"}
     assert (victim.headers["x-cache-status"], victim.json()) == ("HIT", {"next": "http://shop.example/next"})
@@ -313,7 +365,9 @@ async def test_compressed_backend_answers_are_not_inflated_by_aggregation(nurser
         return Response(200, {"content-type": "application/json", "content-encoding": "gzip"}, bomb)
 
     upstream = await start_upstream(nursery, backend)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
         [[routes]]
@@ -324,7 +378,8 @@ async def test_compressed_backend_answers_are_not_inflated_by_aggregation(nurser
         name = "packed"
         service = "api"
         path = "/x"
-    """)
+    """,
+    )
     async with gw.client() as client:
         r = await client.get("/agg")
     assert r.status_code == 502

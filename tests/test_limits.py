@@ -103,6 +103,7 @@ async def test_max_requests_per_service_queues_then_refuses_with_retry_after(nur
     results: list[int] = []
 
     async with gw.client(timeout=30) as client:
+
         async def call():
             results.append((await client.get("/x")).status_code)
 
@@ -127,8 +128,9 @@ async def test_a_request_waits_in_the_queue_at_most_queue_timeout(nursery):
         return Response(200)
 
     upstream = await start_upstream(nursery, held)
-    gw = await start_gateway(nursery, config(
-        upstream.url, service='max_requests = 1\nmax_queue = 5\nqueue_timeout = "100ms"'))
+    gw = await start_gateway(
+        nursery, config(upstream.url, service='max_requests = 1\nmax_queue = 5\nqueue_timeout = "100ms"')
+    )
     async with gw.client(timeout=30) as client, trio.open_nursery() as calls:
         calls.start_soon(client.get, "/first")
         await until(lambda: bool(upstream.requests))
@@ -146,8 +148,7 @@ async def test_a_full_connection_pool_is_503_with_retry_after(nursery):
         return Response(200)
 
     upstream = await start_upstream(nursery, held)
-    gw = await start_gateway(nursery, config(
-        upstream.url, service='max_connections = 1\npool_timeout = "100ms"'))
+    gw = await start_gateway(nursery, config(upstream.url, service='max_connections = 1\npool_timeout = "100ms"'))
     async with gw.client(timeout=30) as client, trio.open_nursery() as calls:
         calls.start_soon(client.get, "/first")
         await until(lambda: bool(upstream.requests))
@@ -159,9 +160,10 @@ async def test_a_full_connection_pool_is_503_with_retry_after(nursery):
 
 def test_limit_settings_are_validated():
     with pytest.raises(ConfigError) as e:
-        parse_config(textwrap.dedent(config("http://127.0.0.1:1", service="max_requests = -1")),
-                     "plugins.toml", {})
+        parse_config(textwrap.dedent(config("http://127.0.0.1:1", service="max_requests = -1")), "plugins.toml", {})
     assert e.value.lines == ["plugins.toml: services.api: max_requests: must be at least 0"]
+
+
 # Append to tests/test_limits.py once gateway.diff is applied (the exact 431 limit needs it).
 
 

@@ -81,12 +81,17 @@ PLUGINS = [Tag, Deny, Throttle, Crash, Answer]
 
 async def gateway(nursery, routes: str, globals_: str = ""):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
         {globals_}
         {routes}
-    """, PLUGINS, entry_points=False)
+    """,
+        PLUGINS,
+        entry_points=False,
+    )
     return gw, upstream
 
 
@@ -101,8 +106,7 @@ def route(name: str, path: str, plugins: str = "") -> str:
 
 
 async def test_plugin_runs_only_on_routes_that_enable_it(nursery):
-    gw, upstream = await gateway(nursery, route("tagged", "/tagged", "[routes.plugins.tag]")
-                                 + route("open", "/open"))
+    gw, upstream = await gateway(nursery, route("tagged", "/tagged", "[routes.plugins.tag]") + route("open", "/open"))
     async with gw.client() as client:
         tagged = await client.get("/tagged")
         plain = await client.get("/open")
@@ -123,20 +127,25 @@ async def test_global_plugin_with_route_override_and_disable(nursery):
     async with gw.client() as client:
         for path in ("/a", "/b", "/c"):
             assert (await client.get(path)).status_code == 200
-    assert [r.headers.get_all("x-tag") for r in upstream.requests] == [
-        ["tag=global"], ["tag=route"], []
-    ]
+    assert [r.headers.get_all("x-tag") for r in upstream.requests] == [["tag=global"], ["tag=route"], []]
 
 
 async def test_same_plugin_twice_and_priority_override(nursery):
-    gw, upstream = await gateway(nursery, route("twice", "/twice", """
+    gw, upstream = await gateway(
+        nursery,
+        route(
+            "twice",
+            "/twice",
+            """
         [routes.plugins.tag]
         value = "first"
         [routes.plugins.early]
         plugin = "tag"
         value = "second"
         priority = 5000
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         r = await client.get("/twice")
     # 'early' overrides its priority above 'tag': it runs first on the way in ...
@@ -147,13 +156,25 @@ async def test_same_plugin_twice_and_priority_override(nursery):
 
 async def test_short_circuit_skips_upstream_but_runs_on_response_and_on_log(nursery):
     LOG.clear()
-    gw, upstream = await gateway(nursery, route("guarded", "/guarded", """
+    gw, upstream = await gateway(
+        nursery,
+        route(
+            "guarded",
+            "/guarded",
+            """
         [routes.plugins.deny]
         [routes.plugins.tag]
-    """) + route("throttled", "/throttled", """
+    """,
+        )
+        + route(
+            "throttled",
+            "/throttled",
+            """
         [routes.plugins.throttle]
         [routes.plugins.tag]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         denied = await client.get("/guarded")
         allowed = await client.get("/guarded", headers={"x-token": "letmein"})
@@ -161,8 +182,13 @@ async def test_short_circuit_skips_upstream_but_runs_on_response_and_on_log(nurs
     assert denied.status_code == 401
     assert denied.headers["content-type"] == "application/problem+json"
     assert denied.headers["www-authenticate"] == "Token"
-    assert denied.json() == {"type": "about:blank", "title": "Unauthorized", "status": 401,
-                             "detail": "A token is required.", "request_id": denied.headers["x-request-id"]}
+    assert denied.json() == {
+        "type": "about:blank",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": "A token is required.",
+        "request_id": denied.headers["x-request-id"],
+    }
     assert denied.headers["x-response-order"] == "tag"
     assert allowed.status_code == 200
     assert (throttled.status_code, throttled.headers["retry-after"]) == (429, "7")
@@ -190,13 +216,16 @@ async def test_a_crashing_plugin_fails_only_its_request(nursery, caplog):
 
 
 async def test_a_handle_plugin_answers_a_route_without_service(nursery):
-    gw, upstream = await gateway(nursery, """
+    gw, upstream = await gateway(
+        nursery,
+        """
         [[routes]]
         name = "status"
         paths = ["/rides/{ride}/status"]
         match = "exact"
         [routes.plugins.answer]
-    """)
+    """,
+    )
     async with gw.client() as client:
         r = await client.get("/rides/r7/status")
     assert r.json() == {"answered_by": "answer", "ride": "r7"}
@@ -213,7 +242,9 @@ async def test_a_plugin_may_replace_the_response(nursery, phase):
 
     setattr(Replace, phase, hookimpl(hook))
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
         [[routes]]
@@ -221,7 +252,10 @@ async def test_a_plugin_may_replace_the_response(nursery, phase):
         paths = ["/"]
         service = "api"
         [routes.plugins.replace]
-    """, [Replace], entry_points=False)
+    """,
+        [Replace],
+        entry_points=False,
+    )
     async with gw.client() as client:
         r = await client.get("/x")
     assert (r.status_code, r.headers["x-replaced"], r.content) == (203, phase, b"replaced")
@@ -239,7 +273,8 @@ def test_a_sync_hook_is_rejected_at_load():
         def on_request(self, ctx):
             return None
 
-    config = parse_config("""
+    config = parse_config(
+        """
         [services.api]
         targets = ["http://127.0.0.1:1"]
         [[routes]]
@@ -247,7 +282,10 @@ def test_a_sync_hook_is_rejected_at_load():
         paths = ["/"]
         service = "api"
         [routes.plugins.sync]
-    """, "plugins.toml", discover([Sync], entry_points=False))
+    """,
+        "plugins.toml",
+        discover([Sync], entry_points=False),
+    )
     with pytest.raises(ConfigError, match="plugin 'sync': hook on_request must be 'async def'"):
         Runtime(config)
 

@@ -30,16 +30,31 @@ def config(upstream_url: str, extra: str = "", gateway: str = "") -> str:
 
 async def test_hop_by_hop_headers_do_not_cross_the_gateway(nursery):
     async def handler(request):
-        return Response(200, [("connection", "x-upstream-private"), ("x-upstream-private", "secret"),
-                              ("keep-alive", "timeout=5"), ("x-kept", "yes")], b"ok")
+        return Response(
+            200,
+            [
+                ("connection", "x-upstream-private"),
+                ("x-upstream-private", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("x-kept", "yes"),
+            ],
+            b"ok",
+        )
 
     upstream = await start_upstream(nursery, handler)
     gw = await start_gateway(nursery, config(upstream.url))
     async with gw.client() as client:
-        r = await client.get("/x", headers={
-            "connection": "keep-alive, x-client-private", "x-client-private": "1", "keep-alive": "300",
-            "te": "trailers", "proxy-authorization": "Basic Zm9vOmJhcg==", "x-end-to-end": "kept",
-        })
+        r = await client.get(
+            "/x",
+            headers={
+                "connection": "keep-alive, x-client-private",
+                "x-client-private": "1",
+                "keep-alive": "300",
+                "te": "trailers",
+                "proxy-authorization": "Basic Zm9vOmJhcg==",
+                "x-end-to-end": "kept",
+            },
+        )
     seen = upstream.requests[0].headers
     for name in ("x-client-private", "keep-alive", "te", "proxy-authorization"):
         assert name not in seen, name
@@ -53,11 +68,20 @@ async def test_untrusted_client_cannot_spoof_forwarded_headers(nursery):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url))
     async with gw.client() as client:
-        r = await client.get("/x", headers={
-            "x-forwarded-for": "6.6.6.6", "x-forwarded-host": "evil.example", "x-forwarded-proto": "https",
-            "forwarded": "for=6.6.6.6", "x-real-ip": "6.6.6.6", "x-request-id": "chosen-by-client",
-            "x-consumer-username": "admin", "x-consumer-id": "1", "via": "1.1 evil",
-        })
+        r = await client.get(
+            "/x",
+            headers={
+                "x-forwarded-for": "6.6.6.6",
+                "x-forwarded-host": "evil.example",
+                "x-forwarded-proto": "https",
+                "forwarded": "for=6.6.6.6",
+                "x-real-ip": "6.6.6.6",
+                "x-request-id": "chosen-by-client",
+                "x-consumer-username": "admin",
+                "x-consumer-id": "1",
+                "via": "1.1 evil",
+            },
+        )
     seen = upstream.requests[0].headers
     assert seen.get_all("x-forwarded-for") == ["127.0.0.1"]
     assert seen.get("x-forwarded-host") == r.request.headers["host"]
@@ -73,10 +97,16 @@ async def test_trusted_proxy_headers_are_extended(nursery):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url, gateway='trusted_proxies = ["127.0.0.0/8"]'))
     async with gw.client() as client:
-        r = await client.get("/x", headers={
-            "x-forwarded-for": "203.0.113.7, 10.0.0.2", "x-forwarded-proto": "https",
-            "x-forwarded-host": "shop.example.com", "x-request-id": "lb-1234", "via": "1.1 lb",
-        })
+        r = await client.get(
+            "/x",
+            headers={
+                "x-forwarded-for": "203.0.113.7, 10.0.0.2",
+                "x-forwarded-proto": "https",
+                "x-forwarded-host": "shop.example.com",
+                "x-request-id": "lb-1234",
+                "via": "1.1 lb",
+            },
+        )
     seen = upstream.requests[0].headers
     assert seen.get("x-forwarded-for") == "203.0.113.7, 10.0.0.2, 127.0.0.1"
     assert seen.get("x-forwarded-proto") == "https"
@@ -88,7 +118,9 @@ async def test_trusted_proxy_headers_are_extended(nursery):
 
 async def test_strip_path_preserve_host_and_service_base_path(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.users]
         targets = ["{upstream.url}/v2/users"]
         [[routes]]
@@ -101,7 +133,8 @@ async def test_strip_path_preserve_host_and_service_base_path(nursery):
         paths = ["/keep"]
         service = "users"
         preserve_host = true
-    """)
+    """,
+    )
     async with gw.client() as client:
         await client.get("/api/users/7?expand=1")
         await client.get("/api/users")
@@ -122,13 +155,23 @@ class Guard(Plugin):
         raise HTTPError(401, "Admins only.")
 
 
-@pytest.mark.parametrize("path", [
-    "/public/../admin", "/public/%2e%2e/admin", "/public/%2E%2e/admin/", "//admin", "/./admin",
-    "/%61dmin", "/public/./../admin/users",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2e/admin/",
+        "//admin",
+        "/./admin",
+        "/%61dmin",
+        "/public/./../admin/users",
+    ],
+)
 async def test_no_spelling_of_a_path_skips_the_route_plugins(nursery, path):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
         [[routes]]
@@ -140,7 +183,9 @@ async def test_no_spelling_of_a_path_skips_the_route_plugins(nursery, path):
         paths = ["/admin"]
         service = "api"
         [routes.plugins.guard]
-    """, [Guard])
+    """,
+        [Guard],
+    )
     async with httpx.AsyncClient() as client:
         # Send the path exactly as written: no client-side normalisation.
         request = client.build_request("GET", gw.url)
@@ -150,9 +195,16 @@ async def test_no_spelling_of_a_path_skips_the_route_plugins(nursery, path):
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize("path", [
-    "/public/..%2fadmin", "/public/%2e%2e%5cadmin", "/public\\..\\admin", "/public/..;/admin", "/public/.;x/admin",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/public/..%2fadmin",
+        "/public/%2e%2e%5cadmin",
+        "/public\\..\\admin",
+        "/public/..;/admin",
+        "/public/.;x/admin",
+    ],
+)
 async def test_ambiguous_paths_are_rejected(nursery, path):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url))
@@ -250,8 +302,7 @@ class CountingUpstream:
             if not message.get("more_body"):
                 break
         size = self.size if scope["method"] == "GET" else 0
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(size).encode())]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(size).encode())]})
         chunk = b"x" * 65536
         for _ in range(size // len(chunk)):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

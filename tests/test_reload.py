@@ -39,6 +39,7 @@ async def test_2000_requests_across_a_reload_all_succeed_and_new_routes_go_live(
     halfway = trio.Event()
 
     async with gw.client(timeout=30) as client:
+
         async def worker() -> None:
             for _ in range(100):
                 statuses.append((await client.get("/old")).status_code)

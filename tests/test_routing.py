@@ -45,13 +45,13 @@ def test_precedence_table():
         dict(path="/api", target="api-on-host", hosts=("shop.example.com",)),
         dict(path="/api", target="api-on-wildcard", hosts=("*.rides.example.com",)),
     )
-    assert target(r, "GET", "/other") == "catch-all"                 # only the root prefix matches
-    assert target(r, "GET", "/api/orders") == "api"                  # deeper prefix beats shallower
-    assert target(r, "GET", "/api/users") == "users-exact"           # exact beats prefix at equal depth
-    assert target(r, "GET", "/api/users/7/x") == "users-prefix"      # params route is exact: prefix serves
-    assert target(r, "GET", "/api/users/7") == "user-param"          # more segments beat fewer
-    assert target(r, "GET", "/api/users/me") == "user-me"            # literal beats {param}
-    assert target(r, "POST", "/api/users/me") == "user-me-post"      # a route with methods beats one without
+    assert target(r, "GET", "/other") == "catch-all"  # only the root prefix matches
+    assert target(r, "GET", "/api/orders") == "api"  # deeper prefix beats shallower
+    assert target(r, "GET", "/api/users") == "users-exact"  # exact beats prefix at equal depth
+    assert target(r, "GET", "/api/users/7/x") == "users-prefix"  # params route is exact: prefix serves
+    assert target(r, "GET", "/api/users/7") == "user-param"  # more segments beat fewer
+    assert target(r, "GET", "/api/users/me") == "user-me"  # literal beats {param}
+    assert target(r, "POST", "/api/users/me") == "user-me-post"  # a route with methods beats one without
     assert target(r, "GET", "/api/users", "shop.example.com") == "api-on-host"  # host-specific wins first
     assert target(r, "GET", "/api/x", "eu.rides.example.com") == "api-on-wildcard"
     assert target(r, "GET", "/api/x", "rides.example.com") == "api"  # "*." needs a subdomain

@@ -20,29 +20,45 @@ def test_generates_a_complete_distribution(tmp_path, capsys):
     assert main(["plugin", "new", "add-header", "--dir", str(target)]) == 0
     assert "Created bascule-add-header" in capsys.readouterr().out
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert files == [".gitignore", "README.md", "bascule_add_header/__init__.py", "bascule_add_header/plugin.py",
-                     "pyproject.toml", "tests/test_add_header.py"]
+    assert files == [
+        ".gitignore",
+        "README.md",
+        "bascule_add_header/__init__.py",
+        "bascule_add_header/plugin.py",
+        "pyproject.toml",
+        "tests/test_add_header.py",
+    ]
     project = tomllib.loads((target / "pyproject.toml").read_text())
     assert project["project"]["name"] == "bascule-add-header"
     assert project["project"]["dependencies"] == ["bascule-sdk>=0.1"]
-    assert project["project"]["entry-points"]["bascule.plugins"] == {
-        "add-header": "bascule_add_header:AddHeaderPlugin"}
+    assert project["project"]["entry-points"]["bascule.plugins"] == {"add-header": "bascule_add_header:AddHeaderPlugin"}
     assert project["tool"]["setuptools"]["packages"] == ["bascule_add_header"]
     readme = (target / "README.md").read_text()
     for key in ("`header`", "`value`", "[routes.plugins.add-header]"):
         assert key in readme
+    # bascule is not on PyPI: the develop steps say where pip finds it (run as written in test_e2e_wheels).
+    assert "pip install --find-links /path/to/bascule/dist -e '.[test]'" in readme
 
 
 @pytest.mark.slow
 def test_generated_code_is_lint_clean_and_its_tests_pass(tmp_path):
     target = tmp_path / "bascule-greet"
     assert main(["plugin", "new", "greet", "--dir", str(target)]) == 0
-    lint = subprocess.run([BIN / "ruff", "check", "--no-cache", "--config", ROOT / "pyproject.toml", target],
-                          capture_output=True, text=True)
+    lint = subprocess.run(
+        [BIN / "ruff", "check", "--no-cache", "--config", ROOT / "pyproject.toml", target],
+        capture_output=True,
+        text=True,
+    )
     assert lint.returncode == 0, lint.stdout
     env = {**os.environ, "PYTHONPATH": str(target)}  # as after `pip install -e .`
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-                           cwd=target, env=env, capture_output=True, text=True, timeout=120)
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=target,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "2 passed" in tests.stdout
 

@@ -75,25 +75,28 @@ def gateway_accepts(available: dict, text: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("table", "valid"), [
-    ('name = "a"', True),
-    ('name = "a"\ncount = 7\nratio = 1\nenabled = false\nmode = "fast"', True),
-    ('name = "a"\ntimeout = "250ms"\nlimit = "64KiB"\ntoken = "env:HOME"', True),
-    ('name = "a"\ntimeout = 3\nlimit = 2048', True),
-    ('name = "a"\ntags = ["x", "y"]\nweights = { a = 1 }\nwindow = { size = 5, length = "1m" }', True),
-    ('name = "a"\npriority = 5', True),
-    ('name = "a"\nstrip-me = 1', False),
-    ("name = 1", False),
-    ('name = "a"\ncount = "3"', False),
-    ('name = "a"\nenabled = "yes"', False),
-    ('name = "a"\nmode = "slow"', False),
-    ('name = "a"\ntimeout = "5 parsecs"', False),
-    ('name = "a"\nlimit = "a lot"', False),
-    ('name = "a"\ntags = "x"', False),
-    ('name = "a"\nweights = { a = "heavy" }', False),
-    ('name = "a"\nwindow = { size = 5, colour = "red" }', False),
-    ('name = "a"\npriority = "high"', False),
-])
+@pytest.mark.parametrize(
+    ("table", "valid"),
+    [
+        ('name = "a"', True),
+        ('name = "a"\ncount = 7\nratio = 1\nenabled = false\nmode = "fast"', True),
+        ('name = "a"\ntimeout = "250ms"\nlimit = "64KiB"\ntoken = "env:HOME"', True),
+        ('name = "a"\ntimeout = 3\nlimit = 2048', True),
+        ('name = "a"\ntags = ["x", "y"]\nweights = { a = 1 }\nwindow = { size = 5, length = "1m" }', True),
+        ('name = "a"\npriority = 5', True),
+        ('name = "a"\nstrip-me = 1', False),
+        ("name = 1", False),
+        ('name = "a"\ncount = "3"', False),
+        ('name = "a"\nenabled = "yes"', False),
+        ('name = "a"\nmode = "slow"', False),
+        ('name = "a"\ntimeout = "5 parsecs"', False),
+        ('name = "a"\nlimit = "a lot"', False),
+        ('name = "a"\ntags = "x"', False),
+        ('name = "a"\nweights = { a = "heavy" }', False),
+        ('name = "a"\nwindow = { size = 5, colour = "red" }', False),
+        ('name = "a"\npriority = "high"', False),
+    ],
+)
 def test_schema_agrees_with_the_gateway(table, valid):
     available = discover([Sample], entry_points=False)
     schema = config_schema(available)
@@ -123,18 +126,21 @@ def test_the_schema_is_a_valid_json_schema_with_docs_and_defaults():
     assert route["properties"]["strip_path"]["description"].startswith("Remove the matched path prefix")
 
 
-@pytest.mark.parametrize(("text", "valid"), [
-    ("[gateway]\nworkers = 2\nmax_body_size = \"1MiB\"", True),
-    ("[gateway]\nworkers = \"two\"", False),
-    ("[gateway]\nlisten_on = \"0.0.0.0:80\"", False),
-    ("[gateway]\nread-timeout = \"5s\"", True),  # - and _ are the same in keys
-    ("[services.a]\ntargets = [\"http://x:1\", { url = \"http://y:2\", weight = 2 }]", True),
-    ("[services.a]\ntimeout = \"5s\"", False),  # targets is required
-    ("[services.a]\ntargets = [\"http://x:1\"]\nbalance = \"random\"", False),
-    ("[[routes]]\nname = \"r\"\nservice = \"a\"", False),  # paths is required
-    ("[[routes]]\nname = \"r\"\npaths = [\"/r\"]\nmatch = \"regex\"", False),
-    ("[surprise]\nx = 1", False),
-])
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ('[gateway]\nworkers = 2\nmax_body_size = "1MiB"', True),
+        ('[gateway]\nworkers = "two"', False),
+        ('[gateway]\nlisten_on = "0.0.0.0:80"', False),
+        ('[gateway]\nread-timeout = "5s"', True),  # - and _ are the same in keys
+        ('[services.a]\ntargets = ["http://x:1", { url = "http://y:2", weight = 2 }]', True),
+        ('[services.a]\ntimeout = "5s"', False),  # targets is required
+        ('[services.a]\ntargets = ["http://x:1"]\nbalance = "random"', False),
+        ('[[routes]]\nname = "r"\nservice = "a"', False),  # paths is required
+        ('[[routes]]\nname = "r"\npaths = ["/r"]\nmatch = "regex"', False),
+        ("[surprise]\nx = 1", False),
+    ],
+)
 def test_core_sections(text, valid):
     schema = config_schema(discover([Sample], entry_points=False))
     assert schema_accepts(schema, text) is valid
@@ -171,8 +177,9 @@ def test_schema_command_prints_installed_plugins(capsys):
 
 def test_schema_command_checks_a_config_and_writes_a_file(tmp_path, capsys):
     good, bad, out = tmp_path / "good.toml", tmp_path / "bad.toml", tmp_path / "schema.json"
-    good.write_text('[services.a]\ntargets = ["http://127.0.0.1:1"]\n'
-                    '[[routes]]\nname = "a"\npaths = ["/a"]\nservice = "a"\n')
+    good.write_text(
+        '[services.a]\ntargets = ["http://127.0.0.1:1"]\n[[routes]]\nname = "a"\npaths = ["/a"]\nservice = "a"\n'
+    )
     bad.write_text("[gateway]\nworkers = 0\n")
     assert main(["schema", "-c", str(bad)]) == 1
     assert "workers: must be at least 1" in capsys.readouterr().err
@@ -188,6 +195,7 @@ def test_the_default_config_matches_the_schema():
         parse_config(text, "plugins.toml", available)
     except ConfigError as e:
         pytest.skip(f"plugins.toml does not load in this environment: {e}")
-    errors = [e.message for e in jsonschema.Draft202012Validator(config_schema(available)).iter_errors(
-        tomllib.loads(text))]
+    errors = [
+        e.message for e in jsonschema.Draft202012Validator(config_schema(available)).iter_errors(tomllib.loads(text))
+    ]
     assert errors == []

@@ -23,23 +23,30 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
 async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
     cert, key = self_signed(tmp_path)
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [gateway]
         tls_cert = "{cert}"
         tls_key = "{key}"
@@ -49,7 +56,8 @@ async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
         name = "api"
         paths = ["/"]
         service = "api"
-    """)
+    """,
+    )
     assert gw.url.startswith("https://")
     trust = ssl.create_default_context(cafile=str(cert))
     async with httpx.AsyncClient(verify=trust, http2=True) as h2, httpx.AsyncClient(verify=trust) as h1:
@@ -63,8 +71,9 @@ async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
 
 
 def bascule(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bascule.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "bascule.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_validate_routes_and_plugins_on_the_default_config():
@@ -80,13 +89,15 @@ def test_cli_validate_routes_and_plugins_on_the_default_config():
 
 def test_cli_validate_reports_every_error_and_exits_1(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text(textwrap.dedent("""
+    bad.write_text(
+        textwrap.dedent("""
         [[routes]]
         name = "x"
         paths = ["/x"]
         service = "nowhere"
         [routes.plugins.no-such-plugin]
-    """))
+    """)
+    )
     result = bascule("validate", str(bad))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
@@ -100,7 +111,8 @@ def test_cli_validate_reports_every_error_and_exits_1(tmp_path):
 def test_a_plugin_distribution_is_found_through_its_entry_point(tmp_path):
     package = tmp_path / "src"
     (package / "bascule_hello").mkdir(parents=True)
-    (package / "pyproject.toml").write_text(textwrap.dedent("""
+    (package / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
@@ -111,8 +123,10 @@ def test_a_plugin_distribution_is_found_through_its_entry_point(tmp_path):
         hello = "bascule_hello:Hello"
         [tool.setuptools]
         packages = ["bascule_hello"]
-    """))
-    (package / "bascule_hello" / "__init__.py").write_text(textwrap.dedent("""
+    """)
+    )
+    (package / "bascule_hello" / "__init__.py").write_text(
+        textwrap.dedent("""
         from bascule_sdk import Plugin, hookimpl
 
         class Hello(Plugin):
@@ -121,10 +135,25 @@ def test_a_plugin_distribution_is_found_through_its_entry_point(tmp_path):
             @hookimpl
             async def on_response(self, response):
                 response.headers.set("x-hello", "world")
-    """))
+    """)
+    )
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(package)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(package),
+        ],
+        check=True,
+        timeout=120,
+    )
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(site)!r})

@@ -3,14 +3,17 @@ from bascule.testing import start_gateway, start_upstream
 
 async def test_proxy_round_trip(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.users]
         targets = ["{upstream.url}"]
         [[routes]]
         name = "users"
         paths = ["/api/users"]
         service = "users"
-    """)
+    """,
+    )
     async with gw.client() as client:
         r = await client.post("/api/users/7?x=1", content=b"hello")
     assert r.status_code == 200, r.text

@@ -6,6 +6,7 @@ from collections import Counter
 import httpx
 import pytest
 import trio
+import trio.testing
 from bascule.testing import start_gateway, start_upstream
 from bascule_sdk import Response
 
@@ -32,8 +33,7 @@ def dead_url() -> str:
 
 
 def service(targets: str, **settings: object) -> str:
-    extra = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {str(v).lower()}"
-                      for k, v in settings.items())
+    extra = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {str(v).lower()}" for k, v in settings.items())
     return f"""
         [services.api]
         targets = [{targets}]
@@ -45,8 +45,9 @@ def service(targets: str, **settings: object) -> str:
     """
 
 
-async def run_concurrently(client: httpx.AsyncClient, paths: list[str], tasks: int = 10,
-                           method: str = "GET") -> list[httpx.Response]:
+async def run_concurrently(
+    client: httpx.AsyncClient, paths: list[str], tasks: int = 10, method: str = "GET"
+) -> list[httpx.Response]:
     """Send every path, ``tasks`` at a time; return the responses in order."""
     responses: list[httpx.Response] = [None] * len(paths)  # type: ignore[list-item]
     todo = iter(enumerate(paths))
@@ -62,8 +63,7 @@ async def run_concurrently(client: httpx.AsyncClient, paths: list[str], tasks: i
 
 
 def which(upstreams: list, path_prefix: str = "") -> Counter:
-    return Counter({i: sum(r.path.startswith(path_prefix) for r in u.requests)
-                    for i, u in enumerate(upstreams)})
+    return Counter({i: sum(r.path.startswith(path_prefix) for r in u.requests) for i, u in enumerate(upstreams)})
 
 
 def assert_problem(r: httpx.Response, status: int) -> None:
@@ -94,8 +94,7 @@ async def test_least_requests_avoids_the_busy_target(nursery):
         return Response(200, body=b"ok")
 
     ups = [await start_upstream(nursery, handler) for _ in range(2)]
-    gw = await start_gateway(nursery, service(", ".join(f'"{u.url}"' for u in ups),
-                                              balance="least-requests"))
+    gw = await start_gateway(nursery, service(", ".join(f'"{u.url}"' for u in ups), balance="least-requests"))
     async with gw.client(timeout=30) as client, trio.open_nursery() as requests:
         requests.start_soon(client.get, "/slow")
         await until(lambda: any(u.requests for u in ups))
@@ -109,9 +108,12 @@ async def test_least_requests_avoids_the_busy_target(nursery):
 
 async def test_hash_balancing_is_sticky_and_moves_only_the_keys_of_a_lost_target(nursery):
     ups = [await start_upstream(nursery) for _ in range(3)]
-    gw = await start_gateway(nursery, service(", ".join(f'"{u.url}"' for u in ups),
-                                              balance="hash", hash_on="header:x-user",
-                                              max_failures=1, cool_off="1m"))
+    gw = await start_gateway(
+        nursery,
+        service(
+            ", ".join(f'"{u.url}"' for u in ups), balance="hash", hash_on="header:x-user", max_failures=1, cool_off="1m"
+        ),
+    )
 
     def owner(user: str) -> set[int]:
         return {i for i, u in enumerate(ups) for r in u.requests if r.path == f"/{user}"}
@@ -125,6 +127,7 @@ async def test_hash_balancing_is_sticky_and_moves_only_the_keys_of_a_lost_target
         assert len(set().union(*before.values())) == 3  # and spread
         lost = next(iter(before["user0"]))
         ups[lost].stop.set()
+        await trio.testing.wait_all_tasks_blocked(0.05)  # stopped: its idle connections are closed too
         for u in ups:
             u.requests.clear()
         for user in users:
@@ -138,8 +141,7 @@ async def test_hash_balancing_is_sticky_and_moves_only_the_keys_of_a_lost_target
 
 async def test_a_target_killed_mid_run_is_ejected_and_no_request_fails(nursery):
     ups = [await start_upstream(nursery) for _ in range(3)]
-    gw = await start_gateway(nursery, service(", ".join(f'"{u.url}"' for u in ups),
-                                              max_failures=3, cool_off="1m"))
+    gw = await start_gateway(nursery, service(", ".join(f'"{u.url}"' for u in ups), max_failures=3, cool_off="1m"))
     victim = ups[1]
 
     async def handler(request):
@@ -157,15 +159,16 @@ async def test_a_target_killed_mid_run_is_ejected_and_no_request_fails(nursery):
     assert len(victim.requests) >= 30
 
 
-async def test_all_targets_down_answers_503_at_once(nursery):
+async def test_without_panic_mode_all_targets_down_answers_503_at_once(nursery):
     async def never_answer(stream):
         await trio.sleep_forever()
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     nursery.start_soon(trio.serve_listeners, never_answer, listeners)
     hung = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-    gw = await start_gateway(nursery, service(f'"{hung}", "{dead_url()}"', timeout="300ms",
-                                              max_failures=1, cool_off="1m"))
+    gw = await start_gateway(
+        nursery, service(f'"{hung}", "{dead_url()}"', timeout="300ms", max_failures=1, cool_off="1m", panic_threshold=0)
+    )
     async with gw.client(timeout=30) as client:
         first = [await client.get("/x") for _ in range(2)]  # one times out, one is refused
         # Both targets are now ejected: another attempt on the hung one would be a 504 after
@@ -184,7 +187,9 @@ async def test_timeout_is_504_and_refused_connection_is_502(nursery):
         return Response(200)
 
     upstream = await start_upstream(nursery, slow)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.slow]
         targets = ["{upstream.url}"]
         timeout = "200ms"
@@ -198,7 +203,8 @@ async def test_timeout_is_504_and_refused_connection_is_502(nursery):
         name = "down"
         paths = ["/down"]
         service = "down"
-    """)
+    """,
+    )
     async with gw.client(timeout=30) as client:
         assert_problem(await client.get("/slow"), 504)
         assert_problem(await client.get("/down"), 502)
@@ -226,8 +232,9 @@ async def test_refused_connections_are_retried_within_the_budget(nursery):
     good = await start_upstream(nursery)
     down = dead_url()
     generous = await start_gateway(nursery, service(f'"{down}", "{good.url}"', max_failures=0))
-    broke = await start_gateway(nursery, service(f'"{down}", "{good.url}"', max_failures=0,
-                                                 retry_budget=0, retry_budget_min=0))
+    broke = await start_gateway(
+        nursery, service(f'"{down}", "{good.url}"', max_failures=0, retry_budget=0, retry_budget_min=0)
+    )
     async with generous.client(timeout=30) as client:
         ok = [(await client.post("/x", content=b"x")).status_code for _ in range(20)]
     async with broke.client(timeout=30) as client:
@@ -243,21 +250,24 @@ async def test_an_ejected_target_gets_one_trial_after_its_cool_off(nursery):
     async def handler(request):
         return Response(200 if healthy else 502)
 
-    upstream = await start_upstream(nursery, handler)
-    gw = await start_gateway(nursery, service(f'"{upstream.url}"', max_failures=2, cool_off="200ms"))
+    flaky, steady = await start_upstream(nursery, handler), await start_upstream(nursery)
+    # Two targets: a service's only target is never ejected (see test_health.py).
+    gw = await start_gateway(
+        nursery, service(f'"{flaky.url}", "{steady.url}"', max_failures=2, cool_off="500ms", retries=0)
+    )
     svc = gw.gateway.runtime.upstreams["api"]
     async with gw.client(timeout=30) as client:
-        statuses = [(await client.get("/x")).status_code for _ in range(4)]
-        assert statuses == [502, 502, 503, 503]
+        statuses = [(await client.get("/x")).status_code for _ in range(6)]
+        assert statuses == [502, 200, 502, 200, 200, 200]  # round-robin until flaky is ejected
         assert svc.describe()["targets"][0]["state"] == "ejected"
-        await trio.sleep(0.3)
+        await trio.sleep(0.6)
         assert svc.describe()["targets"][0]["state"] == "half-open"
-        assert (await client.get("/x")).status_code == 502  # the trial fails: ejected again
-        assert (await client.get("/x")).status_code == 503
-        await trio.sleep(0.3)
+        statuses = [(await client.get("/x")).status_code for _ in range(3)]
+        assert statuses == [502, 200, 200]  # the trial fails: ejected again
+        await trio.sleep(0.6)
         healthy = True
-        assert [(await client.get("/x")).status_code for _ in range(3)] == [200] * 3
-    assert len(upstream.requests) == 2 + 1 + 3
+        assert [(await client.get("/x")).status_code for _ in range(4)] == [200] * 4
+    assert len(flaky.requests) == 2 + 1 + 2  # the trial passes: round-robin again
     assert svc.describe()["targets"][0]["state"] == "healthy"
     assert svc.describe()["targets"][0]["ejections"] == 2
 
@@ -271,9 +281,16 @@ async def test_active_health_checks_take_a_target_out_and_bring_it_back(nursery)
         return Response(200, body=b"served")
 
     ups = [await start_upstream(nursery, handler), await start_upstream(nursery)]
-    gw = await start_gateway(nursery, service(
-        f'"{ups[0].url}", "{ups[1].url}"', health_path="/health", health_interval="50ms",
-        healthy_threshold=2, unhealthy_threshold=2))
+    gw = await start_gateway(
+        nursery,
+        service(
+            f'"{ups[0].url}", "{ups[1].url}"',
+            health_path="/health",
+            health_interval="50ms",
+            healthy_threshold=2,
+            unhealthy_threshold=2,
+        ),
+    )
     svc = gw.gateway.runtime.upstreams["api"]
     svc.start(nursery.start_soon)  # the gateway does this at startup; idempotent
 
@@ -306,14 +323,16 @@ async def raw_server(nursery: trio.Nursery, payload: bytes) -> str:
     return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
 
 
-@pytest.mark.parametrize("head, body", [
-    (b"content-length: 100000", b"a" * 5000),
-    (b"transfer-encoding: chunked", b"1000\r\n" + b"b" * 4096 + b"\r\n"),
-])
+@pytest.mark.parametrize(
+    "head, body",
+    [
+        (b"content-length: 100000", b"a" * 5000),
+        (b"transfer-encoding: chunked", b"1000\r\n" + b"b" * 4096 + b"\r\n"),
+    ],
+)
 async def test_an_upstream_closing_mid_body_aborts_the_client_connection(nursery, head, body):
     url = await raw_server(nursery, b"HTTP/1.1 200 OK\r\n" + head + b"\r\n\r\n" + body)
-    gw = await start_gateway(nursery, '[gateway]\nbuffer_size = "1KiB"\n'
-                             + service(f'"{url}"', max_failures=0))
+    gw = await start_gateway(nursery, '[gateway]\nbuffer_size = "1KiB"\n' + service(f'"{url}"', max_failures=0))
     async with gw.client(timeout=30) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get("/x")  # streamed: the client sees the connection cut, not an end
@@ -345,6 +364,21 @@ def test_smooth_round_robin_interleaves_by_weight_and_skips_unavailable_targets(
     b.up = False
     assert "".join(rr.pick(0, None, ()).url for _ in range(6)) == "aaacaa"
     assert rr.pick(0, None, (a, c)) is None
+
+
+@pytest.mark.parametrize("kind", ["round-robin", "least-requests", "hash"])
+def test_in_panic_mode_every_balancer_picks_unavailable_targets_but_not_tried_ones(kind):
+    from bascule.balancing import make_balancer
+
+    targets = [FakeTarget(name) for name in "abcd"]
+    for t in targets[1:]:
+        t.up = False
+    balancer = make_balancer(kind, targets)
+    keys = [f"user{i}" if kind == "hash" else None for i in range(200)]
+    assert {balancer.pick(0, key, ()).url for key in keys} == {"a"}
+    assert {balancer.pick(0, key, (), panic=True).url for key in keys} == {"a", "b", "c", "d"}
+    assert balancer.pick(0, keys[0], targets[:3], panic=True) is targets[3]
+    assert balancer.pick(0, keys[0], targets, panic=True) is None
 
 
 def test_the_retry_budget_is_a_share_of_recent_requests():

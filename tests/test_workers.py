@@ -52,7 +52,9 @@ class Bascule:
         self.terminated = False
         self.proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "bascule.cli", "run", "-c", str(self.path), *args],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
         await self.until(lambda: self.status(self.admin + "/healthz") == 200)
         return self.proc
 
@@ -87,8 +89,7 @@ class Bascule:
         """PIDs of the worker processes (children of the supervisor)."""
         pid = self.proc.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return {int(c) for c in children
-                if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
+        return {int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
 
 
 async def test_sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_invalid(nursery, tmp_path):
@@ -168,7 +169,8 @@ async def test_two_workers_serve_a_killed_one_is_replaced_and_reload_reaches_bot
         rejected = await gw.fetch("POST", gw.admin + "/reload")
         assert rejected.status_code == 400
         assert rejected.json()["errors"] == [
-            f"{gw.path}: services.broken: targets: a service needs at least one target"]
+            f"{gw.path}: services.broken: targets: a service needs at least one target"
+        ]
     finally:
         code = await gw.stop()
     assert code == 0

@@ -49,8 +49,7 @@ class Server(asyncio.Protocol):
 
 def delayed(ms: int):
     body = json.dumps({"delay_ms": ms, "ok": True}).encode()
-    response = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                % (len(body), body))
+    response = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
     async def answer(server, path):
         await asyncio.sleep(ms / 1000)
@@ -70,8 +69,9 @@ def streamed(size: int):
             yield block[:n]
 
     async def answer(server, path):
-        server.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
-                               b"transfer-encoding: chunked\r\n\r\n")
+        server.transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
         for chunk in chunks():
             server.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             await server.writable.wait()  # flow control: paused while the peer is slow

@@ -7,8 +7,18 @@ import os
 import httpx
 
 UPSTREAM = os.environ["UPSTREAM"]
-HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade",
-              b"proxy-connection", b"host", b"trailer", b"proxy-authorization", b"proxy-authenticate"}
+HOP_BY_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"te",
+    b"upgrade",
+    b"proxy-connection",
+    b"host",
+    b"trailer",
+    b"proxy-authorization",
+    b"proxy-authenticate",
+}
 client: httpx.AsyncClient | None = None
 
 
@@ -18,8 +28,11 @@ async def app(scope, receive, send):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                client = httpx.AsyncClient(base_url=UPSTREAM, timeout=30,
-                                           limits=httpx.Limits(max_connections=100, max_keepalive_connections=100))
+                client = httpx.AsyncClient(
+                    base_url=UPSTREAM,
+                    timeout=30,
+                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+                )
             else:
                 await client.aclose()
             await send({"type": message["type"] + ".complete"})
@@ -33,8 +46,13 @@ async def app(scope, receive, send):
         more = message.get("more_body", False)
     headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
     headers.append((b"x-forwarded-for", scope["client"][0].encode()))
-    request = client.build_request(scope["method"], scope["raw_path"].decode("latin-1"),
-                                   params=scope["query_string"], headers=headers, content=body)
+    request = client.build_request(
+        scope["method"],
+        scope["raw_path"].decode("latin-1"),
+        params=scope["query_string"],
+        headers=headers,
+        content=body,
+    )
     response = await client.send(request, stream=True)
     try:
         out = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]

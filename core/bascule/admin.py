@@ -2,7 +2,9 @@
 
     GET  /healthz    the process is alive (200, with its pid)
     GET  /readyz     200 when a config is loaded and every service has an
-                     available target; 503 naming the services that have none
+                     available target; 503 naming the services that have none.
+                     Either way, ``degraded`` lists the background tasks that
+                     are failing (see ``readiness``)
     GET  /routes     each route: matcher, service, plugin pipeline in order
     GET  /plugins    installed plugins: name, version, distribution, hooks
     GET  /upstreams  services: balancing, retries, admission, and each target
@@ -20,11 +22,12 @@ import hmac
 import json
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bascule_sdk import Headers, HTTPError, Request, Response
+from bascule_sdk import Headers, HTTPError, Request, Response, TaskState
 from bascule_sdk.http import iterate
 
 from .asgi import accept_lifespan
@@ -32,7 +35,7 @@ from .config import Config, ConfigError, load_config
 from .gateway import Gateway, Runtime
 from .registry import Available
 
-__all__ = ["Admin", "describe_plugins", "describe_routes"]
+__all__ = ["Admin", "describe_plugins", "describe_routes", "readiness"]
 
 
 def describe_routes(config: Config) -> list[dict[str, Any]]:
@@ -45,8 +48,7 @@ def describe_routes(config: Config) -> list[dict[str, Any]]:
             "methods": r.settings.methods or ["*"],
             "hosts": r.settings.hosts or ["*"],
             "service": r.settings.service,
-            "plugins": [{"instance": p.instance, "plugin": p.plugin.name, "priority": p.priority}
-                        for p in r.plugins],
+            "plugins": [{"instance": p.instance, "plugin": p.plugin.name, "priority": p.priority} for p in r.plugins],
         }
         for r in config.routes
     ]
@@ -55,10 +57,54 @@ def describe_routes(config: Config) -> list[dict[str, Any]]:
 def describe_plugins(available: Mapping[str, Available]) -> list[dict[str, Any]]:
     """Installed plugins: name, version, distribution, hooks implemented."""
     return [
-        {"name": a.name, "version": a.version, "distribution": a.distribution,
-         "priority": a.cls.priority, "hooks": a.hooks}
+        {
+            "name": a.name,
+            "version": a.version,
+            "distribution": a.distribution,
+            "priority": a.cls.priority,
+            "hooks": a.hooks,
+        }
         for a in sorted(available.values(), key=lambda a: a.name)
     ]
+
+
+def readiness(rt: Runtime, tasks: Sequence[TaskState]) -> tuple[int, dict[str, Any]]:
+    """``/readyz``: status and body.
+
+    Only services decide readiness: 503 when one has no available target,
+    since requests to it would fail. A failing background task (see
+    ``bascule.tasks``) leaves the gateway ready and is listed under
+    ``degraded``: the gateway still serves, perhaps with stale data (JWT keys
+    last fetched, a blocklist last read), and taking it out of the load
+    balancer would not mend a failure every instance shares (an unreachable
+    JWKS URL) but could take them all out at once. Alert on ``degraded`` (or
+    the prometheus plugin's ``bascule_background_task_failing``) instead.
+    The tasks are this process's (with several workers: the first's).
+    """
+    degraded = [
+        {
+            "task": t.name,
+            "plugin": t.plugin,
+            "consecutive_failures": t.consecutive_failures,
+            "failures": t.failures,
+            "last_error": t.last_error,
+            "failing_since": _iso(t.failing_since),
+        }
+        for t in tasks
+        if t.failing
+    ]
+    body: dict[str, Any] = {"status": "ready", "config": str(rt.config.path)}
+    down = sorted(name for name, svc in rt.upstreams.services.items() if not svc.ready())
+    if down:
+        body.update(status="unready", without_healthy_target=down)
+    body["degraded"] = degraded
+    return (503 if down else 200), body
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Admin:
@@ -91,16 +137,19 @@ class Admin:
         except HTTPError as e:
             response = e.to_response()
         if response is not None:
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": response.headers.raw})
+            await send({"type": "http.response.start", "status": response.status, "headers": response.headers.raw})
             async for chunk in iterate(response.body):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
             return
         data = json.dumps(body, indent=2).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     def _authorise(self, scope: dict) -> None:
@@ -117,8 +166,13 @@ class Admin:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        request = Request(scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
-                          Headers(scope["headers"]), b"".join(chunks))
+        request = Request(
+            scope["method"],
+            scope["path"],
+            scope["query_string"].decode("latin-1"),
+            Headers(scope["headers"]),
+            b"".join(chunks),
+        )
         return await self.gateway.runtime.plugins.admin_request(request)
 
     async def _route(self, scope: dict) -> tuple[int, Any]:
@@ -139,11 +193,7 @@ class Admin:
         if method not in ("GET", "HEAD"):
             raise HTTPError(405, "Use GET.", {"allow": "GET, HEAD"})
         if path == "/readyz":
-            down = sorted(name for name, svc in rt.upstreams.services.items() if not svc.ready())
-            if down:
-                return 503, {"status": "unready", "config": str(rt.config.path),
-                             "without_healthy_target": down}
-            return 200, {"status": "ready", "config": str(rt.config.path)}
+            return readiness(rt, self.gateway.supervisor.states())
         return 200, pages[path]()
 
     async def _reload(self) -> tuple[int, Any]:
@@ -155,6 +205,5 @@ class Admin:
                 return 202, {"reloaded": True, "workers": "signalled"}
             await self.gateway.reload(config)
         except ConfigError as e:
-            raise HTTPError(400, "The new config is invalid; the old one stays.",
-                            extra={"errors": e.lines}) from None
+            raise HTTPError(400, "The new config is invalid; the old one stays.", extra={"errors": e.lines}) from None
         return 200, {"reloaded": True}

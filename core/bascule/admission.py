@@ -55,5 +55,4 @@ class Admission:
 
     def _refuse(self, why: str) -> None:
         self.refused += 1
-        raise HTTPError(503, f"The service {self.service!r} {why}; try again shortly.",
-                        {"retry-after": "1"})
+        raise HTTPError(503, f"The service {self.service!r} {why}; try again shortly.", {"retry-after": "1"})

@@ -1,10 +1,11 @@
 """Choosing a target for a request: weighted round-robin, least requests, consistent hash.
 
 A balancer is built once per service from its targets (anything with
-``weight``, ``in_use`` and ``health``) and answers ``pick(now, key, tried)``:
-the next target that is available and not in ``tried``, or ``None`` when
-there is none. A pick looks at one target in the usual case (round-robin,
-hash) or at each target once (least requests).
+``weight``, ``in_use`` and ``health``) and answers ``pick(now, key, tried,
+panic)``: the next target that is available (any target in ``panic`` mode)
+and not in ``tried``, or ``None`` when there is none. A pick looks at one
+target in the usual case (round-robin, hash) or at each target once (least
+requests), and allocates nothing but a key's hash while every target is up.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Collection, Sequence
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ["Balancer", "ConsistentHash", "LeastRequests", "RoundRobin", "make_balancer"]
 
@@ -22,9 +23,10 @@ class _Health(Protocol):
 
 
 class Target(Protocol):
-    weight: int
-    health: _Health
-
+    @property
+    def weight(self) -> int: ...
+    @property
+    def health(self) -> _Health: ...
     @property
     def in_use(self) -> int: ...
 
@@ -33,40 +35,40 @@ T = TypeVar("T", bound=Target)
 
 
 class Balancer(Protocol[T]):
-    def pick(self, now: float, key: str | None, tried: Collection[T]) -> T | None: ...
+    def pick(self, now: float, key: str | None, tried: Collection[T], panic: bool = False) -> T | None: ...
 
 
-class RoundRobin:
+class RoundRobin(Generic[T]):
     """Smooth weighted round-robin (nginx's): weights 5,1,1 give a a b a c a a, not a a a a a b c."""
 
     def __init__(self, targets: Sequence[T]) -> None:
         self.order = _smooth_order(targets)
         self._next = 0
 
-    def pick(self, now: float, key: str | None, tried: Collection[T]) -> T | None:
+    def pick(self, now: float, key: str | None, tried: Collection[T], panic: bool = False) -> T | None:
         order, n = self.order, len(self.order)
         for step in range(n):
             target = order[(self._next + step) % n]
-            if target.health.available(now) and target not in tried:
+            if (panic or target.health.available(now)) and target not in tried:
                 self._next = (self._next + step + 1) % n
                 return target
         return None
 
 
-class LeastRequests:
+class LeastRequests(Generic[T]):
     """The target with the fewest requests in flight per unit of weight; ties rotate."""
 
     def __init__(self, targets: Sequence[T]) -> None:
         self.targets = list(targets)
         self._start = 0
 
-    def pick(self, now: float, key: str | None, tried: Collection[T]) -> T | None:
+    def pick(self, now: float, key: str | None, tried: Collection[T], panic: bool = False) -> T | None:
         targets, n = self.targets, len(self.targets)
         self._start = (self._start + 1) % n
         best, best_load = None, 0.0
         for i in range(n):
             target = targets[(self._start + i) % n]
-            if target in tried or not target.health.available(now):
+            if target in tried or not (panic or target.health.available(now)):
                 continue
             load = target.in_use / target.weight
             if best is None or load < best_load:
@@ -74,7 +76,7 @@ class LeastRequests:
         return best
 
 
-class ConsistentHash:
+class ConsistentHash(Generic[T]):
     """A hash ring with ``points`` virtual nodes per unit of weight.
 
     The same key reaches the same target while it is available; when it is
@@ -84,26 +86,27 @@ class ConsistentHash:
 
     def __init__(self, targets: Sequence[T], points: int = 100) -> None:
         ring = sorted(
-            (_hash(f"{getattr(t, 'url', i)}#{n}"), i)
-            for i, t in enumerate(targets) for n in range(points * t.weight)
+            (_hash(f"{getattr(t, 'url', i)}#{n}"), i) for i, t in enumerate(targets) for n in range(points * t.weight)
         )
         self.hashes = [h for h, _ in ring]
         self.owners = [targets[i] for _, i in ring]
         self.fallback = RoundRobin(targets)
         self.distinct = len(targets)
 
-    def pick(self, now: float, key: str | None, tried: Collection[T]) -> T | None:
+    def pick(self, now: float, key: str | None, tried: Collection[T], panic: bool = False) -> T | None:
         if key is None:
-            return self.fallback.pick(now, key, tried)
+            return self.fallback.pick(now, key, tried, panic)
         start = bisect.bisect(self.hashes, _hash(key))
         owners, n = self.owners, len(self.owners)
-        seen: set[int] = set()
+        seen: set[int] | None = None  # made only when the key's owner is out
         for step in range(n):
             target = owners[(start + step) % n]
-            if id(target) in seen:
+            if seen is not None and id(target) in seen:
                 continue
-            if target.health.available(now) and target not in tried:
+            if (panic or target.health.available(now)) and target not in tried:
                 return target
+            if seen is None:
+                seen = set()
             seen.add(id(target))
             if len(seen) == self.distinct:
                 break

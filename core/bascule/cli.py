@@ -1,11 +1,11 @@
 """The ``bascule`` command.
 
-    bascule run [-c FILE] [--workers N]   serve
-    bascule validate FILE                 check a config; exit 1 with every error
-    bascule routes [-c FILE]              each route, its matcher and plugin pipeline
-    bascule plugins                       installed plugins and the hooks they implement
-    bascule plugin new NAME [--dir DIR]   create a plugin distribution (default dir ./bascule-NAME)
-    bascule schema [-c FILE] [-o OUT]     JSON Schema of plugins.toml with the installed plugins' settings
+bascule run [-c FILE] [--workers N]   serve
+bascule validate FILE                 check a config; exit 1 with every error
+bascule routes [-c FILE]              each route, its matcher and plugin pipeline
+bascule plugins                       installed plugins and the hooks they implement
+bascule plugin new NAME [--dir DIR]   create a plugin distribution (default dir ./bascule-NAME)
+bascule schema [-c FILE] [-o OUT]     JSON Schema of plugins.toml with the installed plugins' settings
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("name", help='the name used in plugins.toml, e.g. "add-header"')
     new.add_argument("--dir", default=None, help="directory to create (default: ./bascule-NAME)")
     schema = sub.add_parser("schema", help="print the JSON Schema of plugins.toml")
-    schema.add_argument("-c", "--config", default=None,
-                        help="also check that this config is valid (exit 1 with its errors if not)")
+    schema.add_argument(
+        "-c", "--config", default=None, help="also check that this config is valid (exit 1 with its errors if not)"
+    )
     schema.add_argument("-o", "--output", default=None, help="write the schema to this file instead")
     args = parser.parse_args(argv)
 
@@ -71,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for r in describe_routes(config):
         target = r["service"] or "(handled by a plugin)"
-        print(f"{r['name']}: {' '.join(r['methods'])} {' '.join(r['paths'])} "
-              f"[{r['match']}] hosts={','.join(r['hosts'])} -> {target}")
+        print(
+            f"{r['name']}: {' '.join(r['methods'])} {' '.join(r['paths'])} "
+            f"[{r['match']}] hosts={','.join(r['hosts'])} -> {target}"
+        )
         for p in r["plugins"]:
             alias = f" (plugin {p['plugin']})" if p["plugin"] != p["instance"] else ""
             print(f"    {p['priority']:>6}  {p['instance']}{alias}")
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plugin_new(name: str, directory: str | None) -> int:
+    import shlex
+
     from .scaffold import PluginNames, ScaffoldError, create_plugin
 
     try:
@@ -90,7 +95,9 @@ def _plugin_new(name: str, directory: str | None) -> int:
     names = PluginNames(name)
     print(f"Created {names.distribution} in {target}/ (plugin {name!r}, class {names.package}.{names.cls}).")
     print("Next:")
-    print(f"    cd {target} && pip install -e '.[test]' && pytest")
+    # This interpreter's pip: bascule and bascule-sdk, not on PyPI, are already installed there.
+    python = shlex.quote(sys.executable)
+    print(f"    cd {shlex.quote(str(target))} && {python} -m pip install -e '.[test]' && {python} -m pytest")
     print(f"    then enable it on a route in plugins.toml: [routes.plugins.{name}]")
     return 0
 

@@ -77,6 +77,7 @@ class GatewaySettings:
     read_timeout: Duration = setting(30.0, "Longest wait for bytes from a client.")
     keep_alive_timeout: Duration = setting(5.0, "Idle client connections are closed after this.")
     graceful_timeout: Duration = setting(30.0, "On shutdown, in-flight requests get this long to finish.")
+    lingering_timeout: Duration = setting(2.0, "A closing connection reads and discards its client's bytes this long.")
 
     def __post_init__(self) -> None:
         bad_cidrs = [c for c in self.trusted_proxies if not _is_network(c)]
@@ -84,8 +85,11 @@ class GatewaySettings:
             (self.workers < 1, "workers", "must be at least 1"),
             ((self.tls_cert is None) != (self.tls_key is None), "tls_key", "tls_cert and tls_key go together"),
             (not _is_address(self.listen), "listen", f"expected host:port, got {self.listen!r}"),
-            (self.admin is not None and not _is_address(self.admin), "admin",
-             f"expected host:port, got {self.admin!r}"),
+            (
+                self.admin is not None and not _is_address(self.admin),
+                "admin",
+                f"expected host:port, got {self.admin!r}",
+            ),
             (self.admin is not None and self.admin == self.listen, "admin", "must differ from listen"),
             (bool(bad_cidrs), "trusted_proxies", f"not CIDRs: {', '.join(map(repr, bad_cidrs))}"),
         )
@@ -124,27 +128,39 @@ class ServiceSettings:
     pool_timeout: Duration = setting(5.0, "Longest wait for a free connection (503 beyond).")
     keepalive_expiry: Duration = setting(60.0, "Idle upstream connections are closed after this.")
     balance: Literal["round-robin", "least-requests", "hash"] = setting(
-        "round-robin", "How a target is chosen: weighted round-robin, fewest requests in flight "
-        "per weight, or consistent hashing on hash_on (sticky).")
-    hash_on: str = setting("ip", 'Key of balance = "hash": "ip", "consumer" or "header:NAME" '
-                                 "(falls back to the client IP when absent).")
+        "round-robin",
+        "How a target is chosen: weighted round-robin, fewest requests in flight "
+        "per weight, or consistent hashing on hash_on (sticky).",
+    )
+    hash_on: str = setting(
+        "ip", 'Key of balance = "hash": "ip", "consumer" or "header:NAME" (falls back to the client IP when absent).'
+    )
     retries: int = setting(2, "Further attempts, each on another target, after a failed one.")
-    retry_on: list[int] = setting([502, 503, 504], "Upstream statuses that are retried "
-                                  "(connection failures always are).")
-    retry_non_idempotent: bool = setting(False, "Also retry POST/PATCH after the request was sent "
-                                         "(a refused connection is retried for every method).")
+    retry_on: list[int] = setting(
+        [502, 503, 504], "Upstream statuses that are retried (connection failures always are)."
+    )
+    retry_non_idempotent: bool = setting(
+        False, "Also retry POST/PATCH after the request was sent (a refused connection is retried for every method)."
+    )
     retry_budget: float = setting(0.2, "Retries allowed, as a share of the requests of the last 10 s.")
     retry_budget_min: int = setting(10, "Retries per second allowed whatever the budget.")
-    max_failures: int = setting(5, "Consecutive failures that eject a target (0: never eject).")
-    fail_on: list[int] = setting([502, 503, 504], "Upstream statuses counted as failures "
-                                 "(connection errors and timeouts always are).")
+    max_failures: int = setting(
+        5, "Consecutive failures that eject a target (0: never eject; a service's only target never is)."
+    )
+    fail_on: list[int] = setting(
+        [502, 503, 504], "Upstream statuses counted as failures (connection errors and timeouts always are)."
+    )
     cool_off: Duration = setting(10.0, "How long an ejected target rests before one trial request.")
-    health_path: str | None = setting(None, 'Path probed by active health checks, e.g. "/healthz" '
-                                            "(off if unset).")
+    health_path: str | None = setting(None, 'Path probed by active health checks, e.g. "/healthz" (off if unset).')
     health_interval: Duration = setting(10.0, "Time between two probes of a target.")
     health_timeout: Duration = setting(2.0, "A probe without a 2xx/3xx answer within this fails.")
     healthy_threshold: int = setting(2, "Consecutive passed probes that bring a target back.")
     unhealthy_threshold: int = setting(3, "Consecutive failed probes that take a target out.")
+    panic_threshold: float = setting(
+        0.5,
+        "Panic mode below this share of healthy targets (exactly at it: "
+        "not): requests go to every target, held out or not (0: never).",
+    )
     max_requests: int = setting(0, "Requests in flight to this service at once (0: no limit).")
     max_queue: int = setting(100, "Requests waiting beyond max_requests; more get 503 + Retry-After.")
     queue_timeout: Duration = setting(5.0, "Longest wait in that queue (503 + Retry-After beyond).")
@@ -161,14 +177,23 @@ class ServiceSettings:
                 raise ValueError(f"targets: {url!r} must not have a query or fragment")
             if not isinstance(t, str) and t.weight < 1:
                 raise ValueError(f"targets: weight of {url!r} must be at least 1")
-        at_least = {"max_connections": 1, "retries": 0, "retry_budget_min": 0, "max_failures": 0,
-                    "healthy_threshold": 1, "unhealthy_threshold": 1, "max_requests": 0,
-                    "max_queue": 0}
+        at_least = {
+            "max_connections": 1,
+            "retries": 0,
+            "retry_budget_min": 0,
+            "max_failures": 0,
+            "healthy_threshold": 1,
+            "unhealthy_threshold": 1,
+            "max_requests": 0,
+            "max_queue": 0,
+        }
         for key, low in at_least.items():
             if getattr(self, key) < low:
                 raise ValueError(f"{key}: must be at least {low}")
         if self.retry_budget < 0:
             raise ValueError("retry_budget: must not be negative")
+        if not 0 <= self.panic_threshold <= 1:
+            raise ValueError("panic_threshold: must be between 0 and 1")
         for key in ("retry_on", "fail_on"):
             bad = [s for s in getattr(self, key) if not 100 <= s <= 599]
             if bad:
@@ -279,9 +304,7 @@ def compile_config(data: dict[str, Any], filename: str, available: Mapping[str, 
     return _Compiler(filename, available).compile(data, filename)
 
 
-def layer_plugin_tables(
-    global_tables: Mapping[str, Any], route_tables: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
+def layer_plugin_tables(global_tables: Mapping[str, Any], route_tables: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The plugin tables in force on one route, by instance name.
 
     Precedence, lowest first:
@@ -372,8 +395,9 @@ class _Compiler:
 
     def _parse_each(self, section: str, model: type, value: Any) -> dict[str, Any]:
         """``[section.NAME]`` tables parsed one by one; the valid ones."""
-        parsed = {name: self._parse(f"{section}.{name}", model, table)
-                  for name, table in self._table(section, value).items()}
+        parsed = {
+            name: self._parse(f"{section}.{name}", model, table) for name, table in self._table(section, value).items()
+        }
         return {name: v for name, v in parsed.items() if v is not None}
 
     def _global_plugins(self, tables: Mapping[str, Any]) -> dict[str, Any]:
@@ -396,20 +420,19 @@ class _Compiler:
                 where = f"consumers.{name}"
                 available = self.available.get(plugin_name)
                 if available is None:
-                    self.error(where, f"credentials.{plugin_name}",
-                               not_installed_message(plugin_name, self.available))
+                    self.error(where, f"credentials.{plugin_name}", not_installed_message(plugin_name, self.available))
                     continue
                 model = available.cls.Credentials
                 if model is None:
-                    self.error(where, f"credentials.{plugin_name}",
-                               f"plugin {plugin_name!r} takes no consumer credentials")
+                    self.error(
+                        where, f"credentials.{plugin_name}", f"plugin {plugin_name!r} takes no consumer credentials"
+                    )
                     continue
                 try:
                     creds[plugin_name] = parse(model, table)
                 except SettingsError as e:
                     self.problems(where, e, f"credentials.{plugin_name}")
-            result[name] = Consumer(name=name, id=c.id or name, groups=frozenset(c.groups),
-                                    credentials=creds)
+            result[name] = Consumer(name=name, id=c.id or name, groups=frozenset(c.groups), credentials=creds)
         return result
 
     def _routes(self, raw_routes: list[Any], global_tables: Mapping[str, Any]) -> list[Route]:
@@ -452,14 +475,17 @@ class _Compiler:
     ) -> list[PluginSpec]:
         for name, value in route_tables.items():
             if not isinstance(value, (bool, Mapping)):
-                self.error(where, f"plugins.{name}",
-                           f"expected a table, true or false, got {type(value).__name__}")
+                self.error(where, f"plugins.{name}", f"expected a table, true or false, got {type(value).__name__}")
         tables = layer_plugin_tables(global_tables, route_tables)
         specs = []
         for instance, table in tables.items():
             from_route = isinstance(route_tables.get(instance), Mapping)
-            spec = self._spec(where if from_route else f"plugins.{instance}", instance, table,
-                              global_tables.get(instance) if from_route else None)
+            spec = self._spec(
+                where if from_route else f"plugins.{instance}",
+                instance,
+                table,
+                global_tables.get(instance) if from_route else None,
+            )
             if spec is not None:
                 specs.append(spec)
         specs.sort(key=lambda s: (-s.priority, s.instance))
@@ -474,16 +500,16 @@ class _Compiler:
         available = self.available.get(plugin_name) if isinstance(plugin_name, str) else None
         if available is None:
             key = "plugin" if "plugin" in table else ""
-            self.error(where, ".".join(x for x in (prefix, key) if x),
-                       not_installed_message(str(plugin_name), self.available))
+            self.error(
+                where, ".".join(x for x in (prefix, key) if x), not_installed_message(str(plugin_name), self.available)
+            )
             return None
         priority = table.get("priority", available.cls.priority)
         if not isinstance(priority, int) or isinstance(priority, bool):
             self.error(where, ".".join(x for x in (prefix, "priority") if x), "expected an integer")
             return None
         settings_table = {k: v for k, v in table.items() if k not in RESERVED_PLUGIN_KEYS}
-        identity = json.dumps([instance, plugin_name, priority, settings_table], sort_keys=True,
-                              default=str)
+        identity = json.dumps([instance, plugin_name, priority, settings_table], sort_keys=True, default=str)
         if identity in self.specs:
             return self.specs[identity]
         try:

@@ -19,14 +19,31 @@ from bascule_sdk import Headers
 
 __all__ = ["FORWARDING", "HOP_BY_HOP", "TrustedProxies", "strip_hop_by_hop"]
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
-})
-FORWARDING = frozenset({
-    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-    b"forwarded", b"x-real-ip", b"x-request-id", b"via",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+FORWARDING = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"forwarded",
+        b"x-real-ip",
+        b"x-request-id",
+        b"via",
+    }
+)
 IDENTITY_PREFIX = b"x-consumer-"
 VIA = "1.1 bascule"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo
+from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo, TaskState
 from bascule_sdk.http import Body, ClientDisconnected, iterate
 from bascule_sdk.settings import SettingsError
 
@@ -29,7 +29,9 @@ from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
 from .proxy import Proxy, ProxySettings
 from .routing import RoutePattern, Router
+from .tasks import Backoff, Supervisor
 from .upstream import Upstreams
+from .worker import contained_errors
 
 __all__ = ["Gateway", "Runtime"]
 
@@ -59,8 +61,7 @@ class Runtime:
         self.max_body_size = gw.max_body_size
         self.max_header_size = gw.max_header_size
         self.buffer_size = gw.buffer_size
-        self.upstreams = Upstreams(config.services, gw.buffer_size,
-                                   previous.upstreams if previous else None)
+        self.upstreams: Upstreams = Upstreams(config.services, gw.buffer_size, previous.upstreams if previous else None)
         self.plugins = PluginSet()
         self.routes: dict[str, CompiledRoute] = {}
         errors: list[str] = []
@@ -77,15 +78,23 @@ class Runtime:
             if "GET" in methods:
                 methods.add("HEAD")
             for path in s.paths:
-                patterns.append(RoutePattern(path, compiled, exact=s.match == "exact",
-                                             methods=frozenset(methods),
-                                             hosts=tuple(h.lower() for h in s.hosts), order=order))
+                patterns.append(
+                    RoutePattern(
+                        path,
+                        compiled,
+                        exact=s.match == "exact",
+                        methods=frozenset(methods),
+                        hosts=tuple(h.lower() for h in s.hosts),
+                        order=order,
+                    )
+                )
         if errors:
             raise ConfigError(errors)
         self.router: Router[CompiledRoute] = Router(patterns)
         # Requests that match no route still meet the global plugins' on_response/on_log.
-        globals_ = [self._instance(spec) for r in config.routes for spec in r.plugins
-                    if spec.instance in config.global_plugins]
+        globals_ = [
+            self._instance(spec) for r in config.routes for spec in r.plugins if spec.instance in config.global_plugins
+        ]
         unique = list({id(p): p for p in globals_}.values())
         full = Pipeline.build(self.plugins, unique, None)
         self.fallback = Pipeline((), (), (), full.on_response, full.on_log)
@@ -113,8 +122,12 @@ class Runtime:
         return CompiledRoute(info, pipeline, forward)
 
     async def _forward(
-        self, pipeline: Pipeline, default_service: str | None,
-        ctx: Context, request: Request, service: str | None,
+        self,
+        pipeline: Pipeline,
+        default_service: str | None,
+        ctx: Context,
+        request: Request,
+        service: str | None,
     ) -> Response:
         name = service or default_service
         if name is None or name not in self.upstreams.services:
@@ -143,7 +156,11 @@ class Runtime:
     async def startup(self, gateway: Gateway) -> None:
         """Start this runtime's plugins. They see this runtime's consumers even
         when it is started for a reload, before it is swapped in."""
-        await self.plugins.startup(PluginGateway(self.config.consumers, gateway.shared, gateway.start_soon))
+
+        def view(plugin: Plugin) -> PluginGateway:
+            return PluginGateway(self.config.consumers, gateway.shared, plugin.instance, gateway.supervisor)
+
+        await self.plugins.startup(view)
         self.upstreams.start(gateway.start_soon)  # active health checks; kept services go on
 
     async def aclose(self, keep: Runtime | None = None) -> None:
@@ -152,33 +169,51 @@ class Runtime:
         await self.upstreams.aclose(keep.upstreams if keep else None)
 
 
-_FORWARD_COPY = frozenset({
-    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
-    b"x-real-ip", b"via", b"x-request-id",
-})
+_FORWARD_COPY = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
+        b"via",
+        b"x-request-id",
+    }
+)
 _REWRITTEN = _FORWARD_COPY | {b"content-length", b"transfer-encoding"}
 
 
 @dataclass(frozen=True, eq=False)
 class PluginGateway:
-    """The ``bascule_sdk.Gateway`` that one runtime's plugins get in ``startup``."""
+    """The ``bascule_sdk.Gateway`` that one plugin instance gets in ``startup``:
+    the tasks it starts are tagged with its instance name."""
 
     consumers: Mapping[str, Consumer]
     shared: dict[str, Any]
-    start_soon: Callable[..., None]
+    plugin: str
+    supervisor: Supervisor
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
+        self.supervisor.start_soon(fn, *args, name=name, plugin=self.plugin)
+
+    def tasks(self) -> Sequence[TaskState]:
+        return self.supervisor.states()
+
+    def connection_errors(self) -> int:
+        return contained_errors()
 
 
 class Gateway:
     """ASGI application serving the current ``Runtime``.
 
-    ``start_soon`` runs background tasks until shutdown (plugins reach it
-    through ``PluginGateway``).
+    ``start_soon`` runs background tasks under ``supervisor`` until shutdown
+    (plugins reach it through ``PluginGateway``).
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, backoff: Backoff | None = None) -> None:
         self.runtime = runtime
         self.shared: dict[str, Any] = {}  # plugins' state that outlives a config
-        self._nursery: trio.Nursery | None = None
+        self.supervisor = Supervisor(backoff)
         self._date = (0, b"")
 
     async def reload(self, config: Config) -> None:
@@ -200,16 +235,19 @@ class Gateway:
         self.start_soon(self._retire, old, new)
 
     async def _retire(self, old: Runtime, new: Runtime) -> None:
+        """Close ``old`` once its requests are done. Supervised, so restarted
+        after a failure: closing is not tried twice (no plugin shuts down twice)."""
+        if old.retiring:
+            return
         old.retiring = True
         if old.active:
             with trio.move_on_after(old.config.gateway.graceful_timeout):
                 await old.idle.wait()
         await old.aclose(keep=new)
 
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        if self._nursery is None:
-            raise RuntimeError("background tasks can only start once the gateway runs")
-        self._nursery.start_soon(fn, *args)
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
+        """Run ``fn(*args)`` supervised (``bascule.tasks``) until shutdown; ``RuntimeError`` when not running."""
+        self.supervisor.start_soon(fn, *args, name=name)
 
     # -- ASGI ---------------------------------------------------------------
 
@@ -219,24 +257,22 @@ class Gateway:
             await self.handle_http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        # websocket: not supported; returning closes the connection (HTTP 403).
+        elif kind == "websocket":
+            await _refuse_websocket(scope, receive, send)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         await receive()  # lifespan.startup
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with self.supervisor.running():  # background tasks are cancelled when it ends
             try:
                 await self.runtime.startup(self)
             except Exception as e:
                 log.exception("startup failed")
                 await send({"type": "lifespan.startup.failed", "message": str(e)})
-                nursery.cancel_scope.cancel()
                 return
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
             with trio.CancelScope(shield=True):
                 await self.runtime.aclose()
-            nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 
     async def handle_http(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -265,9 +301,16 @@ class Gateway:
                 error = HTTPError(405, f"{request.method} is not allowed here.", {"allow": allow})
             else:
                 error = HTTPError(404, "No route matches this request.")
-        ctx = Context(request, request_id=request_id, route=route.info if route else _NO_ROUTE,
-                      path_params=params, matched_path=matched, client_ip=client_ip, started=started,
-                      forward=route.forward if route else None)
+        ctx = Context(
+            request,
+            request_id=request_id,
+            route=route.info if route else _NO_ROUTE,
+            path_params=params,
+            matched_path=matched,
+            client_ip=client_ip,
+            started=started,
+            forward=route.forward if route else None,
+        )
         pipeline = route.pipeline if route else rt.fallback
         if error is not None:
             ctx.error = error.detail
@@ -293,7 +336,7 @@ class Gateway:
         await send({"type": "http.response.start", "status": response.status, "headers": raw})
         body = response.body
         if isinstance(body, bytes) or head:
-            body = b"" if head else body
+            body = body if isinstance(body, bytes) and not head else b""
             await send({"type": "http.response.body", "body": body})
             ctx.bytes_sent = len(body)
             return
@@ -311,6 +354,20 @@ class Gateway:
 
 
 _NO_ROUTE = RouteInfo("", None)
+
+
+async def _refuse_websocket(scope: dict, receive: Callable, send: Callable) -> None:
+    """WebSocket upgrades are not proxied: 403 problem+json (RFC 6455 4.2.2), or a bare 403
+    from the server where it lacks ASGI's ``websocket.http.response`` extension."""
+    await receive()  # websocket.connect
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close"})
+        return
+    request_id = secrets.token_hex(16)
+    problem = HTTPError(403, "WebSocket upgrades are not accepted here.").to_response(request_id)
+    problem.headers.set("x-request-id", request_id)
+    await send({"type": "websocket.http.response.start", "status": 403, "headers": problem.headers.raw})
+    await send({"type": "websocket.http.response.body", "body": problem.body})
 
 
 def _head_size(scope: dict) -> int:
@@ -338,16 +395,14 @@ async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request,
     error: HTTPError | None = None
     if _head_size(scope) > rt.max_header_size:
         # hypercorn (h11) itself only limits a head still incomplete after one 64 KiB read.
-        error = HTTPError(431, f"The request head is larger than {rt.max_header_size} bytes.",
-                          {"connection": "close"})
+        error = HTTPError(431, f"The request head is larger than {rt.max_header_size} bytes.", {"connection": "close"})
     if not raw_path.startswith(b"/"):  # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
         absolute = urlsplit(raw_path.decode("latin-1"))
         if absolute.scheme in ("http", "https") and absolute.netloc:
             headers.set("host", absolute.netloc)
             raw_path = absolute.path.encode("latin-1") or b"/"
     if error is None and "content-length" in headers and "transfer-encoding" in headers:
-        error = HTTPError(400, "Content-Length and Transfer-Encoding together are ambiguous.",
-                          {"connection": "close"})
+        error = HTTPError(400, "Content-Length and Transfer-Encoding together are ambiguous.", {"connection": "close"})
     body: Body = b""
     if error is None:
         try:  # read before hop-by-hop fields (Transfer-Encoding) go
@@ -355,8 +410,7 @@ async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request,
         except HTTPError as e:
             error = e
     client_ip = rt.trusted.client_ip(peer, headers.get_all("x-forwarded-for")) if trusted else peer
-    arrival_headers(headers, peer=peer, trusted=trusted, client_ip=client_ip, scheme=scheme,
-                    request_id=request_id)
+    arrival_headers(headers, peer=peer, trusted=trusted, client_ip=client_ip, scheme=scheme, request_id=request_id)
     try:
         path = normalise(raw_path)
     except InvalidPath as e:

@@ -14,8 +14,7 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Path characters passed through as they are (RFC 3986 pchar minus '%', plus '/').
 _ALLOWED = _UNRESERVED | frozenset(b"!$&'()*+,;=:@/")
 # Encoded octets that would change the path's structure or meaning upstream.
-_REJECTED_ESCAPES = {0x2F: "an encoded slash (%2F)", 0x5C: "an encoded backslash (%5C)",
-                     0x00: "an encoded NUL (%00)"}
+_REJECTED_ESCAPES = {0x2F: "an encoded slash (%2F)", 0x5C: "an encoded backslash (%5C)", 0x00: "an encoded NUL (%00)"}
 
 
 class InvalidPath(ValueError):

@@ -26,10 +26,7 @@ log = logging.getLogger("bascule")
 
 PHASES = ("on_request", "on_upstream_request", "handle", "on_response", "on_log")
 LIFECYCLE = ("startup", "shutdown", "on_admin_request")
-_SPEC_ARGS = {
-    name: tuple(inspect.signature(getattr(hookspecs, name)).parameters)
-    for name in PHASES + LIFECYCLE
-}
+_SPEC_ARGS = {name: tuple(inspect.signature(getattr(hookspecs, name)).parameters) for name in PHASES + LIFECYCLE}
 
 
 class PluginLoadError(Exception):
@@ -78,9 +75,7 @@ class PluginSet:
                     continue
                 if not inspect.iscoroutinefunction(impl.function):
                     self.pm.unregister(plugin)
-                    raise PluginLoadError(
-                        f"plugin {plugin.instance!r}: hook {caller.name} must be 'async def'"
-                    )
+                    raise PluginLoadError(f"plugin {plugin.instance!r}: hook {caller.name} must be 'async def'")
                 hooks[caller.name] = Hook(
                     plugin.instance, caller.name, _adapt(impl.function, tuple(impl.argnames), caller.name)
                 )
@@ -90,10 +85,11 @@ class PluginSet:
     def hooks(self, plugin: Plugin, phase: str) -> Hook | None:
         return self._hooks[id(plugin)].get(phase)
 
-    async def startup(self, gateway: Any) -> None:
+    async def startup(self, gateway_for: Callable[[Plugin], Any]) -> None:
+        """Call each instance's ``startup`` with its own view of the gateway, ``gateway_for(plugin)``."""
         for plugin in self.instances.values():
             if hook := self.hooks(plugin, "startup"):
-                await hook.call(gateway)
+                await hook.call(gateway_for(plugin))
 
     async def admin_request(self, request: Any) -> Response | None:
         """Offer an admin-listener request to each instance; the first response wins."""

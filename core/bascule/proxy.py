@@ -32,7 +32,7 @@ class Proxy(Plugin):
         client = ctx.request
         path = client.path
         if self.settings.strip_path:
-            path = path[len(ctx.matched_path):]  # "" or "/...": the match is segment-aligned
+            path = path[len(ctx.matched_path) :]  # "" or "/...": the match is segment-aligned
         headers = client.headers.copy()
         if not self.settings.preserve_host:
             headers.remove("host")

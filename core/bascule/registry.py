@@ -13,14 +13,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
+from pathlib import Path
 
 from bascule_sdk import Plugin, hookspecs
 
 __all__ = ["ENTRY_POINT_GROUP", "KNOWN_PACKAGES", "Available", "discover"]
 
 ENTRY_POINT_GROUP = "bascule.plugins"
-HOOKS = ("startup", "shutdown", "on_request", "on_upstream_request", "handle", "on_response", "on_log",
-         "on_admin_request")
+HOOKS = (
+    "startup",
+    "shutdown",
+    "on_request",
+    "on_upstream_request",
+    "handle",
+    "on_response",
+    "on_log",
+    "on_admin_request",
+)
 
 # Names a user may write before installing the distribution that provides them.
 KNOWN_PACKAGES = {
@@ -73,16 +82,31 @@ def discover(extra: Iterable[type[Plugin]] = (), entry_points: bool = True) -> d
             if not (isinstance(cls, type) and issubclass(cls, Plugin)):
                 log.error("entry point %r (%s) is not a bascule_sdk.Plugin subclass", ep.name, ep.value)
                 continue
-            found[ep.name] = Available(
-                ep.name, cls, dist.name if dist else "?", dist.version if dist else "?"
-            )
+            found[ep.name] = Available(ep.name, cls, dist.name if dist else "?", dist.version if dist else "?")
     for cls in extra:
         found[cls.name] = Available(cls.name, cls, cls.__module__.split(".")[0], "local")
     return found
 
 
+def install_hint(name: str) -> str:
+    """A ``pip install`` command that provides plugin ``name``; ``""`` for a name this repository does not ship.
+
+    The distributions are not on PyPI. When this bascule runs from a checkout
+    of the repository, the command installs the plugin's folder of that
+    checkout; otherwise it installs from ``DIST``, the folder of wheels that
+    ``make dist`` writes (``dist/`` of the repository).
+    """
+    distribution = KNOWN_PACKAGES.get(name)
+    if distribution is None:
+        return ""
+    folder = Path(__file__).resolve().parents[2] / "plugins" / distribution.removeprefix("bascule-")
+    if (folder / "pyproject.toml").is_file():
+        return f"pip install {folder}"
+    return f"pip install --find-links DIST {distribution}, DIST being the dist/ folder that make dist builds"
+
+
 def not_installed_message(name: str, available: Mapping[str, Available]) -> str:
     """The error text for a plugin name that is not installed."""
     installed = ", ".join(sorted(n for n in available if not n.startswith("_"))) or "none"
-    hint = f" (pip install {KNOWN_PACKAGES[name]})" if name in KNOWN_PACKAGES else ""
-    return f"plugin {name!r} is not installed{hint}; installed plugins: {installed}"
+    hint = install_hint(name)
+    return f"plugin {name!r} is not installed{f' ({hint})' if hint else ''}; installed plugins: {installed}"

@@ -51,7 +51,7 @@ class RoutePattern(Generic[T]):
 
     def __post_init__(self) -> None:
         segments = tuple(split_path(self.path))
-        params = []
+        params: list[tuple[int, str]] = []
         for i, seg in enumerate(segments):
             if seg.startswith("{") and seg.endswith("}"):
                 name = seg[1:-1]
@@ -153,9 +153,7 @@ class Router(Generic[T]):
             return Match(None, {}, frozenset(allowed))
         return Match(best, {name: segments[i] for i, name in best.params})
 
-    def _collect(
-        self, node: _Node[T], segments: list[str], depth: int, out: list[RoutePattern[T]]
-    ) -> None:
+    def _collect(self, node: _Node[T], segments: list[str], depth: int, out: list[RoutePattern[T]]) -> None:
         out.extend(node.prefix)
         if depth == len(segments):
             out.extend(node.exact)

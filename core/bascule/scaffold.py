@@ -1,11 +1,11 @@
-'''``bascule plugin new NAME``: a complete plugin distribution that works out of the box.
+"""``bascule plugin new NAME``: a complete plugin distribution that works out of the box.
 
 The generated project is a starting point a user edits, not a stub: a
 ``pyproject.toml`` with the ``bascule.plugins`` entry point, a plugin class
 with a settings model, a README and tests on real sockets (``bascule.testing``)
 that pass as generated. Its example plugin adds a configurable header to every
 response of the routes it is enabled on.
-'''
+"""
 
 from __future__ import annotations
 
@@ -52,8 +52,12 @@ class PluginNames:
 def render(names: PluginNames) -> dict[str, str]:
     """The files of the new distribution, by path relative to its directory."""
     values = {
-        "name": names.name, "distribution": names.distribution, "package": names.package,
-        "cls": names.cls, "settings": names.settings, "header": names.header,
+        "name": names.name,
+        "distribution": names.distribution,
+        "package": names.package,
+        "cls": names.cls,
+        "settings": names.settings,
+        "header": names.header,
         "snake": names.name.replace("-", "_"),
     }
     exports = sorted([names.cls, names.settings])
@@ -89,7 +93,7 @@ def create_plugin(name: str, directory: str | Path | None = None) -> Path:
     return target
 
 
-_PYPROJECT = '''\
+_PYPROJECT = """\
 [build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -115,9 +119,9 @@ packages = ["{{package}}"]
 [tool.pytest.ini_options]
 trio_mode = true
 addopts = "--import-mode=importlib"
-'''
+"""
 
-_README = '''\
+_README = """\
 # {{distribution}}
 
 A plugin for the Bascule API gateway.
@@ -126,8 +130,11 @@ the gateway's own error responses.
 
 ## Install
 
+In the virtualenv where the gateway (`bascule`) is installed, from this folder
+(or from a wheel of it, built with `python -m build`):
+
 ```sh
-pip install {{distribution}}      # or, while developing: pip install -e '.[test]'
+pip install .
 bascule plugins                   # lists "{{name}}"
 ```
 
@@ -154,15 +161,22 @@ Use `[plugins.{{name}}]` instead to enable it on every route.
 
 ## Develop
 
+`bascule` and `bascule-sdk` are not on PyPI: build their wheels in a clone of
+the Bascule repository with `make dist`, and point pip at that `dist/` folder
+(here `/path/to/bascule/dist`). In a new virtualenv:
+
 ```sh
-pip install -e '.[test]'
-pytest
+python3 -m venv .venv
+.venv/bin/pip install --find-links /path/to/bascule/dist -e '.[test]'
+.venv/bin/pytest
 ```
+
+In a virtualenv that already has `bascule`, `pip install -e '.[test]'` is enough.
 
 The tests start a real upstream server and a real gateway on free ports
 (`bascule.testing`), enable the plugin on one route and check what a client
 sees.
-'''
+"""
 
 _INIT = '''\
 """{{distribution}}: a Bascule gateway plugin."""
@@ -260,12 +274,12 @@ async def test_invalid_header_name_is_a_config_error(nursery):
         await start_gateway(nursery, config(upstream.url, table), plugins=[{{cls}}])
 '''
 
-_GITIGNORE = '''\
+_GITIGNORE = """\
 __pycache__/
 *.egg-info/
 build/
 dist/
-'''
+"""
 
 _FILES = {
     "pyproject.toml": _PYPROJECT,

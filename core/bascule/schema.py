@@ -16,7 +16,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from bascule_sdk.settings import Converter, parse_byte_size, parse_duration, resolve_secret
@@ -46,7 +46,11 @@ _BYTE_SIZE = {
     ],
 }
 _SECRET = {"type": "string"}
-_CONVERTERS = {parse_duration: _DURATION, parse_byte_size: _BYTE_SIZE, resolve_secret: _SECRET}
+_CONVERTERS: dict[Callable[[Any], Any], dict[str, Any]] = {
+    parse_duration: _DURATION,
+    parse_byte_size: _BYTE_SIZE,
+    resolve_secret: _SECRET,
+}
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
@@ -83,10 +87,10 @@ def type_schema(tp: Any) -> dict[str, Any]:
                 return schema
         return type_schema(base)
     if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1:  # ``T | None``: TOML has no null, the key is just optional
-            return type_schema(args[0])
-        return {"anyOf": [type_schema(a) for a in args]}
+        alternatives = [a for a in get_args(tp) if a is not type(None)]
+        if len(alternatives) == 1:  # ``T | None``: TOML has no null, the key is just optional
+            return type_schema(alternatives[0])
+        return {"anyOf": [type_schema(a) for a in alternatives]}
     if origin is Literal:
         return {"enum": list(get_args(tp))}
     if origin in (list, tuple) or tp in (list, tuple):
@@ -95,7 +99,7 @@ def type_schema(tp: Any) -> dict[str, Any]:
     if origin is dict or tp is dict:
         args = get_args(tp)
         return {"type": "object", "additionalProperties": type_schema(args[1]) if args else {}}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return settings_schema(tp)
     if tp in _SCALARS:
         return {"type": _SCALARS[tp]}
@@ -177,7 +181,8 @@ def config_schema(available: Mapping[str, Available]) -> dict[str, Any]:
         "description": "Per auth plugin: [consumers.NAME.credentials.<plugin>].",
         "properties": {
             name: settings_schema(a.cls.Credentials)
-            for name, a in sorted(available.items()) if a.cls.Credentials is not None
+            for name, a in sorted(available.items())
+            if a.cls.Credentials is not None
         },
         "additionalProperties": False,
     }
@@ -187,11 +192,17 @@ def config_schema(available: Mapping[str, Available]) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "gateway": settings_schema(GatewaySettings),
-            "services": {"type": "object", "description": "Upstream services by name.",
-                         "additionalProperties": settings_schema(ServiceSettings)},
+            "services": {
+                "type": "object",
+                "description": "Upstream services by name.",
+                "additionalProperties": settings_schema(ServiceSettings),
+            },
             "routes": {"type": "array", "description": "Routes, in declaration order.", "items": route},
-            "consumers": {"type": "object", "description": "Known API clients by name.",
-                          "additionalProperties": consumer},
+            "consumers": {
+                "type": "object",
+                "description": "Known API clients by name.",
+                "additionalProperties": consumer,
+            },
             "plugins": _plugins_schema(available, route=False),
         },
         "additionalProperties": False,
@@ -267,4 +278,3 @@ def reference_table(model: type) -> str:
         doc = f.metadata.get("doc", "").replace("|", "\\|")
         rows.append(f"| `{f.name}` | {type_label(hints[f.name])} | {default} | {doc} |")
     return "\n".join(rows) + "\n"
-

@@ -28,12 +28,11 @@ from pathlib import Path
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 from .config import Config, ConfigError, GatewaySettings, load_config
 from .gateway import Gateway, Runtime
 from .registry import Available, discover
+from .worker import listen
 
 __all__ = ["hypercorn_config", "run", "serve"]
 
@@ -47,8 +46,10 @@ def hypercorn_config(gw: GatewaySettings, bind: str, *, tls: bool = True) -> Hyp
     c.h11_max_incomplete_size = gw.max_header_size
     c.h2_max_header_list_size = gw.max_header_size
     c.keep_alive_timeout = gw.keep_alive_timeout
-    c.read_timeout = gw.read_timeout or None  # seconds, fractions too (hypercorn passes it to trio)
+    # seconds, fractions too: hypercorn annotates it int but only passes it to trio.fail_after
+    c.read_timeout = gw.read_timeout or None  # type: ignore[assignment]
     c.graceful_timeout = gw.graceful_timeout
+    c.lingering_timeout = gw.lingering_timeout  # type: ignore[attr-defined]  # read by bascule.worker
     c.keep_alive_max_requests = 1_000_000
     c.include_date_header = False  # the upstream's Date is forwarded; the gateway adds its own otherwise
     c.include_server_header = False
@@ -79,28 +80,34 @@ async def serve(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals, gateway, path, available, stop)
         async with trio.open_nursery() as servers:
-            binds = await servers.start(partial(
-                worker_serve, wrap_app(gateway, None, "asgi"),
-                hypercorn_config(config.gateway, config.gateway.listen),
-                sockets=sockets, shutdown_trigger=stop.wait,
-            ))
+            binds = await servers.start(
+                partial(
+                    listen,
+                    gateway,
+                    hypercorn_config(config.gateway, config.gateway.listen),
+                    sockets=sockets,
+                    shutdown_trigger=stop.wait,
+                )
+            )
             if admin and config.gateway.admin:
                 from .admin import Admin
 
                 admin_app = Admin(gateway, path, available, signal_supervisor=supervised)
-                binds += await servers.start(partial(
-                    worker_serve, wrap_app(admin_app, None, "asgi"),
-                    hypercorn_config(config.gateway, config.gateway.admin, tls=False),
-                    shutdown_trigger=stop.wait,
-                ))
+                binds += await servers.start(
+                    partial(
+                        listen,
+                        admin_app,
+                        hypercorn_config(config.gateway, config.gateway.admin, tls=False),
+                        shutdown_trigger=stop.wait,
+                    )
+                )
             task_status.started(binds)
             await stop.wait()
             servers.cancel_scope.deadline = trio.current_time() + config.gateway.graceful_timeout + 5
         nursery.cancel_scope.cancel()  # drained: stop listening for signals
 
 
-async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, Available],
-                   stop: trio.Event) -> None:
+async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, Available], stop: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if signum != signal.SIGHUP:

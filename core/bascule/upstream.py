@@ -1,9 +1,11 @@
 """The upstream client: services, their targets, and a connection pool per target.
 
 The one client that proxying, ``ctx.forward`` and health checks use. A
-``Service`` picks a target (``balancing``), skips targets its breaker holds
-out (``health``), retries on another target within a budget (``retries``)
-and bounds the requests it holds (``admission``).
+``Service`` picks a target (``balancing``), skips targets its breaker or its
+probes hold out unless too few are healthy (panic mode, ``health``), retries
+on another target within a budget (``retries``) and bounds the requests it
+holds (``admission``). A probe is only a verdict: whatever goes wrong in it
+fails that probe, and the checks go on.
 
 Built on httpcore's ``AsyncHTTPConnection`` (the layer beneath httpx), with
 the gateway's own pool: a LIFO free-list that checks only the connection it
@@ -23,7 +25,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +36,7 @@ from bascule_sdk import Context, Headers, HTTPError, Request, Response
 from .admission import Admission
 from .balancing import make_balancer
 from .config import ServiceSettings
-from .health import TargetHealth
+from .health import ServiceHealth, TargetHealth
 from .retries import RetryBudget
 
 __all__ = ["Pool", "PoolFull", "Service", "Upstreams"]
@@ -49,6 +51,10 @@ _STALE = (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError)
 
 class PoolFull(Exception):
     """Every connection to a target stayed busy for ``pool_timeout``."""
+
+
+# What a probe of an unreachable or broken target meets (logged at debug level).
+_PROBE_FAILURES = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException, OSError, PoolFull)
 
 
 class Pool:
@@ -66,6 +72,8 @@ class Pool:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
+        if not parts.hostname:  # the config accepts no target without a host
+            raise ValueError(f"target {url!r} has no host")
         self.url = url
         scheme = parts.scheme.encode()
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -81,8 +89,7 @@ class Pool:
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
         self._pool_timeout = pool_timeout
-        self._timeouts = {"connect": connect_timeout, "read": read_timeout,
-                          "write": read_timeout, "pool": pool_timeout}
+        self._timeouts = {"connect": connect_timeout, "read": read_timeout, "write": read_timeout, "pool": pool_timeout}
 
     @property
     def in_use(self) -> int:
@@ -112,8 +119,7 @@ class Pool:
         target = (self.base_path + request.path or "/").encode()
         if request.query:
             target += b"?" + request.query.encode()
-        url = httpcore.URL(scheme=self.origin.scheme, host=self.origin.host,
-                           port=self.origin.port, target=target)
+        url = httpcore.URL(scheme=self.origin.scheme, host=self.origin.host, port=self.origin.port, target=target)
         replayable = isinstance(request.body, bytes)
         headers = request.headers.raw
         if not any(k == b"host" for k, _ in headers):
@@ -121,8 +127,11 @@ class Pool:
         while True:
             conn, reused = await self._checkout()
             core_request = httpcore.Request(
-                request.method.encode(), url, headers=headers,
-                content=request.body, extensions={"timeout": self._timeouts},
+                request.method.encode(),
+                url,
+                headers=headers,
+                content=request.body,
+                extensions={"timeout": self._timeouts},
             )
             try:
                 response = await conn.handle_async_request(core_request)
@@ -203,6 +212,9 @@ class Service:
         self.settings = settings
         self.buffer_size = buffer_size
         self.pools: list[Pool] = []
+        self.health = ServiceHealth(name, len(settings.targets), settings.panic_threshold)
+        # A lone target is never ejected: there is nowhere else to go (nginx does the same).
+        max_failures = settings.max_failures if len(settings.targets) > 1 else 0
         for t in settings.targets:
             url, weight = (t, 1) if isinstance(t, str) else (t.url, t.weight)
             pool = Pool(
@@ -214,15 +226,20 @@ class Service:
                 pool_timeout=settings.pool_timeout,
             )
             pool.weight = weight
-            pool.health = TargetHealth(url, settings.max_failures, settings.cool_off)
+            pool.health = TargetHealth(url, max_failures, settings.cool_off, self.health)
             self.pools.append(pool)
         self.balancer = make_balancer(settings.balance, self.pools)
         self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
-        self.admission = (Admission(name, settings.max_requests, settings.max_queue,
-                                    settings.queue_timeout) if settings.max_requests else None)
+        self.admission = (
+            Admission(name, settings.max_requests, settings.max_queue, settings.queue_timeout)
+            if settings.max_requests
+            else None
+        )
         self._retry_on = frozenset(settings.retry_on)
         self._fail_on = frozenset(settings.fail_on)
+        self._checking = False
         self._checks: trio.CancelScope | None = None
+        self._closed = False
 
     async def send(self, request: Request, ctx: Context | None = None) -> tuple[Response, Pool, float]:
         """Send ``request`` to a target, retrying on others as configured.
@@ -254,18 +271,17 @@ class Service:
         now = trio.current_time()
         self.budget.request(now)
         key = self._key(request, ctx) if settings.balance == "hash" else None
-        pool = self.balancer.pick(now, key, ())
+        pool = self._pick(now, key, ())
         if pool is None:
             raise self._no_target(now)
         # Safe to repeat once sent: an idempotent method with a body we still hold.
-        repeatable = (request.method in IDEMPOTENT or settings.retry_non_idempotent) \
-            and isinstance(request.body, bytes)
+        repeatable = (request.method in IDEMPOTENT or settings.retry_non_idempotent) and isinstance(request.body, bytes)
         tried: list[Pool] = []
         retries = settings.retries
         while True:
             tried.append(pool)
             health = pool.health
-            health.begin()
+            health.begin(now)
             response: Response | None = None
             try:
                 with trio.fail_after(settings.timeout):
@@ -302,7 +318,7 @@ class Service:
                     health.succeeded()
                 retry = status in self._retry_on and repeatable
             if retry and retries and self.budget.allows(now := trio.current_time()):
-                following = self.balancer.pick(now, key, tried)
+                following = self._pick(now, key, tried)
                 if following is not None:
                     self.budget.spend(now)
                     if response is not None:
@@ -313,6 +329,13 @@ class Service:
             if response is None:
                 raise error
             return response, pool, time.perf_counter() - start
+
+    def _pick(self, now: float, key: str | None, tried: Collection[Pool]) -> Pool | None:
+        panic = self.health.panic
+        pool = self.balancer.pick(now, key, tried, panic)
+        if panic and pool is not None:
+            self.health.panic_requests += 1
+        return pool
 
     def _key(self, request: Request, ctx: Context | None) -> str | None:
         on = self.settings.hash_on
@@ -327,8 +350,7 @@ class Service:
     def _no_target(self, now: float) -> HTTPError:
         waits = [p.health.ejected_until - now for p in self.pools if not p.health.probe_down]
         retry_after = max(1, math.ceil(min(waits))) if waits else 1
-        return HTTPError(503, f"The service {self.name!r} has no healthy target.",
-                         {"retry-after": str(retry_after)})
+        return HTTPError(503, f"The service {self.name!r} has no healthy target.", {"retry-after": str(retry_after)})
 
     def ready(self) -> bool:
         """Whether some target may take a request now."""
@@ -336,7 +358,7 @@ class Service:
         return any(p.health.available(now) for p in self.pools)
 
     def describe(self) -> dict[str, Any]:
-        """Targets with health state and counters, for the admin listener."""
+        """Counters, panic mode and each target's health state, for the admin listener."""
         now = trio.current_time()
         admission = self.admission
         return {
@@ -346,41 +368,52 @@ class Service:
             "refused": admission.refused if admission else 0,
             "retries": self.budget.spent,
             "retries_refused": self.budget.refused,
-            "targets": [{"url": p.url, "weight": p.weight, "in_use": p.in_use,
-                         **p.health.describe(now)} for p in self.pools],
+            "panic": self.health.panic,
+            "panic_requests": self.health.panic_requests,
+            "targets": [
+                {"url": p.url, "weight": p.weight, "in_use": p.in_use, **p.health.describe(now)} for p in self.pools
+            ],
         }
 
     # -- active health checks ----------------------------------------------
 
     def start(self, start_soon: Callable[..., Any]) -> None:
         """Start active health checks (if ``health_path`` is set); idempotent."""
-        if self.settings.health_path is not None and self._checks is None:
-            self._checks = trio.CancelScope()
-            start_soon(self._check_forever, self._checks)
+        if self.settings.health_path is not None and not self._checking:
+            self._checking = True
+            start_soon(self._check_forever, name=f"health checks of {self.name}")
 
-    async def _check_forever(self, scope: trio.CancelScope) -> None:
-        with scope:
-            while True:
+    async def _check_forever(self) -> None:
+        """Probe every target each ``health_interval`` until ``aclose``."""
+        with trio.CancelScope() as self._checks:  # a fresh scope each run: the task may be restarted
+            while not self._closed:
                 async with trio.open_nursery() as nursery:
                     for pool in self.pools:
                         nursery.start_soon(self._probe, pool)
                 await trio.sleep(self.settings.health_interval)
 
     async def _probe(self, pool: Pool) -> None:
+        """Probe ``pool`` once and record the verdict; raises nothing but ``trio.Cancelled``.
+
+        Passed: a 2xx/3xx answer within ``health_timeout``. Anything else
+        fails, an unexpected exception included (logged as a warning).
+        """
         s = self.settings
-        request = Request("GET", s.health_path or "/", "",
-                          Headers.of({"user-agent": "bascule-health-check"}), b"")
+        request = Request("GET", s.health_path or "/", "", Headers.of({"user-agent": "bascule-health-check"}), b"")
         passed = False
         with trio.move_on_after(s.health_timeout):
             try:
                 response = await pool.send(request, self.buffer_size)
                 await response.aclose()
                 passed = 200 <= response.status < 400
-            except (httpcore.HTTPError, OSError, PoolFull) as e:
+            except _PROBE_FAILURES as e:
                 log.debug("service %s: probe of %s failed: %r", self.name, pool.url, e)
+            except Exception:
+                log.warning("service %s: probe of %s failed unexpectedly", self.name, pool.url, exc_info=True)
         pool.health.probed(passed, s.healthy_threshold, s.unhealthy_threshold)
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._checks is not None:
             self._checks.cancel()
         for pool in self.pools:
@@ -393,6 +426,7 @@ def _then(close: Callable[[], Awaitable[None]], after: Callable[[], None]) -> Ca
             await close()
         finally:
             after()
+
     return closing
 
 
@@ -406,11 +440,12 @@ class Upstreams:
         previous: Upstreams | None = None,
     ) -> None:
         old = previous.services if previous else {}
-        self.services = {}
+        self.services: dict[str, Service] = {}
         for name, settings in services.items():
             kept = old.get(name)
-            same = kept is not None and kept.settings == settings and kept.buffer_size == buffer_size
-            self.services[name] = kept if same else Service(name, settings, buffer_size)
+            if kept is None or kept.settings != settings or kept.buffer_size != buffer_size:
+                kept = Service(name, settings, buffer_size)
+            self.services[name] = kept
 
     def __getitem__(self, name: str) -> Service:
         return self.services[name]

@@ -5,7 +5,7 @@
 See ``hookspecs`` for the phases and ``settings`` for settings models.
 """
 
-from .context import Consumer, Context, Gateway, RouteInfo
+from .context import Consumer, Context, Gateway, RouteInfo, TaskState
 from .hookspecs import hookimpl, hookspec
 from .http import Headers, HTTPError, Request, Response
 from .plugin import NoSettings, Plugin
@@ -26,6 +26,7 @@ __all__ = [
     "RouteInfo",
     "Secret",
     "SettingsError",
+    "TaskState",
     "hookimpl",
     "hookspec",
     "setting",

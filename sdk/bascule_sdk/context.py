@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .http import Request, Response
 
-__all__ = ["Consumer", "Context", "Gateway", "RouteInfo"]
+__all__ = ["Consumer", "Context", "Gateway", "RouteInfo", "TaskState"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,21 @@ class Context:
     """
 
     __slots__ = (
-        "request", "request_id", "route", "path_params", "matched_path", "client_ip", "started",
-        "consumer", "state", "tags", "upstream", "upstream_seconds", "error", "bytes_sent", "_forward",
+        "request",
+        "request_id",
+        "route",
+        "path_params",
+        "matched_path",
+        "client_ip",
+        "started",
+        "consumer",
+        "state",
+        "tags",
+        "upstream",
+        "upstream_seconds",
+        "error",
+        "bytes_sent",
+        "_forward",
     )
 
     def __init__(
@@ -102,6 +115,32 @@ class Context:
         return await self._forward(self, request, service)
 
 
+@dataclass(frozen=True)
+class TaskState:
+    """A supervised background task and its health, as ``Gateway.tasks()`` reports it.
+
+    ``name``: given to ``start_soon`` (default: the function's qualified
+    name). ``plugin``: the instance name of the plugin that started it
+    (``None`` for the gateway's own tasks). ``failures``: exceptions since it
+    was started. ``consecutive_failures``: failures since its last healthy
+    run; 0 means healthy. ``last_error``: the last failure (kept after it
+    recovers). ``failing_since``: wall-clock time (``time.time()``) of the
+    first failure of the current series, ``None`` while healthy.
+    """
+
+    name: str
+    plugin: str | None = None
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    failing_since: float | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Whether it failed and has not run long enough since to count as recovered."""
+        return self.consecutive_failures > 0
+
+
 class Gateway(Protocol):
     """What ``startup(gateway)`` receives: the running gateway, seen by a plugin."""
 
@@ -110,6 +149,28 @@ class Gateway(Protocol):
     #: instance of this gateway process. Key it by your plugin's name.
     shared: dict[str, Any]
 
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run ``fn(*args)`` in the background until the gateway shuts down."""
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
+        """Run ``fn(*args)`` in the background, supervised, until the gateway shuts down.
+
+        An exception ends that run only: it is logged with its traceback,
+        ``name`` (default: ``fn``'s qualified name) and your plugin's instance
+        name, and ``fn(*args)`` is called again after a delay that doubles
+        with each failure in a row (exponential backoff, reset once a run
+        lasts long enough). It never stops the gateway or another task.
+        Returning normally ends the task for good. At shutdown the task is
+        cancelled (``trio.Cancelled``: clean up in ``finally``). A failing
+        task is listed by ``tasks()`` and the admin listener's ``/readyz``.
+        """
+        ...
+
+    def tasks(self) -> Sequence[TaskState]:
+        """Every supervised background task of this process (not only yours), as of now."""
+        ...
+
+    def connection_errors(self) -> int:
+        """Client connections of this process closed on an error that escaped them.
+
+        Each was logged ("connection error from PEER") and ended that connection
+        only; a rising count is a bug to report, never an outage.
+        """
         ...

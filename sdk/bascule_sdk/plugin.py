@@ -33,8 +33,8 @@ class Plugin:
 
     name: ClassVar[str]
     priority: ClassVar[int] = 0
-    Settings: ClassVar[type] = NoSettings
-    Credentials: ClassVar[type | None] = None
+    Settings: ClassVar[type[Any]] = NoSettings
+    Credentials: ClassVar[type[Any] | None] = None
 
     def __init__(self, settings: Any, *, instance: str | None = None) -> None:
         self.settings = settings

@@ -68,8 +68,8 @@ class SettingsError(ValueError):
 def check(*rules: tuple[bool, str, str]) -> None:
     """Raise ``SettingsError`` for every ``(failed, key, message)`` rule that failed.
 
-        check((self.workers < 1, "workers", "must be at least 1"),
-              (self.port > 65535, "port", "must be at most 65535"))
+    check((self.workers < 1, "workers", "must be at least 1"),
+          (self.port > 65535, "port", "must be at most 65535"))
     """
     problems = [Problem(key, message) for failed, key, message in rules if failed]
     if problems:
@@ -96,9 +96,7 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) ->
     metadata = {"doc": doc}
     if isinstance(default, (list, dict, set)):
         value = default
-        return dataclasses.field(
-            default_factory=lambda: type(value)(value), metadata=metadata, **kwargs
-        )
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
@@ -123,8 +121,14 @@ def parse_duration(value: Any) -> float:
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNITS = {
-    None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2,
-    "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3,
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
 }
 
 
@@ -221,8 +225,7 @@ def _build(model: type, values: dict[str, Any], prefix: str, problems: list[Prob
 
 
 def _describe(value: Any) -> str:
-    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a float"}
+    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
     return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:120]
 
 
@@ -270,7 +273,7 @@ def _convert(tp: Any, raw: Any, key: str, problems: list[Problem]) -> Any:
             return None
         _, item = get_args(tp) or (str, Any)
         return {k: _convert(item, v, _join(key, k), problems) for k, v in raw.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _parse_dataclass(tp, raw, key, problems)
     if tp is Any:
         return raw

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bascule_sdk import Context, HTTPError, Plugin, hookimpl
 
-from .settings import Settings
+from .settings import Settings as ACLSettings
 
 __all__ = ["ACLPlugin"]
 
@@ -20,9 +20,10 @@ class ACLPlugin(Plugin):
 
     name = "acl"
     priority = 950
-    Settings = Settings
+    Settings = ACLSettings
+    settings: ACLSettings
 
-    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+    def __init__(self, settings: ACLSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
         self._allow = frozenset(settings.allow)
         self._deny = frozenset(settings.deny)

@@ -24,20 +24,22 @@ CONSUMERS = f"""
     [consumers.alice]
     groups = ["partners"]
     [consumers.alice.credentials.key-auth]
-    keys = ["{sha('alice-key')}"]
+    keys = ["{sha("alice-key")}"]
     [consumers.bob.credentials.key-auth]
-    keys = ["{sha('bob-key')}"]
+    keys = ["{sha("bob-key")}"]
     [consumers.carol]
     groups = ["partners", "banned"]
     [consumers.carol.credentials.key-auth]
-    keys = ["{sha('carol-key')}"]
+    keys = ["{sha("carol-key")}"]
     [consumers.guest]
     groups = ["public"]
 """
 
 
 def config(upstream, plugins: str) -> str:
-    return CONSUMERS + f"""
+    return (
+        CONSUMERS
+        + f"""
         [services.api]
         targets = ["{upstream.url}"]
         [[routes]]
@@ -46,6 +48,7 @@ def config(upstream, plugins: str) -> str:
         service = "api"
         {plugins}
     """
+    )
 
 
 async def serve(nursery, text: str):
@@ -64,11 +67,17 @@ def assert_forbidden(r, detail: str = "You are not allowed to use this route.") 
 
 async def test_allow_list(nursery):
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, config(upstream, """
+    gw = await serve(
+        nursery,
+        config(
+            upstream,
+            """
         [routes.plugins.key-auth]
         [routes.plugins.acl]
         allow = ["partners", "staff"]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         assert (await client.get("/partner", headers={"apikey": "alice-key"})).status_code == 200
         assert_forbidden(await client.get("/partner", headers={"apikey": "bob-key"}))  # in no group
@@ -78,12 +87,18 @@ async def test_allow_list(nursery):
 
 async def test_deny_wins_over_allow(nursery):
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, config(upstream, """
+    gw = await serve(
+        nursery,
+        config(
+            upstream,
+            """
         [routes.plugins.key-auth]
         [routes.plugins.acl]
         allow = ["partners"]
         deny = ["banned"]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         assert_forbidden(await client.get("/partner", headers={"apikey": "carol-key"}))
         assert (await client.get("/partner", headers={"apikey": "alice-key"})).status_code == 200
@@ -92,12 +107,18 @@ async def test_deny_wins_over_allow(nursery):
 
 async def test_deny_only_and_groups_from_jwt_claims(nursery):
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, config(upstream, f"""
+    gw = await serve(
+        nursery,
+        config(
+            upstream,
+            f"""
         [routes.plugins.jwt]
         keys = [{{ secret = "{SECRET}" }}]
         [routes.plugins.acl]
         deny = ["suspended"]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         ok = {"authorization": f"Bearer {token(sub='dave', groups=['ops'])}"}
         assert (await client.get("/partner", headers=ok)).status_code == 200
@@ -108,10 +129,16 @@ async def test_deny_only_and_groups_from_jwt_claims(nursery):
 
 async def test_no_consumer_is_refused(nursery):
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, config(upstream, """
+    gw = await serve(
+        nursery,
+        config(
+            upstream,
+            """
         [routes.plugins.acl]
         deny = ["banned"]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         r = await client.get("/partner", headers={"x-consumer-groups": "partners"})
         assert_forbidden(r, "This route requires an authenticated consumer.")
@@ -121,7 +148,11 @@ async def test_no_consumer_is_refused(nursery):
 async def test_either_key_or_token_with_anonymous_blocked_by_acl(nursery):
     """Both auth plugins with ``anonymous``: either credential admits; none leaves the ACL to refuse."""
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, config(upstream, f"""
+    gw = await serve(
+        nursery,
+        config(
+            upstream,
+            f"""
         [routes.plugins.key-auth]
         anonymous = "guest"
         [routes.plugins.jwt]
@@ -129,7 +160,9 @@ async def test_either_key_or_token_with_anonymous_blocked_by_acl(nursery):
         anonymous = "guest"
         [routes.plugins.acl]
         deny = ["public"]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         assert (await client.get("/partner", headers={"apikey": "bob-key"})).status_code == 200
         bearer = {"authorization": f"Bearer {token(sub='dave')}"}
@@ -143,9 +176,11 @@ async def test_either_key_or_token_with_anonymous_blocked_by_acl(nursery):
 
 async def test_settings_are_validated(nursery):
     upstream = await start_upstream(nursery)
-    for table, message in (("", "give allow or deny"),
-                           ('allow = ["a"]\ndeny = ["a"]', "groups both allowed and denied: a"),
-                           ("allow = 'partners'", "expected an array")):
+    for table, message in (
+        ("", "give allow or deny"),
+        ('allow = ["a"]\ndeny = ["a"]', "groups both allowed and denied: a"),
+        ("allow = 'partners'", "expected an array"),
+    ):
         with pytest.raises(ConfigError) as e:
             await serve(nursery, config(upstream, f"[routes.plugins.acl]\n{table}"))
         assert message in str(e.value) and 'route "partner"' in str(e.value), str(e.value)

@@ -87,8 +87,9 @@ class ClientInputs:
 def _client_value(ctx: Context, query: dict[str, str], ref: Ref) -> str:
     if ref.source == "param":
         if ref.name not in ctx.path_params:
-            log.error("route %r: aggregate placeholder {%s} is not a path parameter of the route",
-                      ctx.route.name, ref.name)
+            log.error(
+                "route %r: aggregate placeholder {%s} is not a path parameter of the route", ctx.route.name, ref.name
+            )
             raise HTTPError(500, "The route's aggregation names an unknown path parameter.")
         return unquote(ctx.path_params[ref.name])
     if ref.source == "query":

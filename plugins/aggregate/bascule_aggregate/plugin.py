@@ -47,8 +47,7 @@ class Aggregate(Plugin):
             ctx.tags["aggregate"] = "failed"
             timed_out = any(o.error == "timeout" for _, o in required)
             names = ", ".join(repr(b.name) for b, _ in required)
-            raise HTTPError(504 if timed_out else 502, f"Required backend {names} failed.",
-                            extra={"errors": errors})
+            raise HTTPError(504 if timed_out else 502, f"Required backend {names} failed.", extra={"errors": errors})
         merged: dict[str, Any] = {}
         for _, outcome in outcomes:
             if outcome.shaped is not None:

@@ -32,7 +32,7 @@ class Backend:
     service: str = setting(doc="The [services.*] entry to call.")
     path: str = setting("/", 'Path under the service\'s target, with placeholders: "/{ride}/location".')
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = setting("GET", "Method to send.")
-    query: dict[str, str] = setting({}, 'Query parameters to send; values may hold placeholders.')
+    query: dict[str, str] = setting({}, "Query parameters to send; values may hold placeholders.")
     forward_query: list[str] = setting([], 'Client query parameters copied as they are ("*": all).')
     headers: list[str] = setting([], "Client request headers copied to this backend.")
     forward_body: bool = setting(False, "Send the client's body (and Content-Type) to this backend.")
@@ -44,7 +44,7 @@ class Backend:
     target: str | None = setting(None, 'Take only this sub-object of the answer (dotted path: "data.ride").')
     allow: list[str] = setting([], "Keep only these fields (dotted paths).")
     deny: list[str] = setting([], "Drop these fields (dotted paths).")
-    mapping: dict[str, str] = setting({}, "Rename top-level fields: { old = \"new\" }.")
+    mapping: dict[str, str] = setting({}, 'Rename top-level fields: { old = "new" }.')
     collection: str = setting("collection", "Key an array answer is wrapped under.")
 
     path_template: Template = field(init=False, repr=False, compare=False)
@@ -116,8 +116,9 @@ class AggregateSettings:
             if b.name in seen:
                 raise ValueError(f"{where}.name: another backend is named {b.name!r}")
             if b.timeout is not None and b.timeout > self.timeout:
-                raise ValueError(f"{where}.timeout: {b.timeout:g}s is longer than the route's timeout "
-                                 f"({self.timeout:g}s)")
+                raise ValueError(
+                    f"{where}.timeout: {b.timeout:g}s is longer than the route's timeout ({self.timeout:g}s)"
+                )
             for dep in b.depends_on:
                 if dep not in seen:
                     raise ValueError(f"{where}: a placeholder {{{dep}.…}} must name a backend listed before {b.name!r}")
@@ -126,4 +127,3 @@ class AggregateSettings:
     def budget(self, backend: Backend) -> float:
         """Seconds ``backend`` may take once it starts (the route's deadline still applies)."""
         return backend.timeout if backend.timeout is not None else self.timeout
-

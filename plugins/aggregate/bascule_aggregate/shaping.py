@@ -23,6 +23,7 @@ backends that use its fields.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .settings import Backend
@@ -53,6 +54,7 @@ def nesting_exceeds(data: Any, limit: int) -> bool:
     stack = [(data, 1)]
     while stack:
         value, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(value, dict):
             children = value.values()
         elif isinstance(value, list):
@@ -96,8 +98,7 @@ def _deny(data: Any, paths: tuple[Path, ...]) -> Any:
     if not isinstance(data, dict):
         return data
     whole, below = _split(paths)
-    return {key: _deny(value, below[key]) if key in below else value
-            for key, value in data.items() if key not in whole}
+    return {key: _deny(value, below[key]) if key in below else value for key, value in data.items() if key not in whole}
 
 
 def _fields(data: Any, backend: Backend) -> Any:

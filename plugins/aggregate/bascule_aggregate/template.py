@@ -49,8 +49,10 @@ def _ref(text: str, where: str) -> Ref:
         return Ref("param", text)
     if not head or not rest:
         raise ValueError(f"{where}: {{{text}}} is not a valid placeholder")
-    if head in CLIENT_SOURCES:
-        return Ref(head, rest.lower() if head == "header" else rest)  # type: ignore[arg-type]
+    if head == "query":  # the CLIENT_SOURCES, one by one so that each is a Source
+        return Ref("query", rest)
+    if head == "header":
+        return Ref("header", rest.lower())
     field = tuple(rest.split("."))
     if not head.isidentifier() or not all(field):
         raise ValueError(f"{where}: {{{text}}} is not a valid backend field reference")
@@ -67,7 +69,7 @@ class Template:
         parts: list[str | Ref] = []
         pos = 0
         for m in _PLACEHOLDER.finditer(text):
-            parts.append(text[pos:m.start()])
+            parts.append(text[pos : m.start()])
             parts.append(_ref(m.group(1), where))
             pos = m.end()
         parts.append(text[pos:])

@@ -40,6 +40,7 @@ async def gateway(nursery, settings: str, path: str = "/agg", **urls: str):
 
 def returning(data, status: int = 200, delay: float = 0.0, log: list | None = None):
     """An upstream handler answering ``data`` (JSON) after ``delay``; logs when it finishes."""
+
     async def handler(request: Received) -> Response:
         await trio.sleep(delay)
         if log is not None:
@@ -47,6 +48,7 @@ def returning(data, status: int = 200, delay: float = 0.0, log: list | None = No
         if isinstance(data, bytes):
             return Response(status, {"content-type": "text/plain"}, data)
         return Response.json(data, status)
+
     return handler
 
 
@@ -58,12 +60,16 @@ async def get(gw, target: str = "/agg", **kwargs):
 async def shaped(nursery, data, backend_settings: str):
     """The answer of a one-backend route whose backend answers ``data``."""
     up = await start_upstream(nursery, returning(data))
-    gw = await gateway(nursery, f"""
+    gw = await gateway(
+        nursery,
+        f"""
         [[routes.plugins.aggregate.backends]]
         name = "b"
         service = "b"
         {backend_settings}
-    """, b=up.url)
+    """,
+        b=up.url,
+    )
     r = await get(gw)
     assert r.status_code == 200, r.text
     return r.json()
@@ -75,11 +81,18 @@ async def shaped(nursery, data, backend_settings: str):
 async def test_three_backends_run_concurrently(nursery):
     finished: list[float] = []
     ups = [await start_upstream(nursery, returning({f"k{i}": i}, delay=0.2, log=finished)) for i in range(3)]
-    gw = await gateway(nursery, "".join(f"""
+    gw = await gateway(
+        nursery,
+        "".join(
+            f"""
         [[routes.plugins.aggregate.backends]]
         name = "b{i}"
         service = "s{i}"
-    """ for i in range(3)), **{f"s{i}": up.url for i, up in enumerate(ups)})
+    """
+            for i in range(3)
+        ),
+        **{f"s{i}": up.url for i, up in enumerate(ups)},
+    )
     r = await get(gw)
     assert r.status_code == 200, r.text
     assert r.json() == {"k0": 0, "k1": 1, "k2": 2}
@@ -91,11 +104,12 @@ async def test_three_backends_run_concurrently(nursery):
 
 async def test_a_backend_uses_a_field_of_an_earlier_one(nursery):
     orders_done: list[float] = []
-    orders = await start_upstream(nursery, returning({"id": "o1", "customer_id": "c 7"}, delay=0.1,
-                                                     log=orders_done))
+    orders = await start_upstream(nursery, returning({"id": "o1", "customer_id": "c 7"}, delay=0.1, log=orders_done))
     customers = await start_upstream(nursery, returning({"name": "Ada"}))
     stock = await start_upstream(nursery, returning({"in_stock": True}, delay=0.1))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "orders"
         service = "orders"
@@ -111,11 +125,15 @@ async def test_a_backend_uses_a_field_of_an_earlier_one(nursery):
         name = "stock"
         service = "stock"
         path = "/stock/{id}"
-    """, path="/agg/{id}", orders=orders.url, customers=customers.url, stock=stock.url)
+    """,
+        path="/agg/{id}",
+        orders=orders.url,
+        customers=customers.url,
+        stock=stock.url,
+    )
     r = await get(gw, "/agg/o1?via=a%26b")
     assert r.status_code == 200, r.text
-    assert r.json() == {"order": {"id": "o1", "customer_id": "c 7"}, "customer": {"name": "Ada"},
-                        "in_stock": True}
+    assert r.json() == {"order": {"id": "o1", "customer_id": "c 7"}, "customer": {"name": "Ada"}, "in_stock": True}
     seen = customers.requests[0]
     assert seen.path == "/customers/c%207"
     assert seen.query == "order=o1&via=a%26b"
@@ -126,7 +144,9 @@ async def test_a_backend_uses_a_field_of_an_earlier_one(nursery):
 async def test_a_dependency_field_cannot_climb_the_backend_path(nursery):
     first = await start_upstream(nursery, returning({"next": ".."}))
     second = await start_upstream(nursery)
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "a"
         service = "a"
@@ -135,7 +155,10 @@ async def test_a_dependency_field_cannot_climb_the_backend_path(nursery):
         service = "b"
         path = "/items/{a.next}/x"
         group = "b"
-    """, a=first.url, b=second.url)
+    """,
+        a=first.url,
+        b=second.url,
+    )
     r = await get(gw)
     assert r.status_code == 200, r.text
     assert second.requests[0].path == "/items/%2E%2E/x"
@@ -144,7 +167,9 @@ async def test_a_dependency_field_cannot_climb_the_backend_path(nursery):
 async def test_missing_dependency_field_fails_the_dependant(nursery):
     first = await start_upstream(nursery, returning({"other": 1}))
     second = await start_upstream(nursery)
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "a"
         service = "a"
@@ -153,7 +178,10 @@ async def test_missing_dependency_field_fails_the_dependant(nursery):
         service = "b"
         path = "/items/{a.next}"
         required = false
-    """, a=first.url, b=second.url)
+    """,
+        a=first.url,
+        b=second.url,
+    )
     r = await get(gw)
     assert r.status_code == 200, r.text
     assert r.headers["x-bascule-completed"] == "false"
@@ -165,7 +193,9 @@ async def test_a_failed_dependency_fails_its_dependants(nursery):
     first = await start_upstream(nursery, returning({"e": 1}, status=404))
     second = await start_upstream(nursery)
     third = await start_upstream(nursery, returning({"ok": 1}))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "a"
         service = "a"
@@ -178,19 +208,28 @@ async def test_a_failed_dependency_fails_its_dependants(nursery):
         [[routes.plugins.aggregate.backends]]
         name = "c"
         service = "c"
-    """, a=first.url, b=second.url, c=third.url)
+    """,
+        a=first.url,
+        b=second.url,
+        c=third.url,
+    )
     r = await get(gw)
     assert r.status_code == 200, r.text
     assert r.json()["ok"] == 1
-    assert r.json()["errors"] == [{"backend": "a", "error": "status", "detail": "answered 404"},
-                                  {"backend": "b", "error": "dependency", "detail": "needs 'a', which failed"}]
+    assert r.json()["errors"] == [
+        {"backend": "a", "error": "status", "detail": "answered 404"},
+        {"backend": "b", "error": "dependency", "detail": "needs 'a', which failed"},
+    ]
     assert second.requests == []
 
 
 # -- shaping, rule by rule --------------------------------------------------------------------
 
-DOC = {"id": 7, "user": {"name": "Ada", "email": "ada@example.org", "address": {"city": "Lyon", "zip": "69001"}},
-       "items": [{"sku": "p1", "price": 3, "secret": "x"}, {"sku": "p2", "price": 4, "secret": "y"}]}
+DOC = {
+    "id": 7,
+    "user": {"name": "Ada", "email": "ada@example.org", "address": {"city": "Lyon", "zip": "69001"}},
+    "items": [{"sku": "p1", "price": 3, "secret": "x"}, {"sku": "p2", "price": 4, "secret": "y"}],
+}
 
 
 async def test_group_puts_the_answer_under_a_key(nursery):
@@ -203,12 +242,16 @@ async def test_target_takes_a_sub_object(nursery):
 
 async def test_missing_target_is_a_failure(nursery):
     up = await start_upstream(nursery, returning(DOC))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "b"
         service = "b"
         target = "user.phone"
-    """, b=up.url)
+    """,
+        b=up.url,
+    )
     r = await get(gw)
     assert r.status_code == 502
     assert r.json()["errors"] == [{"backend": "b", "error": "missing_field", "detail": "user.phone"}]
@@ -243,14 +286,19 @@ async def test_a_scalar_answer_goes_under_the_backend_name(nursery):
 async def test_merge_rule_objects_merge_and_later_backends_win(nursery):
     first = await start_upstream(nursery, returning({"ride": {"id": "r1", "state": "old"}, "n": 1, "only1": True}))
     second = await start_upstream(nursery, returning({"ride": {"state": "new", "eta": 4}, "n": 2}))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "a"
         service = "a"
         [[routes.plugins.aggregate.backends]]
         name = "b"
         service = "b"
-    """, a=first.url, b=second.url)
+    """,
+        a=first.url,
+        b=second.url,
+    )
     r = await get(gw)
     assert r.json() == {"ride": {"id": "r1", "state": "new", "eta": 4}, "n": 2, "only1": True}
 
@@ -267,7 +315,9 @@ def nothing_listens() -> str:
 
 async def two_backends(nursery, *, second_required: bool, second_url: str):
     up = await start_upstream(nursery, returning({"ok": 1}))
-    return await gateway(nursery, f"""
+    return await gateway(
+        nursery,
+        f"""
         [[routes.plugins.aggregate.backends]]
         name = "main"
         service = "main"
@@ -276,7 +326,10 @@ async def two_backends(nursery, *, second_required: bool, second_url: str):
         service = "extra"
         group = "extra"
         required = {str(second_required).lower()}
-    """, main=up.url, extra=second_url)
+    """,
+        main=up.url,
+        extra=second_url,
+    )
 
 
 async def test_optional_backend_down_gives_a_partial_answer(nursery):
@@ -308,13 +361,17 @@ async def test_non_2xx_answer_is_a_failure(nursery):
 
 async def test_single_backend_status_passes_through(nursery):
     up = await start_upstream(nursery, returning({"error": "ride r9 not found"}, status=404))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         pass_status = true
         [[routes.plugins.aggregate.backends]]
         name = "b"
         service = "b"
         allow = ["error"]
-    """, b=up.url)
+    """,
+        b=up.url,
+    )
     r = await get(gw)
     assert r.status_code == 404
     assert r.json() == {"error": "ride r9 not found"}
@@ -347,7 +404,9 @@ async def start_silent_upstream(nursery):
 async def test_slow_backend_fails_at_its_own_deadline(nursery):
     fast = await start_upstream(nursery, returning({"ok": 1}))
     slow = await start_silent_upstream(nursery)
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         timeout = "5s"
         [[routes.plugins.aggregate.backends]]
         name = "fast"
@@ -357,7 +416,10 @@ async def test_slow_backend_fails_at_its_own_deadline(nursery):
         service = "slow"
         timeout = "200ms"
         required = false
-    """, fast=fast.url, slow=slow.url)
+    """,
+        fast=fast.url,
+        slow=slow.url,
+    )
     r = await get(gw)
     assert r.status_code == 200, r.text
     assert r.json() == {"ok": 1, "errors": [{"backend": "slow", "error": "timeout"}]}
@@ -370,7 +432,9 @@ async def test_route_deadline_cancels_backend_calls(nursery):
     slow = await start_silent_upstream(nursery)
     after: list[float] = []
     never = await start_upstream(nursery, returning({}, log=after))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         timeout = "300ms"
         [[routes.plugins.aggregate.backends]]
         name = "slow"
@@ -379,7 +443,10 @@ async def test_route_deadline_cancels_backend_calls(nursery):
         name = "later"
         service = "later"
         path = "/{slow.id}"
-    """, slow=slow.url, later=never.url)
+    """,
+        slow=slow.url,
+        later=never.url,
+    )
     r = await get(gw)
     assert r.status_code == 504
     assert r.headers["content-type"] == "application/problem+json"
@@ -393,14 +460,19 @@ async def test_route_deadline_cancels_backend_calls(nursery):
 async def test_required_failure_cancels_the_other_calls(nursery):
     down = await start_upstream(nursery, returning({"e": 1}, status=500))
     slow = await start_silent_upstream(nursery)
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "slow"
         service = "slow"
         [[routes.plugins.aggregate.backends]]
         name = "down"
         service = "down"
-    """, slow=slow.url, down=down.url)
+    """,
+        slow=slow.url,
+        down=down.url,
+    )
     r = await get(gw)
     assert r.status_code == 502
     assert r.json()["errors"] == [{"backend": "down", "error": "status", "detail": "answered 500"}]
@@ -415,7 +487,9 @@ async def test_max_response_size_is_enforced_at_the_limit(nursery):
     body = json.dumps({"s": "x" * 91}).encode()  # 100 bytes
     assert len(body) == 100
     up = await start_upstream(nursery, lambda request: _raw(body))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "exact"
         service = "b"
@@ -426,11 +500,15 @@ async def test_max_response_size_is_enforced_at_the_limit(nursery):
         service = "b"
         max_response_size = 99
         required = false
-    """, b=up.url)
+    """,
+        b=up.url,
+    )
     r = await get(gw)
     assert r.status_code == 200, r.text
-    assert r.json() == {"exact": {"s": "x" * 91},
-                        "errors": [{"backend": "over", "error": "too_large", "detail": "more than 99 bytes"}]}
+    assert r.json() == {
+        "exact": {"s": "x" * 91},
+        "errors": [{"backend": "over", "error": "too_large", "detail": "more than 99 bytes"}],
+    }
 
 
 async def _raw(body: bytes, content_type: str = "application/json") -> Response:
@@ -439,7 +517,9 @@ async def _raw(body: bytes, content_type: str = "application/json") -> Response:
 
 async def test_non_json_answers_by_configuration(nursery):
     up = await start_upstream(nursery, returning(b"<html>hi</html>"))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "as_text"
         service = "b"
@@ -449,10 +529,14 @@ async def test_non_json_answers_by_configuration(nursery):
         name = "strict"
         service = "b"
         required = false
-    """, b=up.url)
+    """,
+        b=up.url,
+    )
     r = await get(gw)
-    assert r.json() == {"page": "<html>hi</html>",
-                        "errors": [{"backend": "strict", "error": "not_json", "detail": "answered text/plain"}]}
+    assert r.json() == {
+        "page": "<html>hi</html>",
+        "errors": [{"backend": "strict", "error": "not_json", "detail": "answered text/plain"}],
+    }
 
 
 async def test_invalid_json_is_a_failure(nursery):
@@ -466,13 +550,17 @@ async def test_invalid_json_is_a_failure(nursery):
 async def test_json_nesting_depth_is_limited(nursery, depth, ok):
     body = b"[" * depth + b"]" * depth
     up = await start_upstream(nursery, lambda request: _raw(body))
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         max_depth = 4
         [[routes.plugins.aggregate.backends]]
         name = "b"
         service = "b"
         group = "g"
-    """, b=up.url)
+    """,
+        b=up.url,
+    )
     async with gw.client() as client:
         r = await client.get("/agg")
         if ok:
@@ -480,8 +568,7 @@ async def test_json_nesting_depth_is_limited(nursery, depth, ok):
             assert r.json() == {"g": {"collection": [[[[]]]]}}
         else:
             assert r.status_code == 502
-            assert r.json()["errors"] == [{"backend": "b", "error": "too_deep",
-                                           "detail": "JSON nested deeper than 4"}]
+            assert r.json()["errors"] == [{"backend": "b", "error": "too_deep", "detail": "JSON nested deeper than 4"}]
         up.handler = returning({"fine": True})
         assert (await client.get("/agg")).status_code == 200  # the gateway goes on serving
 
@@ -491,16 +578,22 @@ async def test_json_nesting_depth_is_limited(nursery, depth, ok):
 
 async def test_selected_query_and_headers_are_forwarded(nursery):
     up = await start_upstream(nursery)
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "b"
         service = "b"
         path = "/users/{id}/{header.x-tenant}"
         forward_query = ["page"]
         headers = ["accept-language"]
-    """, path="/agg/{id}", b=up.url)
-    r = await get(gw, "/agg/u%201?page=2&secret=s&page=3",
-                  headers={"accept-language": "fr", "x-tenant": "acme", "cookie": "c=1"})
+    """,
+        path="/agg/{id}",
+        b=up.url,
+    )
+    r = await get(
+        gw, "/agg/u%201?page=2&secret=s&page=3", headers={"accept-language": "fr", "x-tenant": "acme", "cookie": "c=1"}
+    )
     assert r.status_code == 200, r.text
     seen = up.requests[0]
     assert seen.path == "/users/u%201/acme"
@@ -512,12 +605,16 @@ async def test_selected_query_and_headers_are_forwarded(nursery):
 
 async def test_missing_client_input_is_a_400_problem(nursery):
     up = await start_upstream(nursery)
-    gw = await gateway(nursery, """
+    gw = await gateway(
+        nursery,
+        """
         [[routes.plugins.aggregate.backends]]
         name = "b"
         service = "b"
         query = { q = "{query.q}" }
-    """, b=up.url)
+    """,
+        b=up.url,
+    )
     r = await get(gw)
     assert r.status_code == 400
     assert r.headers["content-type"] == "application/problem+json"
@@ -528,7 +625,10 @@ async def test_missing_client_input_is_a_400_problem(nursery):
 async def test_forward_body_sends_the_client_body(nursery):
     up = await start_upstream(nursery)
     other = await start_upstream(nursery, lambda request: _raw(b""))
-    gw = await start_gateway(nursery, services(b=up.url, quiet=other.url) + """
+    gw = await start_gateway(
+        nursery,
+        services(b=up.url, quiet=other.url)
+        + """
         [[routes]]
         name = "agg"
         paths = ["/agg"]
@@ -541,7 +641,9 @@ async def test_forward_body_sends_the_client_body(nursery):
         [[routes.plugins.aggregate.backends]]
         name = "quiet"
         service = "quiet"
-    """, plugins=[Aggregate])
+    """,
+        plugins=[Aggregate],
+    )
     async with gw.client() as client:
         r = await client.post("/agg", content=b'{"x": 1}', headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
@@ -578,7 +680,10 @@ class Stamp(Plugin):
 async def test_other_plugins_compose_with_an_aggregated_route(nursery):
     ups = [await start_upstream(nursery, returning({"ok": 1}, delay=0.1)) for _ in range(2)]
     Stamp.log, logged = trio.open_memory_channel(10)
-    gw = await start_gateway(nursery, services(a=ups[0].url, b=ups[1].url) + """
+    gw = await start_gateway(
+        nursery,
+        services(a=ups[0].url, b=ups[1].url)
+        + """
         [[routes]]
         name = "agg"
         paths = ["/agg"]
@@ -591,7 +696,9 @@ async def test_other_plugins_compose_with_an_aggregated_route(nursery):
         name = "b"
         service = "b"
         group = "b"
-    """, plugins=[Aggregate, Stamp])
+    """,
+        plugins=[Aggregate, Stamp],
+    )
     async with gw.client() as client:
         refused = await client.get("/agg")
         r = await client.get("/agg", headers={"authorization": "Bearer t"})
@@ -610,7 +717,10 @@ async def test_the_cache_keeps_complete_answers_only(nursery):
     pytest.importorskip("bascule_cache")
     main = await start_upstream(nursery, returning({"ok": 1}))
     extra = await start_upstream(nursery, returning({"e": 1}))
-    gw = await start_gateway(nursery, services(main=main.url, extra=extra.url) + """
+    gw = await start_gateway(
+        nursery,
+        services(main=main.url, extra=extra.url)
+        + """
         [[routes]]
         name = "agg"
         paths = ["/agg"]
@@ -625,7 +735,9 @@ async def test_the_cache_keeps_complete_answers_only(nursery):
         service = "extra"
         group = "extra"
         required = false
-    """, plugins=[Aggregate])
+    """,
+        plugins=[Aggregate],
+    )
     async with gw.client() as client:
         first, second = await client.get("/agg"), await client.get("/agg")
         assert first.headers["cache-control"] == "public, max-age=60"
@@ -642,27 +754,46 @@ async def test_the_cache_keeps_complete_answers_only(nursery):
 # -- configuration ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ("", "backends: required key is missing"),
-    ('pass_status = true\n[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\n'
-     '[[routes.plugins.aggregate.backends]]\nname = "b"\nservice = "s"',
-     "pass_status: only a route with a single backend can pass its status through"),
-    ('[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\npath = "/{b.id}"\n'
-     '[[routes.plugins.aggregate.backends]]\nname = "b"\nservice = "s"',
-     "backends[0]: a placeholder {b.…} must name a backend listed before 'a'"),
-    ('[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\nallow = ["x"]\ndeny = ["y"]',
-     "allow and deny cannot be combined"),
-    ('timeout = "1s"\n[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\ntimeout = "2s"',
-     "backends[0].timeout: 2s is longer than the route's timeout (1s)"),
-    ('[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\npath = "/{x"',
-     "path: unbalanced brace in '/{x'"),
-    ('[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\npath = "/a b/{x}"',
-     "path: '/a b/{x}' has characters that must be percent-encoded"),
-    ('[[routes.plugins.aggregate.backends]]\nname = "query"\nservice = "s"',
-     "name: 'query' must be an identifier other than 'query' and 'header'"),
-    ('max_depth = 1000\n[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"',
-     "max_depth: must be between 1 and 256"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("", "backends: required key is missing"),
+        (
+            'pass_status = true\n[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\n'
+            '[[routes.plugins.aggregate.backends]]\nname = "b"\nservice = "s"',
+            "pass_status: only a route with a single backend can pass its status through",
+        ),
+        (
+            '[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\npath = "/{b.id}"\n'
+            '[[routes.plugins.aggregate.backends]]\nname = "b"\nservice = "s"',
+            "backends[0]: a placeholder {b.…} must name a backend listed before 'a'",
+        ),
+        (
+            '[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\nallow = ["x"]\ndeny = ["y"]',
+            "allow and deny cannot be combined",
+        ),
+        (
+            'timeout = "1s"\n[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\ntimeout = "2s"',
+            "backends[0].timeout: 2s is longer than the route's timeout (1s)",
+        ),
+        (
+            '[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\npath = "/{x"',
+            "path: unbalanced brace in '/{x'",
+        ),
+        (
+            '[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"\npath = "/a b/{x}"',
+            "path: '/a b/{x}' has characters that must be percent-encoded",
+        ),
+        (
+            '[[routes.plugins.aggregate.backends]]\nname = "query"\nservice = "s"',
+            "name: 'query' must be an identifier other than 'query' and 'header'",
+        ),
+        (
+            'max_depth = 1000\n[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"',
+            "max_depth: must be between 1 and 256",
+        ),
+    ],
+)
 async def test_invalid_settings_are_config_errors(nursery, settings, message):
     with pytest.raises(ConfigError) as e:
         await gateway(nursery, settings, s="http://127.0.0.1:1")

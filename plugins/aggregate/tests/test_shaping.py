@@ -45,8 +45,10 @@ def test_nesting_limit_matches_depth(limit):
         assert nesting_exceeds(value, limit) == (depth(value) > limit), value
 
 
-RULES = [backend(**r) for r in ({"allow": ["a", "b.c"]}, {"deny": ["a", "b.c"]},
-                                {"mapping": {"a": "b"}}, {"target": "b"}, {"group": "g"})]
+RULES = [
+    backend(**r)
+    for r in ({"allow": ["a", "b.c"]}, {"deny": ["a", "b.c"]}, {"mapping": {"a": "b"}}, {"target": "b"}, {"group": "g"})
+]
 
 
 def test_shaping_leaves_the_raw_answer_intact():

@@ -79,14 +79,18 @@ def delta_seconds(arg: str | None) -> int | None:
     return min(int(arg), MAX_DELTA)
 
 
-_MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_MONTHS = {
+    m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)
+}
 _DAY = "(?:mon|tue|wed|thu|fri|sat|sun)"
 _MON = "(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
 _TIME = r"(\d\d):(\d\d):(\d\d)"
 _IMF_FIXDATE = re.compile(rf"{_DAY}, (\d\d) {_MON} (\d{{4}}) {_TIME} GMT", re.I)
-_RFC850 = re.compile(rf"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday), "
-                     rf"(\d\d)-{_MON}-(\d\d) {_TIME} GMT", re.I)
+_RFC850 = re.compile(
+    rf"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday), "
+    rf"(\d\d)-{_MON}-(\d\d) {_TIME} GMT",
+    re.I,
+)
 _ASCTIME = re.compile(rf"{_DAY} {_MON} ([ \d]\d) {_TIME} (\d{{4}})", re.I)
 
 

@@ -15,9 +15,22 @@ __all__ = ["Entry", "Policy", "freshness_lifetime"]
 _KEEP_ON_MERGE = frozenset({b"content-length", b"transfer-encoding", b"x-cache-status"})
 # Never stored (RFC 9111 section 3.1): connection-specific fields, and what only
 # concerns the one exchange or the one user.
-_NOT_STORED = ("connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "trailer", "upgrade",
-               "proxy-authenticate", "proxy-authentication-info", "proxy-authorization",
-               "age", "x-cache-status", "set-cookie", "x-request-id")
+_NOT_STORED = (
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authentication-info",
+    "proxy-authorization",
+    "age",
+    "x-cache-status",
+    "set-cookie",
+    "x-request-id",
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,13 @@ class Entry:
 
     @classmethod
     def from_response(
-        cls, status: int, headers: Headers, body: bytes,
-        request_time: float, response_time: float, policy: Policy,
+        cls,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        request_time: float,
+        response_time: float,
+        policy: Policy,
     ) -> Entry:
         """Capture a response received at ``response_time`` for a request sent at ``request_time``."""
         age_value = delta_seconds((headers.get("age") or "").strip()) or 0
@@ -89,8 +107,14 @@ class Entry:
         for directive in ("no-cache", "private"):  # qualified forms: never store the listed fields
             if cc.get(directive):
                 stored.remove(*(f.strip() for f in (cc[directive] or "").split(",") if f.strip()))
-        return cls(status, stored.raw, body, response_time, max(apparent_age, corrected_age),
-                   freshness_lifetime(status, stored, response_time, policy))
+        return cls(
+            status,
+            stored.raw,
+            body,
+            response_time,
+            max(apparent_age, corrected_age),
+            freshness_lifetime(status, stored, response_time, policy),
+        )
 
     @property
     def view(self) -> Headers:
@@ -135,9 +159,15 @@ class Entry:
         return replace(fresh, upstream=self.upstream)
 
     def encode(self) -> bytes:
-        head = {"s": self.status, "h": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers],
-                "t": self.response_time, "a": self.initial_age, "l": self.lifetime, "k": self.keep_until,
-                "u": self.upstream}
+        head = {
+            "s": self.status,
+            "h": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers],
+            "t": self.response_time,
+            "a": self.initial_age,
+            "l": self.lifetime,
+            "k": self.keep_until,
+            "u": self.upstream,
+        }
         return json.dumps(head, separators=(",", ":")).encode() + b"\n" + self.body
 
     @classmethod
@@ -146,4 +176,4 @@ class Entry:
         h = json.loads(head)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h["h"]]
         upstream = tuple(h["u"]) if h.get("u") else None
-        return cls(h["s"], headers, body, h["t"], h["a"], h["l"], h["k"], upstream)  # type: ignore[arg-type]
+        return cls(h["s"], headers, body, h["t"], h["a"], h["l"], h["k"], upstream)

@@ -198,8 +198,9 @@ class Cache(Plugin):
             return None
         st.key = self.primary_key(request.scheme, request.host, request.path, request.query)
         st.consumer = self._consumer(ctx)
-        rcc = parse_cache_control(request.headers.get_all("cache-control")) \
-            if self.settings.request_cache_control else {}
+        rcc = (
+            parse_cache_control(request.headers.get_all("cache-control")) if self.settings.request_cache_control else {}
+        )
         if "no-store" in rcc:
             st.status = "BYPASS"
             return None
@@ -220,9 +221,9 @@ class Cache(Plugin):
                 if again is not None:
                     entry = again
                     verdict = self._verdict(entry, rcc)
-        if verdict == "HIT":
+        if verdict == "HIT" and entry is not None:  # _verdict answers FETCH when there is no entry
             return self._serve(st, entry, "HIT", request.headers)
-        if verdict in ("STALE", "REFRESH"):
+        if verdict in ("STALE", "REFRESH") and entry is not None:
             if verdict == "REFRESH":
                 self._refresh_soon(ctx, st, entry)
             return self._serve(st, entry, "STALE", request.headers)
@@ -432,7 +433,10 @@ class Cache(Plugin):
         entry.keep_until = now + ttl
         names = parse_vary(entry.view.get_all("vary"))
         self._vary_hint[key] = names
-        items = {"v" + consumer: ",".join(names), self._variant(consumer, names, request_headers): entry}
+        items: dict[str, str | Entry] = {
+            "v" + consumer: ",".join(names),
+            self._variant(consumer, names, request_headers): entry,
+        }
         try:
             await self.store.put(key, items, ttl)
         except StoreUnavailable:
@@ -504,14 +508,15 @@ class Cache(Plugin):
         if request.method != "POST":
             raise HTTPError(405, "Use POST.", {"allow": "POST"})
         try:
-            data = json.loads(request.body or b"null")
+            data = json.loads(await request.read(None) or b"null")
         except (ValueError, TypeError):
             raise HTTPError(400, "The body must be JSON.") from None
-        if not isinstance(data, dict) or len(data) != 1 or not (
-            isinstance(data.get("key"), str) or isinstance(data.get("prefix"), str) or data.get("all") is True
+        if (
+            not isinstance(data, dict)
+            or len(data) != 1
+            or not (isinstance(data.get("key"), str) or isinstance(data.get("prefix"), str) or data.get("all") is True)
         ):
-            raise HTTPError(400, 'Send one of {"key": "http://host/path?query"}, {"prefix": "/path"} '
-                                 'or {"all": true}.')
+            raise HTTPError(400, 'Send one of {"key": "http://host/path?query"}, {"prefix": "/path"} or {"all": true}.')
         purged = 0
         try:
             for store in self._all_stores():

@@ -10,8 +10,9 @@ from .entry import Entry
 __all__ = ["respond", "shareable"]
 
 # Fields a 304 answer carries over from the stored 200 (RFC 9110 section 15.4.5).
-_NOT_MODIFIED_FIELDS = frozenset({b"cache-control", b"content-location", b"date", b"etag", b"expires",
-                                  b"vary", b"last-modified", b"age"})
+_NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified", b"age"}
+)
 
 
 def shareable(entry: Entry) -> bool:
@@ -27,8 +28,7 @@ def _not_modified(entry: Entry, conditionals: Headers | None) -> bool:
         return weak_match(inm, entry.header("etag"))
     if (ims := http_date(conditionals.get("if-modified-since"))) is not None:
         # RFC 9111 section 4.3.2: Last-Modified, else Date, else when it was received.
-        modified = http_date(entry.header("last-modified")) or http_date(entry.header("date")) \
-            or entry.response_time
+        modified = http_date(entry.header("last-modified")) or http_date(entry.header("date")) or entry.response_time
         return modified <= ims
     return False
 
@@ -38,8 +38,12 @@ def _byte_range(spec: str | None, size: int) -> tuple[int, int] | None:
     if not spec or not spec.startswith("bytes=") or "," in spec or size == 0:
         return None
     first, dash, last = spec[6:].strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
-            or (last and not last.isdigit()):
+    if (
+        not dash
+        or not (first.isdigit() or last.isdigit())
+        or (first and not first.isdigit())
+        or (last and not last.isdigit())
+    ):
         return None
     if not first:  # suffix: the last N bytes
         n = int(last)
@@ -61,5 +65,5 @@ def respond(entry: Entry, now: float, conditionals: Headers | None, range_: str 
             start, end = span
             headers.set("content-range", f"bytes {start}-{end}/{len(body)}")
             headers.set("content-length", str(end - start + 1))
-            return Response(206, headers, body[start:end + 1])
+            return Response(206, headers, body[start : end + 1])
     return Response(entry.status, headers, body)

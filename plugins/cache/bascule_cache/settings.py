@@ -13,38 +13,52 @@ __all__ = ["CacheSettings"]
 @dataclass(frozen=True)
 class CacheSettings:
     backend: Literal["memory", "redis"] = setting("memory", 'Where entries live: "memory" (this process) or "redis".')
-    redis_url: Secret | None = setting(None, "Redis URL (redis://host:port/db) when backend = \"redis\".")
+    redis_url: Secret | None = setting(None, 'Redis URL (redis://host:port/db) when backend = "redis".')
     redis_timeout: Duration = setting(0.25, "Time limit of one Redis call; beyond it the request bypasses the cache.")
     key_prefix: str = setting("bascule:cache:", "Prefix of the Redis keys.")
-    max_size: ByteSize = setting(64 * 1024**2, "Total size of the in-process cache, in bytes (least recently "
-                                 "used URIs are evicted first).")
-    max_object_size: ByteSize = setting(1024**2, "Largest body stored; larger or unknown-length bodies stream "
-                                        "through uncached.")
-    methods: list[str] = setting(["GET", "HEAD"], "Methods answered from the cache (GET and/or HEAD; "
-                                 "HEAD is answered from a stored GET).")
-    statuses: list[int] | None = setting(None, "Response statuses that may be stored; unset: every final "
-                                         "status but 206 and 304 (with explicit freshness, or heuristic "
-                                         "freshness for the ones cacheable by default).")
-    content_types: list[str] = setting([], "Media types that may be stored (e.g. \"application/json\"); "
-                                       "empty: any.")
-    default_ttl: Duration = setting(0.0, "Freshness of a cacheable-by-default response that states none "
-                                    "(no max-age, s-maxage, Expires or Last-Modified).")
-    heuristic_max: Duration = setting(86400.0, "Cap of heuristic freshness (10% of the time since "
-                                      "Last-Modified).")
-    keep_stale: Duration = setting(3600.0, "How long a stale entry with a validator is kept for revalidation "
-                                   "and stale-if-error.")
-    request_cache_control: bool = setting(True, "Honour the client's Cache-Control (no-cache, max-age, "
-                                          "min-fresh, max-stale, only-if-cached, no-store).")
-    query_params: list[str] | None = setting(None, "Query parameters in the key (sorted); unset: the whole "
-                                             "query string as sent.")
+    max_size: ByteSize = setting(
+        64 * 1024**2, "Total size of the in-process cache, in bytes (least recently used URIs are evicted first)."
+    )
+    max_object_size: ByteSize = setting(
+        1024**2, "Largest body stored; larger or unknown-length bodies stream through uncached."
+    )
+    methods: list[str] = setting(
+        ["GET", "HEAD"], "Methods answered from the cache (GET and/or HEAD; HEAD is answered from a stored GET)."
+    )
+    statuses: list[int] | None = setting(
+        None,
+        "Response statuses that may be stored; unset: every final "
+        "status but 206 and 304 (with explicit freshness, or heuristic "
+        "freshness for the ones cacheable by default).",
+    )
+    content_types: list[str] = setting([], 'Media types that may be stored (e.g. "application/json"); empty: any.')
+    default_ttl: Duration = setting(
+        0.0,
+        "Freshness of a cacheable-by-default response that states none "
+        "(no max-age, s-maxage, Expires or Last-Modified).",
+    )
+    heuristic_max: Duration = setting(86400.0, "Cap of heuristic freshness (10% of the time since Last-Modified).")
+    keep_stale: Duration = setting(
+        3600.0, "How long a stale entry with a validator is kept for revalidation and stale-if-error."
+    )
+    request_cache_control: bool = setting(
+        True, "Honour the client's Cache-Control (no-cache, max-age, min-fresh, max-stale, only-if-cached, no-store)."
+    )
+    query_params: list[str] | None = setting(
+        None, "Query parameters in the key (sorted); unset: the whole query string as sent."
+    )
     ignore_query_params: list[str] = setting([], "Query parameters left out of the key (e.g. utm_source).")
     per_consumer: bool = setting(False, "Key entries by the authenticated consumer too (personalised routes).")
-    store_set_cookie: bool = setting(False, "Store responses carrying Set-Cookie (the Set-Cookie field "
-                                     "itself is never stored).")
+    store_set_cookie: bool = setting(
+        False, "Store responses carrying Set-Cookie (the Set-Cookie field itself is never stored)."
+    )
     coalesce: bool = setting(True, "Concurrent misses for one URI wait for a single upstream request.")
     coalesce_timeout: Duration = setting(5.0, "How long a coalesced request waits before going upstream itself.")
-    uncacheable_ttl: Duration = setting(10.0, "After a response that could not be stored, misses of its URI go "
-                                        "upstream at once (no coalescing) for this long.")
+    uncacheable_ttl: Duration = setting(
+        10.0,
+        "After a response that could not be stored, misses of its URI go "
+        "upstream at once (no coalescing) for this long.",
+    )
     purge_path: str = setting("/cache/purge", "Admin listener path of the purge endpoint.")
 
     def __post_init__(self) -> None:

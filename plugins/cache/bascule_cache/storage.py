@@ -134,8 +134,9 @@ class RedisStore:
         import coredis
         from coredis.retry import NoRetryPolicy
 
-        self.client: Any = coredis.Redis.from_url(url, connect_timeout=timeout, stream_timeout=timeout,
-                                                  retry_policy=NoRetryPolicy())
+        self.client: Any = coredis.Redis.from_url(
+            url, connect_timeout=timeout, stream_timeout=timeout, retry_policy=NoRetryPolicy()
+        )
         self.prefix = prefix
         self.timeout = timeout
         self.ready = False
@@ -187,13 +188,15 @@ class RedisStore:
     async def delete(self, keys: list[str]) -> int:
         if not keys:
             return 0
-        return int(await self._call(lambda: self.client.delete([self.prefix + k for k in keys]),
-                                    max(self.timeout, 10.0)))
+        return int(
+            await self._call(lambda: self.client.delete([self.prefix + k for k in keys]), max(self.timeout, 10.0))
+        )
 
     async def _keys(self) -> list[str]:
         async def scan() -> list[str]:
             return [k.decode("latin-1") async for k in self.client.scan_iter(match=self.prefix + "*", count=1000)]
-        return [k[len(self.prefix):] for k in await self._call(scan, max(self.timeout, 30.0))]
+
+        return [k[len(self.prefix) :] for k in await self._call(scan, max(self.timeout, 30.0))]
 
     async def purge_prefix(self, prefix: str) -> int:
         return await self.delete([k for k in await self._keys() if uri_path(k).startswith(prefix)])

@@ -116,8 +116,11 @@ async def test_age_includes_the_age_the_upstream_reported(nursery, cache_cls, cl
 
 async def test_s_maxage_wins_over_max_age_and_expires_is_used_without_them(nursery, cache_cls, clock):
     async def handler(request):
-        h = ({"cache-control": "max-age=100, s-maxage=2"} if request.path.endswith("/s")
-             else {"expires": "Thu, 01 Jan 1970 00:00:00 GMT"})
+        h = (
+            {"cache-control": "max-age=100, s-maxage=2"}
+            if request.path.endswith("/s")
+            else {"expires": "Thu, 01 Jan 1970 00:00:00 GMT"}
+        )
         return Response(200, {"content-length": "2", **h}, b"ok")
 
     upstream, gw = await setup(nursery, cache_cls, handler)
@@ -181,8 +184,7 @@ async def test_no_cache_response_is_stored_but_revalidated_every_time(nursery, c
     async def handler(request):
         if request.header("if-none-match") == '"v1"':
             return Response(304, {"etag": '"v1"'}, b"")
-        return Response(200, {"cache-control": "no-cache, max-age=60", "etag": '"v1"', "content-length": "4"},
-                        b"data")
+        return Response(200, {"cache-control": "no-cache, max-age=60", "etag": '"v1"', "content-length": "4"}, b"data")
 
     upstream, gw = await setup(nursery, cache_cls, handler)
     async with gw.client() as c:
@@ -195,8 +197,11 @@ async def test_no_cache_response_is_stored_but_revalidated_every_time(nursery, c
 async def test_vary_stores_one_variant_per_request_header_value(nursery, cache_cls):
     async def handler(request):
         lang = request.header("accept-language") or "none"
-        return Response(200, {"cache-control": "max-age=60", "vary": "Accept-Language",
-                              "content-length": str(len(lang))}, lang.encode())
+        return Response(
+            200,
+            {"cache-control": "max-age=60", "vary": "Accept-Language", "content-length": str(len(lang))},
+            lang.encode(),
+        )
 
     upstream, gw = await setup(nursery, cache_cls, handler)
     async with gw.client() as c:
@@ -226,9 +231,17 @@ async def test_stale_entry_is_revalidated_and_a_304_refreshes_it(nursery, cache_
     async def handler(request):
         if request.header("if-none-match") == '"v1"':
             return Response(304, {"etag": '"v1"', "cache-control": "max-age=10", "x-extra": "new"}, b"")
-        return Response(200, {"etag": '"v1"', "cache-control": "max-age=10", "x-extra": "old",
-                              "last-modified": "Thu, 01 Jan 2015 00:00:00 GMT", "content-length": "7"},
-                        b"payload")
+        return Response(
+            200,
+            {
+                "etag": '"v1"',
+                "cache-control": "max-age=10",
+                "x-extra": "old",
+                "last-modified": "Thu, 01 Jan 2015 00:00:00 GMT",
+                "content-length": "7",
+            },
+            b"payload",
+        )
 
     upstream, gw = await setup(nursery, cache_cls, handler)
     async with gw.client() as c:
@@ -295,8 +308,9 @@ async def test_request_max_stale_and_min_fresh(nursery, cache_cls, clock):
 
 
 async def test_request_cache_control_can_be_ignored_by_config(nursery, cache_cls):
-    upstream, gw = await setup(nursery, cache_cls, responder({"cache-control": "max-age=60"}),
-                               request_cache_control=False)
+    upstream, gw = await setup(
+        nursery, cache_cls, responder({"cache-control": "max-age=60"}), request_cache_control=False
+    )
     async with gw.client() as c:
         await c.get("/api/a")
         r = await c.get("/api/a", headers={"cache-control": "no-cache"})
@@ -357,8 +371,7 @@ async def test_coalesced_requests_wait_at_most_coalesce_timeout(nursery, cache_c
 
 
 async def test_stale_while_revalidate_serves_stale_and_refreshes_in_background(nursery, cache_cls, clock):
-    upstream, gw = await setup(nursery, cache_cls,
-                               responder({"cache-control": "max-age=1, stale-while-revalidate=30"}))
+    upstream, gw = await setup(nursery, cache_cls, responder({"cache-control": "max-age=1, stale-while-revalidate=30"}))
     async with gw.client() as c:
         await c.get("/api/a")
         clock.advance(5)
@@ -463,9 +476,14 @@ class HeaderAuth(Plugin):
 
 async def test_per_consumer_key_keeps_consumers_apart(nursery, cache_cls):
     upstream = await start_upstream(nursery, responder({"cache-control": "max-age=60"}))
-    gw = await start_gateway(nursery, config(upstream.url, per_consumer=True) + """
+    gw = await start_gateway(
+        nursery,
+        config(upstream.url, per_consumer=True)
+        + """
         [routes.plugins.header-auth]
-        """, plugins=[cache_cls, HeaderAuth])
+        """,
+        plugins=[cache_cls, HeaderAuth],
+    )
     async with gw.client() as c:
         a1 = await c.get("/api/me", headers={"x-user": "alice"})
         b1 = await c.get("/api/me", headers={"x-user": "bob"})
@@ -476,8 +494,9 @@ async def test_per_consumer_key_keeps_consumers_apart(nursery, cache_cls):
 
 
 async def test_key_uses_the_configured_query_parameters(nursery, cache_cls):
-    upstream, gw = await setup(nursery, cache_cls, responder({"cache-control": "max-age=60"}),
-                               ignore_query_params=["utm_source"])
+    upstream, gw = await setup(
+        nursery, cache_cls, responder({"cache-control": "max-age=60"}), ignore_query_params=["utm_source"]
+    )
     async with gw.client() as c:
         await c.get("/api/a?page=1&utm_source=mail")
         same = await c.get("/api/a?utm_source=web&page=1")
@@ -501,8 +520,11 @@ async def test_host_is_part_of_the_key(nursery, cache_cls):
 async def test_unsafe_method_invalidates_uri_and_location(nursery, cache_cls):
     async def handler(request):
         if request.method == "POST":
-            return Response(201, {"location": "/api/items/1", "content-location": "http://elsewhere/api/x",
-                                  "content-length": "0"}, b"")
+            return Response(
+                201,
+                {"location": "/api/items/1", "content-location": "http://elsewhere/api/x", "content-length": "0"},
+                b"",
+            )
         if request.method == "DELETE":
             return Response(404, {"content-length": "0"}, b"")
         return Response(200, {"cache-control": "max-age=60", "content-length": "2"}, b"ok")
@@ -529,10 +551,15 @@ async def test_bodies_up_to_max_object_size_are_stored_larger_ones_stream_throug
         return Response(200, {"cache-control": "max-age=60", "content-length": str(size)}, b"x" * size)
 
     upstream = await start_upstream(nursery, handler)
-    gw = await start_gateway(nursery, """
+    gw = await start_gateway(
+        nursery,
+        """
         [gateway]
         buffer_size = 1000
-        """ + config(upstream.url, max_object_size=2048), plugins=[cache_cls])
+        """
+        + config(upstream.url, max_object_size=2048),
+        plugins=[cache_cls],
+    )
     async with gw.client() as c:
         for size in (2048, 2049, 500):
             await c.get(f"/api/{size}")
@@ -560,8 +587,13 @@ async def test_unknown_length_bodies_are_not_stored(nursery, cache_cls):
 
 
 async def test_in_process_cache_is_bounded_by_total_bytes(nursery, cache_cls):
-    upstream, gw = await setup(nursery, cache_cls, responder({"cache-control": "max-age=60"}, b"x" * 1000),
-                               max_size="4000", max_object_size="1500")
+    upstream, gw = await setup(
+        nursery,
+        cache_cls,
+        responder({"cache-control": "max-age=60"}, b"x" * 1000),
+        max_size="4000",
+        max_object_size="1500",
+    )
     async with gw.client() as c:
         for name in "abc":
             await c.get(f"/api/{name}")
@@ -608,8 +640,7 @@ async def test_invalid_settings_are_config_errors(nursery):
     with pytest.raises(ConfigError, match="redis_url is required"):
         await start_gateway(nursery, config(upstream.url, backend="redis"), plugins=[Cache])
     with pytest.raises(ConfigError, match="redis_url must start with"):
-        await start_gateway(nursery, config(upstream.url, backend="redis", redis_url="localhost:6379"),
-                            plugins=[Cache])
+        await start_gateway(nursery, config(upstream.url, backend="redis", redis_url="localhost:6379"), plugins=[Cache])
     with pytest.raises(ConfigError, match="max_object_size cannot exceed max_size"):
         await start_gateway(nursery, config(upstream.url, max_size="1KiB", max_object_size="2KiB"), plugins=[Cache])
 
@@ -656,9 +687,14 @@ async def test_cache_status_is_tagged_for_logs_and_metrics(nursery, cache_cls):
             seen.append(ctx.tags.get("cache"))
 
     upstream = await start_upstream(nursery, responder({"cache-control": "max-age=60"}))
-    gw = await start_gateway(nursery, config(upstream.url) + """
+    gw = await start_gateway(
+        nursery,
+        config(upstream.url)
+        + """
         [routes.plugins.recorder]
-        """, plugins=[cache_cls, Recorder])
+        """,
+        plugins=[cache_cls, Recorder],
+    )
     async with gw.client() as c:
         await c.get("/api/a")
         await c.get("/api/a")

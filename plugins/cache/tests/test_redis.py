@@ -20,8 +20,9 @@ async def until(predicate, timeout: float = 10) -> None:
 async def counting(request):
     if request.method == "POST":
         return Response(204, {}, b"")
-    return Response(200, {"cache-control": "max-age=60", "vary": "accept", "etag": '"e"',
-                          "content-length": "5"}, b"hello")
+    return Response(
+        200, {"cache-control": "max-age=60", "vary": "accept", "etag": '"e"', "content-length": "5"}, b"hello"
+    )
 
 
 def config(upstream_url: str, redis_url: str) -> str:
@@ -82,8 +83,9 @@ async def test_a_redis_slower_than_redis_timeout_is_bypassed(nursery):
 
     with RedisServer() as redis:
         upstream = await start_upstream(nursery, counting)
-        gw = await start_gateway(nursery, config(upstream.url, redis.url).replace('"500ms"', '"200ms"'),
-                                 plugins=[Cache])
+        gw = await start_gateway(
+            nursery, config(upstream.url, redis.url).replace('"500ms"', '"200ms"'), plugins=[Cache]
+        )
         await started(gw)
         async with gw.client() as c:
             await c.get("/api/a")

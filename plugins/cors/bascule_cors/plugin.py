@@ -51,8 +51,7 @@ class CORS(Plugin):
         names = _field_names(request.headers.get_all("access-control-request-headers"))
         refused = [n for n in names if not s.allows_header(n)]
         if refused:
-            raise HTTPError(403, f"Request header(s) not allowed cross-origin: {', '.join(refused)}.",
-                            {"vary": vary})
+            raise HTTPError(403, f"Request header(s) not allowed cross-origin: {', '.join(refused)}.", {"vary": vary})
         headers = Headers()
         headers.set("access-control-allow-methods", requested)
         if names:

@@ -26,7 +26,7 @@ class CORSSettings:
     )
     headers: list[str] = setting([], 'Request headers a page may send (beyond the CORS-safelisted ones; "*": any).')
     expose_headers: list[str] = setting([], "Response headers a page may read beyond the safelisted ones.")
-    credentials: bool = setting(False, "Allow cookies and Authorization (needs explicit origins, not \"*\").")
+    credentials: bool = setting(False, 'Allow cookies and Authorization (needs explicit origins, not "*").')
     max_age: Duration | None = setting(None, 'How long a browser may cache a preflight answer, e.g. "10m".')
     # Derived once: lower-case lookups used per request.
     any_origin: bool = field(init=False, repr=False)
@@ -68,7 +68,7 @@ class CORSSettings:
         for scheme, suffix in self.origin_suffixes:
             # "https://*.example.com" allows "https://a.example.com", not "https://example.com".
             if origin.startswith(scheme) and origin.endswith(suffix) and len(origin) > len(scheme) + len(suffix):
-                subdomain = origin[len(scheme):-len(suffix)]
+                subdomain = origin[len(scheme) : -len(suffix)]
                 if ":" not in subdomain and "/" not in subdomain:
                     return True
         return False

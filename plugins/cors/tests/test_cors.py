@@ -43,11 +43,18 @@ def preflight(method: str = "POST", origin: str = APP, headers: str | None = Non
 
 async def test_preflight_is_answered_at_the_gateway(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, f"""
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            f"""
         origins = ["{APP}"]
         headers = ["Content-Type", "X-Trace"]
         max_age = "10m"
-    """), plugins=[CORS])
+    """,
+        ),
+        plugins=[CORS],
+    )
     async with gw.client() as client:
         r = await client.options("/api/orders", headers=preflight("POST", headers="content-type, x-trace"))
     assert r.status_code == 204
@@ -60,18 +67,28 @@ async def test_preflight_is_answered_at_the_gateway(nursery):
     assert upstream.requests == []  # never reached the service
 
 
-@pytest.mark.parametrize(("headers", "detail"), [
-    (preflight(origin="https://evil.example.net"), "Origin https://evil.example.net is not allowed"),
-    (preflight(method="PUT"), "Method PUT is not allowed"),
-    (preflight(headers="x-trace, x-secret"), "x-secret"),
-])
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        (preflight(origin="https://evil.example.net"), "Origin https://evil.example.net is not allowed"),
+        (preflight(method="PUT"), "Method PUT is not allowed"),
+        (preflight(headers="x-trace, x-secret"), "x-secret"),
+    ],
+)
 async def test_refused_preflight_is_403_without_cors_headers(nursery, headers, detail):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, f"""
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            f"""
         origins = ["{APP}"]
         methods = ["GET", "POST"]
         headers = ["x-trace"]
-    """), plugins=[CORS])
+    """,
+        ),
+        plugins=[CORS],
+    )
     async with gw.client() as client:
         r = await client.options("/api/orders", headers=headers)
     assert r.status_code == 403
@@ -84,15 +101,25 @@ async def test_refused_preflight_is_403_without_cors_headers(nursery, headers, d
 async def test_actual_request_from_allowed_origin_gets_cors_headers(nursery):
     async def service(request):
         # A service with its own (conflicting) CORS answer: the gateway's wins.
-        return Response(200, {"access-control-allow-origin": "*", "vary": "Accept-Encoding",
-                              "x-total": "3", "content-length": "2"}, b"[]")
+        return Response(
+            200,
+            {"access-control-allow-origin": "*", "vary": "Accept-Encoding", "x-total": "3", "content-length": "2"},
+            b"[]",
+        )
 
     upstream = await start_upstream(nursery, service)
-    gw = await start_gateway(nursery, config(upstream.url, f"""
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            f"""
         origins = ["{APP}"]
         credentials = true
         expose_headers = ["X-Total"]
-    """), plugins=[CORS])
+    """,
+        ),
+        plugins=[CORS],
+    )
     async with gw.client() as client:
         r = await client.get("/api/orders", headers={"origin": APP, "cookie": "session=1"})
     assert r.status_code == 200
@@ -130,8 +157,7 @@ async def test_any_origin_without_credentials_answers_star(nursery):
 
 async def test_subdomain_wildcard(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, 'origins = ["https://*.example.com"]'),
-                             plugins=[CORS])
+    gw = await start_gateway(nursery, config(upstream.url, 'origins = ["https://*.example.com"]'), plugins=[CORS])
     async with gw.client() as client:
         sub = await client.get("/api/x", headers={"origin": "https://shop.example.com"})
         apex = await client.get("/api/x", headers={"origin": "https://example.com"})
@@ -166,13 +192,16 @@ async def test_only_on_its_route(nursery):
     assert [q.method for q in upstream.requests] == ["GET", "OPTIONS"]
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ("credentials = true", 'credentials: true needs explicit origins'),
-    ('origins = ["app.example.com"]', "'app.example.com' is not"),
-    ('methods = ["GET POST"]', "is not a valid method"),
-    ('headers = ["x trace"]', "is not a valid header name"),
-    ('max_age = "soon"', "expected a duration"),
-])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("credentials = true", "credentials: true needs explicit origins"),
+        ('origins = ["app.example.com"]', "'app.example.com' is not"),
+        ('methods = ["GET POST"]', "is not a valid method"),
+        ('headers = ["x trace"]', "is not a valid header name"),
+        ('max_age = "soon"', "expected a duration"),
+    ],
+)
 async def test_invalid_settings_are_config_errors(nursery, table, message):
     with pytest.raises(ConfigError, match=message) as e:
         await start_gateway(nursery, config("http://127.0.0.1:9", table), plugins=[CORS])

@@ -65,8 +65,9 @@ class JwksSource:
                 raise ValueError("no usable signing keys in the document")
         except Exception as e:  # any failure: keep serving the last good set
             self.healthy = False
-            log.warning("JWKS %s: fetch failed (%s); keeping %d known keys", self.url,
-                        e or type(e).__name__, len(self.keys))
+            log.warning(
+                "JWKS %s: fetch failed (%s); keeping %d known keys", self.url, e or type(e).__name__, len(self.keys)
+            )
             return False
         self.keys = tuple(keys)
         self.healthy = True

@@ -17,23 +17,45 @@ from typing import Any
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-__all__ = ["ALGORITHMS", "VerificationKey", "check_algorithms", "key_from_jwk", "key_from_pem",
-           "key_from_secret", "keys_from_jwks"]
+__all__ = [
+    "ALGORITHMS",
+    "VerificationKey",
+    "check_algorithms",
+    "key_from_jwk",
+    "key_from_pem",
+    "key_from_secret",
+    "keys_from_jwks",
+]
 
 log = logging.getLogger("bascule.jwt")
 
 # Algorithm -> the kind of key it needs ("oct" is a shared secret).
 ALGORITHMS: dict[str, str] = {
-    "HS256": "oct", "HS384": "oct", "HS512": "oct",
-    "RS256": "RSA", "RS384": "RSA", "RS512": "RSA",
-    "PS256": "RSA", "PS384": "RSA", "PS512": "RSA",
-    "ES256": "P-256", "ES384": "P-384", "ES512": "P-521",
+    "HS256": "oct",
+    "HS384": "oct",
+    "HS512": "oct",
+    "RS256": "RSA",
+    "RS384": "RSA",
+    "RS512": "RSA",
+    "PS256": "RSA",
+    "PS384": "RSA",
+    "PS512": "RSA",
+    "ES256": "P-256",
+    "ES384": "P-384",
+    "ES512": "P-521",
     "EdDSA": "OKP",
 }
-_DEFAULT_ALGORITHM = {"oct": "HS256", "RSA": "RS256", "P-256": "ES256", "P-384": "ES384",
-                      "P-521": "ES512", "OKP": "EdDSA"}
+_DEFAULT_ALGORITHM = {
+    "oct": "HS256",
+    "RSA": "RS256",
+    "P-256": "ES256",
+    "P-384": "ES384",
+    "P-521": "ES512",
+    "OKP": "EdDSA",
+}
 _CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _PRIVATE = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 §3.2
@@ -54,9 +76,7 @@ class VerificationKey:
     issuer: str | None = None
 
     def accepts(self, alg: str, kid: str | None, iss: str | None) -> bool:
-        return (alg in self.algorithms
-                and self.kid == kid
-                and (self.issuer is None or self.issuer == iss))
+        return alg in self.algorithms and self.kid == kid and (self.issuer is None or self.issuer == iss)
 
 
 def key_kind(key: Any) -> str:
@@ -87,17 +107,20 @@ def check_algorithms(algorithms: Iterable[str], kind: str, key: Any = None) -> f
     return algs
 
 
-def key_from_secret(secret: str, algorithms: Iterable[str], kid: str | None = None,
-                    issuer: str | None = None) -> VerificationKey:
+def key_from_secret(
+    secret: str, algorithms: Iterable[str], kid: str | None = None, issuer: str | None = None
+) -> VerificationKey:
     """An HMAC secret (UTF-8 text)."""
     raw = secret.encode()
     return VerificationKey(raw, check_algorithms(algorithms, "oct", raw), kid, issuer)
 
 
-def key_from_pem(pem: str, algorithms: Iterable[str], kid: str | None = None,
-                 issuer: str | None = None) -> VerificationKey:
+def key_from_pem(
+    pem: str, algorithms: Iterable[str], kid: str | None = None, issuer: str | None = None
+) -> VerificationKey:
     """A PEM public key, certificate, or private key (only its public half is kept)."""
     data = pem.encode()
+    key: PublicKeyTypes  # any type loads; key_kind refuses those no JWT algorithm uses
     try:
         if b"CERTIFICATE" in data:
             key = x509.load_pem_x509_certificate(data).public_key()
@@ -110,8 +133,9 @@ def key_from_pem(pem: str, algorithms: Iterable[str], kid: str | None = None,
     return VerificationKey(key, check_algorithms(algorithms, key_kind(key), key), kid, issuer)
 
 
-def key_from_jwk(jwk: Mapping[str, Any] | str, algorithms: Iterable[str] = (), issuer: str | None = None,
-                 *, from_url: bool = False) -> VerificationKey:
+def key_from_jwk(
+    jwk: Mapping[str, Any] | str, algorithms: Iterable[str] = (), issuer: str | None = None, *, from_url: bool = False
+) -> VerificationKey:
     """A JWK (RFC 7517), as a mapping or JSON text.
 
     Its ``alg`` member, if any, binds it (and must be among ``algorithms``
@@ -148,7 +172,9 @@ def key_from_jwk(jwk: Mapping[str, Any] | str, algorithms: Iterable[str] = (), i
 def _any_alg(kty: Any, data: Mapping[str, Any]) -> str:
     """An algorithm PyJWK can load the key with (binding is decided separately)."""
     if kty == "EC":
-        return {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}.get(data.get("crv"), "ES256")
+        crv = data.get("crv")
+        curves = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+        return curves.get(crv, "ES256") if isinstance(crv, str) else "ES256"
     return {"oct": "HS256", "RSA": "RS256", "OKP": "EdDSA"}.get(kty, "RS256")
 
 

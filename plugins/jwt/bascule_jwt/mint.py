@@ -20,9 +20,19 @@ from bascule_sdk.settings import parse_duration, resolve_secret
 __all__ = ["main", "mint"]
 
 
-def mint(key: str | bytes, algorithm: str = "HS256", *, sub: str, ttl: float = 3600.0,
-         issuer: str | None = None, audience: str | None = None, scope: str | None = None,
-         kid: str | None = None, claims: dict[str, str] | None = None, now: float | None = None) -> str:
+def mint(
+    key: str | bytes,
+    algorithm: str = "HS256",
+    *,
+    sub: str,
+    ttl: float = 3600.0,
+    issuer: str | None = None,
+    audience: str | None = None,
+    scope: str | None = None,
+    kid: str | None = None,
+    claims: dict[str, str] | None = None,
+    now: float | None = None,
+) -> str:
     """A signed token with ``sub``, ``iat``, ``exp`` and the given optional claims."""
     issued = int(time.time() if now is None else now)
     payload: dict[str, object] = {"sub": sub, "iat": issued, "exp": issued + int(ttl)}
@@ -54,9 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.key_file, "rb") as f:
                 signing_key = f.read()
         claims = dict(c.split("=", 1) for c in args.claim if "=" in c)
-        token = mint(signing_key, args.alg or ("HS256" if args.secret is not None else "RS256"), sub=args.sub,
-                     ttl=parse_duration(args.ttl), issuer=args.iss, audience=args.aud, scope=args.scope,
-                     kid=args.kid, claims=claims)
+        token = mint(
+            signing_key,
+            args.alg or ("HS256" if args.secret is not None else "RS256"),
+            sub=args.sub,
+            ttl=parse_duration(args.ttl),
+            issuer=args.iss,
+            audience=args.aud,
+            scope=args.scope,
+            kid=args.kid,
+            claims=claims,
+        )
     except (OSError, ValueError, jwt.PyJWTError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@ import trio
 from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
 from bascule_sdk.identity import set_identity, strip_identity
 
-from .settings import Credentials, Settings
+from .settings import Credentials
+from .settings import Settings as JWTSettings
 from .verifier import TokenError, Verifier
 
 __all__ = ["JWTPlugin"]
@@ -24,22 +25,25 @@ class JWTPlugin(Plugin):
 
     name = "jwt"
     priority = 1000
-    Settings = Settings
+    Settings = JWTSettings
     Credentials = Credentials
+    settings: JWTSettings
 
-    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+    def __init__(self, settings: JWTSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
         self.verifier = Verifier(settings, self.name)
         self._anonymous: Consumer | None = None
         self._claim_header_names = frozenset(h.lower().encode() for h in settings.claim_headers.values())
-        self._refresh = trio.CancelScope()
+        self._stopped = trio.Event()
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
         if self.settings.anonymous:
             if self.settings.anonymous not in gateway.consumers:
-                raise ValueError(f"plugin {self.instance!r}: anonymous consumer "
-                                 f"{self.settings.anonymous!r} is not declared under [consumers]")
+                raise ValueError(
+                    f"plugin {self.instance!r}: anonymous consumer "
+                    f"{self.settings.anonymous!r} is not declared under [consumers]"
+                )
             self._anonymous = gateway.consumers[self.settings.anonymous]
         self.verifier.bind_consumers(gateway.consumers)
         await self.verifier.open()
@@ -47,12 +51,16 @@ class JWTPlugin(Plugin):
             gateway.start_soon(self._keep_fresh)
 
     async def _keep_fresh(self) -> None:
-        with self._refresh:
-            await self.verifier.keep_fresh()
+        """Refresh the key sets until ``shutdown``. Supervised: a run that failed
+        starts again, and one that starts after ``shutdown`` ends at once."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.verifier.keep_fresh)
+            await self._stopped.wait()
+            nursery.cancel_scope.cancel()
 
     @hookimpl
     async def shutdown(self) -> None:
-        self._refresh.cancel()
+        self._stopped.set()
         await self.verifier.aclose()
 
     @hookimpl
@@ -77,8 +85,15 @@ class JWTPlugin(Plugin):
             raise HTTPError(403, "The token's subject is not a known consumer.")
         missing = [scope for scope in s.scopes if scope not in verified.scopes]
         if missing:
-            raise HTTPError(403, "The token lacks a required scope.", {"WWW-Authenticate": self._challenge(
-                "insufficient_scope", "The token lacks a required scope.", " ".join(s.scopes))})
+            raise HTTPError(
+                403,
+                "The token lacks a required scope.",
+                {
+                    "WWW-Authenticate": self._challenge(
+                        "insufficient_scope", "The token lacks a required scope.", " ".join(s.scopes)
+                    )
+                },
+            )
         ctx.consumer = verified.consumer
 
     @hookimpl

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -20,6 +20,9 @@ from cachetools import TTLCache
 from .jwks import JwksSource
 from .keys import ALGORITHMS, VerificationKey
 from .settings import Credentials, Settings, as_list
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 __all__ = ["TokenError", "Verified", "Verifier"]
 
@@ -62,8 +65,12 @@ class Verifier:
         self.plugin_name = plugin_name
         self.static: tuple[VerificationKey, ...] = tuple(k.loaded for k in settings.keys)
         self.sources = tuple(
-            JwksSource(c, ttl=settings.jwks_cache_ttl, refetch_interval=settings.jwks_refetch_interval,
-                       max_size=settings.jwks_max_size)
+            JwksSource(
+                c,
+                ttl=settings.jwks_cache_ttl,
+                refetch_interval=settings.jwks_refetch_interval,
+                max_size=settings.jwks_max_size,
+            )
             for c in settings.jwks
         )
         self._issuer_bound = any(k.issuer for k in self.static) or any(s.issuer for s in self.sources)
@@ -72,8 +79,7 @@ class Verifier:
         self._cache: TTLCache | None = None
         if settings.cache_size and settings.cache_ttl:
             self._cache = TTLCache(settings.cache_size, settings.cache_ttl)
-        self._options: dict[str, Any] = {"require": list(settings.require),
-                                         "verify_aud": bool(settings.audiences)}
+        self._options: Options = {"require": list(settings.require), "verify_aud": bool(settings.audiences)}
 
     def bind_consumers(self, consumers: Mapping[str, Consumer]) -> None:
         """Index declared consumers by the (issuer, subject) pairs of their jwt credentials."""
@@ -124,8 +130,7 @@ class Verifier:
             raise TokenError("The token is malformed.")
         try:
             header = jwt.get_unverified_header(token)
-            iss = jwt.decode(token, options={"verify_signature": False}).get("iss") \
-                if self._issuer_bound else None
+            iss = jwt.decode(token, options={"verify_signature": False}).get("iss") if self._issuer_bound else None
         except jwt.PyJWTError:
             raise TokenError("The token is malformed.") from None
         alg, kid = header.get("alg"), header.get("kid")
@@ -162,8 +167,15 @@ class Verifier:
         s = self.settings
         for key in keys:
             try:
-                return jwt.decode(token, key.key, algorithms=[alg], audience=s.audiences or None,
-                                  issuer=s.issuers or None, leeway=s.leeway, options=self._options)
+                return jwt.decode(
+                    token,
+                    key.key,
+                    algorithms=[alg],
+                    audience=s.audiences or None,
+                    issuer=s.issuers or None,
+                    leeway=s.leeway,
+                    options=self._options,
+                )
             except jwt.InvalidSignatureError:
                 continue  # another key with the same kid/alg may match
             except jwt.MissingRequiredClaimError as e:
@@ -185,15 +197,15 @@ class Verifier:
         frozen = MappingProxyType(claims)
         consumer = None
         if isinstance(sub, str):
-            consumer = self._declared.get((iss if isinstance(iss, str) else None, sub)) \
-                or self._declared.get((None, sub))
+            consumer = self._declared.get((iss if isinstance(iss, str) else None, sub)) or self._declared.get(
+                (None, sub)
+            )
         if consumer is not None:
             consumer = replace(consumer, claims=frozen)
         elif not s.require_consumer:
             if not isinstance(sub, str) or not sub:
                 raise TokenError("The token lacks the required claim sub.")
-            consumer = Consumer(name=sub, id=sub, groups=frozenset(as_list(claims.get(s.groups_claim))),
-                                claims=frozen)
+            consumer = Consumer(name=sub, id=sub, groups=frozenset(as_list(claims.get(s.groups_claim))), claims=frozen)
         return Verified(consumer, frozenset(as_list(claims.get(s.scope_claim))), expires)
 
 

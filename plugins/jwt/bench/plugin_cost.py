@@ -35,8 +35,15 @@ class _Gateway:
 
 
 def _plugin(pem: Path, **extra) -> JWTPlugin:
-    settings = parse(Settings, {"keys": [{"pem": f"file:{pem}", "kid": "k1", "algorithms": ["RS256"]}],
-                                "issuers": ["https://idp"], "audiences": ["api"], **extra})
+    settings = parse(
+        Settings,
+        {
+            "keys": [{"pem": f"file:{pem}", "kid": "k1", "algorithms": ["RS256"]}],
+            "issuers": ["https://idp"],
+            "audiences": ["api"],
+            **extra,
+        },
+    )
     return JWTPlugin(settings)
 
 
@@ -68,12 +75,17 @@ async def _measure(plugin: JWTPlugin | None, token: str, number: int) -> list[fl
 async def main() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = int(time.time())
-    token = jwt.encode({"sub": "bench", "iss": "https://idp", "aud": "api", "iat": now, "exp": now + 3600,
-                        "scope": "orders:read"}, key, algorithm="RS256", headers={"kid": "k1"})
+    token = jwt.encode(
+        {"sub": "bench", "iss": "https://idp", "aud": "api", "iat": now, "exp": now + 3600, "scope": "orders:read"},
+        key,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
     with TemporaryDirectory() as tmp:
         pem = Path(tmp) / "k.pem"
-        pem.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+        pem.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         cases: dict[str, tuple[JWTPlugin | None, int]] = {
             "harness alone (subtract from the rows below)": (None, 20_000),
             "RS256 from the verified-token cache": (_plugin(pem), 20_000),

@@ -27,19 +27,26 @@ AUD = "bascule"
 
 
 def _pem_public(private) -> str:
-    return private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def _pem_private(private) -> bytes:
-    return private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+    return private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 RSA2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC = {"ES256": ec.generate_private_key(ec.SECP256R1()), "ES384": ec.generate_private_key(ec.SECP384R1()),
-      "ES512": ec.generate_private_key(ec.SECP521R1())}
+EC = {
+    "ES256": ec.generate_private_key(ec.SECP256R1()),
+    "ES384": ec.generate_private_key(ec.SECP384R1()),
+    "ES512": ec.generate_private_key(ec.SECP521R1()),
+}
 ED = ed25519.Ed25519PrivateKey.generate()
 
 
@@ -106,22 +113,33 @@ def assert_invalid(r, description_part: str = "") -> None:
 
 async def test_every_algorithm_verifies_with_a_key_bound_to_it(nursery, tmp_path):
     pem_files = {}
-    for name, private in [("rsa", RSA), ("ES256", EC["ES256"]), ("ES384", EC["ES384"]),
-                          ("ES512", EC["ES512"]), ("ed", ED)]:
+    for name, private in [
+        ("rsa", RSA),
+        ("ES256", EC["ES256"]),
+        ("ES384", EC["ES384"]),
+        ("ES512", EC["ES512"]),
+        ("ed", ED),
+    ]:
         pem_files[name] = tmp_path / f"{name}.pem"
         pem_files[name].write_text(_pem_public(private))
     upstream = await start_upstream(nursery)
     rsa_algs = json.dumps(["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"])
-    gw = await serve(nursery, route(upstream, f"""
+    gw = await serve(
+        nursery,
+        route(
+            upstream,
+            f"""
         keys = [
           {{ kid = "hs", secret = "{SECRET}", algorithms = ["HS256", "HS384", "HS512"] }},
-          {{ kid = "rsa", pem = "file:{pem_files['rsa']}", algorithms = {rsa_algs} }},
-          {{ kid = "ES256", pem = "file:{pem_files['ES256']}" }},
-          {{ kid = "ES384", pem = "file:{pem_files['ES384']}" }},
-          {{ kid = "ES512", pem = "file:{pem_files['ES512']}" }},
-          {{ kid = "ed", pem = "file:{pem_files['ed']}", algorithms = ["EdDSA"] }},
+          {{ kid = "rsa", pem = "file:{pem_files["rsa"]}", algorithms = {rsa_algs} }},
+          {{ kid = "ES256", pem = "file:{pem_files["ES256"]}" }},
+          {{ kid = "ES384", pem = "file:{pem_files["ES384"]}" }},
+          {{ kid = "ES512", pem = "file:{pem_files["ES512"]}" }},
+          {{ kid = "ed", pem = "file:{pem_files["ed"]}", algorithms = ["EdDSA"] }},
         ]
-    """))
+    """,
+        ),
+    )
     cases = [(SECRET, a, "hs") for a in ("HS256", "HS384", "HS512")]
     cases += [(RSA, a, "rsa") for a in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")]
     cases += [(EC[a], a, a) for a in ("ES256", "ES384", "ES512")] + [(ED, "EdDSA", "ed")]
@@ -153,10 +171,16 @@ async def test_hs256_signed_with_the_rsa_public_key_is_rejected(nursery, tmp_pat
     pem = _pem_public(RSA)
     (tmp_path / "rsa.pem").write_text(pem)
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, route(upstream, f"""
-        keys = [{{ kid = "rsa", pem = "file:{tmp_path / 'rsa.pem'}" }},
+    gw = await serve(
+        nursery,
+        route(
+            upstream,
+            f"""
+        keys = [{{ kid = "rsa", pem = "file:{tmp_path / "rsa.pem"}" }},
                 {{ secret = "{SECRET}" }}]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         for header in ({"alg": "HS256", "kid": "rsa"}, {"alg": "HS256"}):
             head_payload = forged(header).rsplit(".", 1)[0]
@@ -208,8 +232,13 @@ async def test_missing_token_or_wrong_scheme_gets_a_plain_challenge(nursery):
     upstream = await start_upstream(nursery)
     gw = await serve(nursery, route(upstream, BASIC))
     async with gw.client() as client:
-        for headers in ({}, {"authorization": "Basic YWxpY2U6c2VjcmV0"}, {"authorization": f"Token {token()}"},
-                        {"authorization": "Bearer"}, {"authorization": token()}):
+        for headers in (
+            {},
+            {"authorization": "Basic YWxpY2U6c2VjcmV0"},
+            {"authorization": f"Token {token()}"},
+            {"authorization": "Bearer"},
+            {"authorization": token()},
+        ):
             r = await client.get("/api/orders", headers=headers)
             assert r.status_code == 401, headers
             assert r.headers["www-authenticate"] == 'Bearer realm="bascule"'  # RFC 6750 §3.1: no error code
@@ -253,21 +282,31 @@ async def test_scope_required_per_route(nursery):
 
 async def test_identity_headers_replace_client_sent_copies(nursery):
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, f"""
+    gw = await serve(
+        nursery,
+        f"""
         [consumers.alice]
         id = "c-1001"
         groups = ["staff", "beta"]
         [consumers.alice.credentials.jwt]
         subjects = ["alice"]
         issuer = "{ISS}"
-    """ + route(upstream, BASIC + 'claim_headers = { email = "X-User-Email", tier = "X-Consumer-Tier" }') + """
+    """
+        + route(upstream, BASIC + 'claim_headers = { email = "X-User-Email", tier = "X-Consumer-Tier" }')
+        + """
         [[routes]]
         name = "open"
         paths = ["/open"]
         service = "orders"
-    """)
-    spoof = {"x-consumer-id": "admin", "x-consumer-username": "root", "x-consumer-groups": "admins",
-             "x-user-email": "ceo@corp.test", "x-consumer-anything": "1"}
+    """,
+    )
+    spoof = {
+        "x-consumer-id": "admin",
+        "x-consumer-username": "root",
+        "x-consumer-groups": "admins",
+        "x-user-email": "ceo@corp.test",
+        "x-consumer-anything": "1",
+    }
     async with gw.client() as client:
         r = await client.get("/api/orders", headers=spoof | bearer(token(email="alice@corp.test")))
         assert r.status_code == 200
@@ -304,12 +343,16 @@ async def test_unsafe_claim_values_cannot_split_headers(nursery):
 
 async def test_require_consumer_and_anonymous(nursery):
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, """
+    gw = await serve(
+        nursery,
+        """
         [consumers.guest]
         groups = ["public"]
         [consumers.alice.credentials.jwt]
         subjects = ["alice"]
-    """ + route(upstream, BASIC + 'anonymous = "guest"\nrequire_consumer = true'))
+    """
+        + route(upstream, BASIC + 'anonymous = "guest"\nrequire_consumer = true'),
+    )
     async with gw.client() as client:
         r = await client.get("/api/orders")
         assert r.status_code == 200
@@ -327,12 +370,18 @@ async def test_require_consumer_and_anonymous(nursery):
 async def test_token_from_cookie_or_query_with_secret_from_env(nursery, monkeypatch):
     monkeypatch.setenv("BASCULE_TEST_JWT_SECRET", SECRET)
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, route(upstream, """
+    gw = await serve(
+        nursery,
+        route(
+            upstream,
+            """
         keys = [{ secret = "env:BASCULE_TEST_JWT_SECRET" }]
         header = ""
         cookie = "session"
         query = "jwt"
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         r = await client.get("/api/orders", headers={"cookie": f"theme=dark; session={token()}"})
         assert r.status_code == 200
@@ -370,8 +419,9 @@ async def test_invalid_settings_are_config_errors(nursery):
     upstream = await start_upstream(nursery)
     bad = {
         'keys = [{ secret = "short" }]': "at least 32 bytes",
-        f'keys = [{{ secret = "{SECRET}", algorithms = ["RS256"] }}]':
-            "algorithm RS256 does not fit this key (type oct)",
+        f'keys = [{{ secret = "{SECRET}", algorithms = ["RS256"] }}]': (
+            "algorithm RS256 does not fit this key (type oct)"
+        ),
         f'keys = [{{ secret = "{SECRET}", algorithms = ["none"] }}]': "unsupported algorithm 'none'",
         f'keys = [{{ secret = "{SECRET}", pem = "x" }}]': "exactly one of",
         'keys = [{ pem = "not a pem" }]': "cannot load the PEM key",
@@ -435,10 +485,16 @@ async def start_idp(nursery, *keys):
 async def test_jwks_key_rotation_is_picked_up_without_restart(nursery):
     idp, server = await start_idp(nursery, jwk(RSA, "k1"))
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, route(upstream, f"""
+    gw = await serve(
+        nursery,
+        route(
+            upstream,
+            f"""
         jwks = [{{ url = "{server.url}/jwks" }}]
         jwks_refetch_interval = "0s"
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         assert (await client.get("/api/orders", headers=bearer(token(RSA, "RS256", "k1")))).status_code == 200
         assert len(server.requests) == 1
@@ -454,11 +510,17 @@ async def test_jwks_key_rotation_is_picked_up_without_restart(nursery):
 async def test_jwks_background_refresh_and_idp_down(nursery):
     idp, server = await start_idp(nursery, jwk(RSA, "k1"))
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, route(upstream, f"""
+    gw = await serve(
+        nursery,
+        route(
+            upstream,
+            f"""
         jwks = [{{ url = "{server.url}/jwks" }}]
         jwks_cache_ttl = "50ms"
         jwks_refetch_interval = "50ms"
-    """))
+    """,
+        ),
+    )
     with trio.fail_after(5):
         await idp.wait_for_calls(3)  # background refreshes happen without any request
     idp.down = True
@@ -478,10 +540,16 @@ async def test_jwks_background_refresh_and_idp_down(nursery):
 async def test_unknown_kid_storm_refetches_once(nursery):
     _, server = await start_idp(nursery, jwk(RSA, "k1"))
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, route(upstream, f"""
+    gw = await serve(
+        nursery,
+        route(
+            upstream,
+            f"""
         jwks = [{{ url = "{server.url}/jwks" }}]
         jwks_refetch_interval = "2s"
-    """))
+    """,
+        ),
+    )
     tokens = [token(RSA2, "RS256", f"ghost-{i % 3}", n=i) for i in range(30)]
     statuses = []
     async with gw.client() as client:
@@ -508,11 +576,17 @@ async def test_issuer_selects_its_own_jwks(nursery):
     _, server_a = await start_idp(nursery, jwk(RSA, "same-kid"))
     _, server_b = await start_idp(nursery, jwk(RSA2, "same-kid"))
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, route(upstream, f"""
+    gw = await serve(
+        nursery,
+        route(
+            upstream,
+            f"""
         issuers = ["https://a.test", "https://b.test"]
         jwks = [{{ url = "{server_a.url}", issuer = "https://a.test" }},
                 {{ url = "{server_b.url}", issuer = "https://b.test" }}]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         for key, iss in ((RSA, "https://a.test"), (RSA2, "https://b.test")):
             r = await client.get("/api/orders", headers=bearer(token(key, "RS256", "same-kid", iss=iss)))
@@ -531,10 +605,16 @@ async def test_jwks_size_limit(nursery):
     upstream = await start_upstream(nursery)
     t = token(RSA, "RS256", "k1")
     for limit, status in ((size, 200), (size - 1, 401)):
-        gw = await serve(nursery, route(upstream, f"""
+        gw = await serve(
+            nursery,
+            route(
+                upstream,
+                f"""
             jwks = [{{ url = "{server.url}" }}]
             jwks_max_size = {limit}
-        """))
+        """,
+            ),
+        )
         async with gw.client() as client:
             assert (await client.get("/api/orders", headers=bearer(t))).status_code == status
         gw.stop.set()
@@ -553,11 +633,17 @@ async def test_jwks_timeout_at_startup_then_recovery(nursery):
     server.handler = hanging
     upstream = await start_upstream(nursery)
     with trio.fail_after(5):  # the startup fetch gives up after jwks_timeout instead of hanging
-        gw = await serve(nursery, route(upstream, f"""
+        gw = await serve(
+            nursery,
+            route(
+                upstream,
+                f"""
             jwks = [{{ url = "{server.url}" }}]
             jwks_timeout = "100ms"
             jwks_refetch_interval = "0s"
-        """))
+        """,
+            ),
+        )
     async with gw.client() as client:
         assert_invalid(await client.get("/api/orders", headers=bearer(token(RSA, "RS256", "k1"))), "No known key")
         release.set()
@@ -593,8 +679,22 @@ async def test_cache_size_bounds_the_verified_tokens_kept(nursery):
 
 def test_mint_command_prints_a_token_the_plugin_accepts(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("DEMO_JWT_SECRET", SECRET)
-    code = mint_main(["--secret", "env:DEMO_JWT_SECRET", "--sub", "alice", "--scope", "orders:read",
-                      "--ttl", "15m", "--iss", ISS, "--claim", "email=a@corp.test"])
+    code = mint_main(
+        [
+            "--secret",
+            "env:DEMO_JWT_SECRET",
+            "--sub",
+            "alice",
+            "--scope",
+            "orders:read",
+            "--ttl",
+            "15m",
+            "--iss",
+            ISS,
+            "--claim",
+            "email=a@corp.test",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out.strip()
     claims = jwt.decode(printed, SECRET, algorithms=["HS256"], issuer=ISS)

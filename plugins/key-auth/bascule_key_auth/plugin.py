@@ -9,7 +9,8 @@ from urllib.parse import unquote_plus, unquote_to_bytes
 from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
 from bascule_sdk.identity import set_identity, strip_identity
 
-from .settings import Credentials, Settings, parse_hashed_key
+from .settings import Credentials, parse_hashed_key
+from .settings import Settings as KeyAuthSettings
 
 __all__ = ["KeyAuthPlugin"]
 
@@ -23,10 +24,11 @@ class KeyAuthPlugin(Plugin):
 
     name = "key-auth"
     priority = 1010  # before jwt, so a route may accept either (see README)
-    Settings = Settings
+    Settings = KeyAuthSettings
     Credentials = Credentials
+    settings: KeyAuthSettings
 
-    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+    def __init__(self, settings: KeyAuthSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
         self._index: dict[bytes, list[tuple[bytes, Consumer]]] = {}  # digest[:4] -> (digest, consumer)
         self._anonymous: Consumer | None = None
@@ -36,8 +38,10 @@ class KeyAuthPlugin(Plugin):
     async def startup(self, gateway: Gateway) -> None:
         if self.settings.anonymous:
             if self.settings.anonymous not in gateway.consumers:
-                raise ValueError(f"plugin {self.instance!r}: anonymous consumer "
-                                 f"{self.settings.anonymous!r} is not declared under [consumers]")
+                raise ValueError(
+                    f"plugin {self.instance!r}: anonymous consumer "
+                    f"{self.settings.anonymous!r} is not declared under [consumers]"
+                )
             self._anonymous = gateway.consumers[self.settings.anonymous]
         owners: dict[bytes, Consumer] = {}
         for consumer in gateway.consumers.values():
@@ -107,8 +111,11 @@ class KeyAuthPlugin(Plugin):
     def _hide(self, request: Request) -> None:
         request.headers.remove(*self.settings.headers)
         if self._query and request.query:
-            request.query = "&".join(part for part, (name, _) in zip(
-                request.query.split("&"), _query_pairs(request.query), strict=True) if name not in self._query)
+            request.query = "&".join(
+                part
+                for part, (name, _) in zip(request.query.split("&"), _query_pairs(request.query), strict=True)
+                if name not in self._query
+            )
 
     def _unauthorized(self, detail: str) -> HTTPError:
         return HTTPError(401, detail, {"WWW-Authenticate": f'APIKey realm="{self.settings.realm}"'})

@@ -27,7 +27,7 @@ CONSUMERS = f"""
     id = "c-1"
     groups = ["partners", "beta"]
     [consumers.alice.credentials.key-auth]
-    keys = ["{sha(ALICE_KEY)}", "{sha(ALICE_OLD_KEY).upper().replace('SHA256', 'sha256')}"]
+    keys = ["{sha(ALICE_KEY)}", "{sha(ALICE_OLD_KEY).upper().replace("SHA256", "sha256")}"]
     [consumers.bob.credentials.key-auth]
     keys = ["{sha(BOB_KEY)}"]
     [consumers.guest]
@@ -36,7 +36,9 @@ CONSUMERS = f"""
 
 
 def config(upstream, table: str = "", consumers: str = CONSUMERS) -> str:
-    return consumers + f"""
+    return (
+        consumers
+        + f"""
         [services.partner]
         targets = ["{upstream.url}"]
         [[routes]]
@@ -50,6 +52,7 @@ def config(upstream, table: str = "", consumers: str = CONSUMERS) -> str:
         paths = ["/open"]
         service = "partner"
     """
+    )
 
 
 async def serve(nursery, text: str):
@@ -67,8 +70,11 @@ async def test_keys_in_default_headers_identify_consumers(nursery):
     upstream = await start_upstream(nursery)
     gw = await serve(nursery, config(upstream))
     async with gw.client() as client:
-        for headers, who in (({"apikey": ALICE_KEY}, "c-1"), ({"X-API-Key": BOB_KEY}, "bob"),
-                             ({"x-api-key": ALICE_OLD_KEY}, "c-1")):
+        for headers, who in (
+            ({"apikey": ALICE_KEY}, "c-1"),
+            ({"X-API-Key": BOB_KEY}, "bob"),
+            ({"x-api-key": ALICE_OLD_KEY}, "c-1"),
+        ):
             r = await client.get("/partner/orders", headers=headers)
             assert r.status_code == 200, r.text
             assert upstream.requests[-1].header("x-consumer-id") == who
@@ -86,10 +92,18 @@ async def test_keys_in_default_headers_identify_consumers(nursery):
 async def test_missing_wrong_and_oversized_keys_are_401(nursery):
     upstream = await start_upstream(nursery)
     at_limit = "k" * 64
-    gw = await serve(nursery, config(upstream, "max_key_size = 64", CONSUMERS + f"""
+    gw = await serve(
+        nursery,
+        config(
+            upstream,
+            "max_key_size = 64",
+            CONSUMERS
+            + f"""
         [consumers.long.credentials.key-auth]
         keys = ["{sha(at_limit)}"]
-    """))
+    """,
+        ),
+    )
     async with gw.client() as client:
         assert_unauthorized(await client.get("/partner"), "An API key is required.")
         r = await client.get("/partner", headers={"apikey": "wrong-key"})
@@ -106,10 +120,18 @@ async def test_missing_wrong_and_oversized_keys_are_401(nursery):
 
 async def test_hide_credentials_strips_header_and_query_key(nursery):
     upstream = await start_upstream(nursery)
-    gw = await serve(nursery, config(upstream, 'query = ["apikey"]\nhide_credentials = true', CONSUMERS + f"""
+    gw = await serve(
+        nursery,
+        config(
+            upstream,
+            'query = ["apikey"]\nhide_credentials = true',
+            CONSUMERS
+            + f"""
         [consumers.utf8.credentials.key-auth]
-        keys = ["{sha('kéy')}"]
-    """))
+        keys = ["{sha("kéy")}"]
+    """,
+        ),
+    )
     async with gw.client() as client:
         r = await client.get("/partner/x", headers={"x-api-key": ALICE_KEY, "x-other": "kept"})
         assert r.status_code == 200
@@ -128,8 +150,12 @@ async def test_hide_credentials_strips_header_and_query_key(nursery):
 async def test_client_sent_identity_headers_never_reach_the_upstream(nursery):
     upstream = await start_upstream(nursery)
     gw = await serve(nursery, config(upstream))
-    spoof = {"x-consumer-id": "admin", "x-consumer-username": "root", "x-consumer-groups": "admins",
-             "x-consumer-custom": "1"}
+    spoof = {
+        "x-consumer-id": "admin",
+        "x-consumer-username": "root",
+        "x-consumer-groups": "admins",
+        "x-consumer-custom": "1",
+    }
     async with gw.client() as client:
         assert (await client.get("/partner", headers=spoof | {"apikey": BOB_KEY})).status_code == 200
         seen = upstream.requests[-1]
@@ -155,13 +181,23 @@ async def test_anonymous_consumer(nursery):
 
 async def test_invalid_credentials_are_config_errors(nursery):
     upstream = await start_upstream(nursery)
-    for keys, message in (('["plaintext-key"]', 'expected "sha256:<64 hex digits>"'),
-                          ('["sha256:abc"]', "keys[0]"), ("[]", "give at least one")):
+    for keys, message in (
+        ('["plaintext-key"]', 'expected "sha256:<64 hex digits>"'),
+        ('["sha256:abc"]', "keys[0]"),
+        ("[]", "give at least one"),
+    ):
         with pytest.raises(ConfigError) as e:
-            await serve(nursery, config(upstream, "", f"""
+            await serve(
+                nursery,
+                config(
+                    upstream,
+                    "",
+                    f"""
                 [consumers.eve.credentials.key-auth]
                 keys = {keys}
-            """))
+            """,
+                ),
+            )
         assert "consumers.eve" in str(e.value) and message in str(e.value)
     with pytest.raises(ConfigError, match="at least one header or query"):
         await serve(nursery, config(upstream, "headers = []"))
@@ -177,13 +213,17 @@ async def startup_failure(config: str) -> str:
 
 async def test_shared_key_and_unknown_anonymous_stop_startup(nursery):
     upstream = await start_upstream(nursery)
-    shared = CONSUMERS + f"""
+    shared = (
+        CONSUMERS
+        + f"""
         [consumers.mallory.credentials.key-auth]
         keys = ["{sha(BOB_KEY)}"]
     """
+    )
     assert "consumers 'bob' and 'mallory' share an API key" in await startup_failure(config(upstream, "", shared))
     assert "anonymous consumer 'nobody' is not declared" in await startup_failure(
-        config(upstream, 'anonymous = "nobody"'))
+        config(upstream, 'anonymous = "nobody"')
+    )
 
 
 async def test_reload_picks_up_new_consumers(nursery):

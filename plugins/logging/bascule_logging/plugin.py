@@ -86,8 +86,9 @@ class AccessLog(Plugin):
         if not state.sampled and response.status < 500:
             return
         trace_id = state.trace.trace_id if state.trace else None
-        record = access_record(ctx, response, trace_id=trace_id, span_id=state.span_id,
-                               redact=self.redact, headers=self.headers)
+        record = access_record(
+            ctx, response, trace_id=trace_id, span_id=state.span_id, redact=self.redact, headers=self.headers
+        )
         line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
         if not self.writer.put(line.encode()):
             self._warn_dropped(self.writer.dropped)

@@ -11,11 +11,27 @@ from bascule_sdk import Duration, setting
 __all__ = ["SENSITIVE_HEADERS", "LoggingSettings"]
 
 SENSITIVE_HEADERS = (
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "apikey",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "apikey",
 )
 SECRET_QUERY_PARAMS = (
-    "access_token", "api_key", "apikey", "code", "id_token", "key", "password", "refresh_token",
-    "secret", "sig", "signature", "token",
+    "access_token",
+    "api_key",
+    "apikey",
+    "code",
+    "id_token",
+    "key",
+    "password",
+    "refresh_token",
+    "secret",
+    "sig",
+    "signature",
+    "token",
 )
 
 
@@ -31,7 +47,7 @@ class LoggingSettings:
         list(SECRET_QUERY_PARAMS), 'Query parameters whose values are logged as "REDACTED"; "*" for all.'
     )
     headers: list[str] = setting(
-        ["user-agent"], "Request headers logged (under \"headers\"); credentials can never be listed."
+        ["user-agent"], 'Request headers logged (under "headers"); credentials can never be listed.'
     )
     sensitive_headers: list[str] = setting(
         list(SENSITIVE_HEADERS), "Headers that may never be logged (add your API-key header here)."

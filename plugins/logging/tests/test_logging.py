@@ -18,9 +18,27 @@ from bascule_sdk import Consumer, Context, HTTPError, Plugin, Request, Response,
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 FIELDS = {
-    "time", "request_id", "trace_id", "span_id", "route", "method", "path", "query", "status", "bytes_in",
-    "bytes_out", "client_ip", "consumer", "upstream", "latency_ms", "upstream_latency_ms", "gateway_latency_ms",
-    "cache", "rate_limit", "error", "headers",
+    "time",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "route",
+    "method",
+    "path",
+    "query",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "client_ip",
+    "consumer",
+    "upstream",
+    "latency_ms",
+    "upstream_latency_ms",
+    "gateway_latency_ms",
+    "cache",
+    "rate_limit",
+    "error",
+    "headers",
 }
 
 
@@ -146,10 +164,15 @@ async def test_proxied_request_is_logged_field_by_field(nursery):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url), plugins=[logging_into(sink), FakeAuth])
     async with gw.client() as client:
-        r = await client.get("/private/7?x=1&token=s3cr3t&API_KEY=k3y", headers={
-            "authorization": "Bearer let-me-in", "cookie": "session=c00kie", "x-api-key": "hdr-k3y",
-            "user-agent": "test-agent/1",
-        })
+        r = await client.get(
+            "/private/7?x=1&token=s3cr3t&API_KEY=k3y",
+            headers={
+                "authorization": "Bearer let-me-in",
+                "cookie": "session=c00kie",
+                "x-api-key": "hdr-k3y",
+                "user-agent": "test-agent/1",
+            },
+        )
     assert r.status_code == 200
     (line,) = await sink.wait_for(1)
     assert set(line) == FIELDS
@@ -188,10 +211,13 @@ async def test_request_body_size_is_logged(nursery):
     assert upstream.requests[-1].body == b"x" * 1234
 
 
-@pytest.mark.parametrize(("headers", "status", "rate_limit"), [
-    ({}, 401, None),
-    ({"authorization": "Bearer let-me-in", "x-test-limit": "1"}, 429, "rejected"),
-])
+@pytest.mark.parametrize(
+    ("headers", "status", "rate_limit"),
+    [
+        ({}, 401, None),
+        ({"authorization": "Bearer let-me-in", "x-test-limit": "1"}, 429, "rejected"),
+    ],
+)
 async def test_short_circuited_request_is_logged(nursery, headers, status, rate_limit):
     sink = MemorySink()
     upstream = await start_upstream(nursery)
@@ -229,7 +255,9 @@ async def test_aggregated_request_is_logged_and_each_hop_is_a_new_span(nursery):
     sink = MemorySink()
     a = await start_upstream(nursery)
     b = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [plugins.logging]
         [services.a]
         targets = ["{a.url}"]
@@ -239,7 +267,9 @@ async def test_aggregated_request_is_logged_and_each_hop_is_a_new_span(nursery):
         name = "both"
         paths = ["/both"]
         [routes.plugins.two-backends]
-    """, plugins=[logging_into(sink), TwoBackends])
+    """,
+        plugins=[logging_into(sink), TwoBackends],
+    )
     incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with gw.client() as client:
         r = await client.get("/both", headers={"traceparent": incoming, "tracestate": "congo=t61rcWkgMzE"})
@@ -256,14 +286,17 @@ async def test_aggregated_request_is_logged_and_each_hop_is_a_new_span(nursery):
     assert 0 <= line["upstream_latency_ms"] <= line["latency_ms"]
 
 
-@pytest.mark.parametrize("traceparent", [
-    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",  # short flags
-    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # zero trace id
-    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # zero parent id
-    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # upper case
-    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # forbidden version
-    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # v00 has four fields
-])
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",  # short flags
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # zero parent id
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # upper case
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # forbidden version
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # v00 has four fields
+    ],
+)
 async def test_invalid_traceparent_starts_a_new_trace_and_drops_tracestate(nursery, traceparent):
     sink = MemorySink()
     upstream = await start_upstream(nursery)
@@ -285,10 +318,13 @@ async def test_trace_context_continues_a_caller_trace(nursery):
     future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what-the-future-holds"
     async with gw.client() as client:
         await client.get("/api/users", headers={"traceparent": future})  # a later version, flags kept: sampled
-        await client.get("/api/users", headers={
-            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
-            "tracestate": "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE",
-        })
+        await client.get(
+            "/api/users",
+            headers={
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+                "tracestate": "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE",
+            },
+        )
         await client.get("/api/users")
         await client.get("/api/users")
     lines = await sink.wait_for(4)
@@ -303,8 +339,9 @@ async def test_trace_context_continues_a_caller_trace(nursery):
 async def test_trace_context_can_be_switched_off(nursery):
     sink = MemorySink()
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, logging="trace_context = false"),
-                             plugins=[logging_into(sink), FakeAuth])
+    gw = await start_gateway(
+        nursery, config(upstream.url, logging="trace_context = false"), plugins=[logging_into(sink), FakeAuth]
+    )
     incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with gw.client() as client:
         await client.get("/api/users", headers={"traceparent": incoming})
@@ -333,10 +370,17 @@ async def test_request_id_round_trip(nursery):
 async def test_sampling_and_excluded_paths(nursery):
     sink = MemorySink()
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, logging="""
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            logging="""
         sample_rate = 0.0
         exclude_paths = ["/api/users/health"]
-    """), plugins=[logging_into(sink), FakeAuth])
+    """,
+        ),
+        plugins=[logging_into(sink), FakeAuth],
+    )
     async with gw.client() as client:
         for _ in range(20):
             assert (await client.get("/api/users/1")).status_code == 200
@@ -365,8 +409,9 @@ async def test_a_request_matching_no_route_is_logged(nursery):
 async def test_a_stalled_sink_does_not_slow_requests(nursery):
     sink = MemorySink()
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, logging="buffer = 5"),
-                             plugins=[logging_into(sink), FakeAuth])
+    gw = await start_gateway(
+        nursery, config(upstream.url, logging="buffer = 5"), plugins=[logging_into(sink), FakeAuth]
+    )
     (plugin,) = [p for p in gw.gateway.runtime.plugins.instances.values() if isinstance(p, AccessLog)]
     sink.stall()
     async with gw.client() as client:
@@ -402,15 +447,18 @@ async def test_file_output_is_reopened_on_reload(nursery, tmp_path):
     assert line["request_id"] == second.headers["x-request-id"]
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ('headers = ["user-agent", "Authorization"]', "headers: Authorization carry credentials and are never logged"),
-    ('headers = ["x-token"]\nsensitive_headers = ["x-token"]', "headers: x-token carry credentials"),
-    ("sample_rate = 1.5", "sample_rate: must be between 0.0 and 1.0, got 1.5"),
-    ("buffer = 0", "buffer: must be at least 1"),
-    ('exclude_paths = ["health"]', "exclude_paths: 'health' must start with /"),
-    ('format = "text"', "must be one of 'json'"),
-    ('output = "/nonexistent/dir/access.log"', "output: directory /nonexistent/dir does not exist"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ('headers = ["user-agent", "Authorization"]', "headers: Authorization carry credentials and are never logged"),
+        ('headers = ["x-token"]\nsensitive_headers = ["x-token"]', "headers: x-token carry credentials"),
+        ("sample_rate = 1.5", "sample_rate: must be between 0.0 and 1.0, got 1.5"),
+        ("buffer = 0", "buffer: must be at least 1"),
+        ('exclude_paths = ["health"]', "exclude_paths: 'health' must start with /"),
+        ('format = "text"', "must be one of 'json'"),
+        ('output = "/nonexistent/dir/access.log"', "output: directory /nonexistent/dir does not exist"),
+    ],
+)
 async def test_invalid_settings_are_rejected(nursery, setting, message):
     with pytest.raises(ConfigError) as e:
         await start_gateway(nursery, config("http://127.0.0.1:1", logging=setting), plugins=[FakeAuth])
@@ -423,7 +471,9 @@ async def test_request_aggregated_by_the_aggregate_plugin_is_logged(nursery):
     sink = MemorySink()
     a = await start_upstream(nursery)
     b = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [plugins.logging]
         [services.a]
         targets = ["{a.url}"]
@@ -437,7 +487,9 @@ async def test_request_aggregated_by_the_aggregate_plugin_is_logged(nursery):
             {{ name = "a", service = "a", path = "/one", group = "a" }},
             {{ name = "b", service = "b", path = "/two", group = "b" }},
         ]
-    """, plugins=[logging_into(sink)])
+    """,
+        plugins=[logging_into(sink)],
+    )
     async with gw.client() as client:
         r = await client.get("/agg")
     assert r.status_code == 200, r.text

@@ -8,8 +8,11 @@ VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 def test_valid_traceparent_is_continued():
     trace = Trace.from_headers([VALID], ["congo=t61rcWkgMzE"], sampled=False)
-    assert (trace.trace_id, trace.parent_id, trace.flags) == ("4bf92f3577b34da6a3ce929d0e0e4736",
-                                                               "00f067aa0ba902b7", "01")
+    assert (trace.trace_id, trace.parent_id, trace.flags) == (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+        "01",
+    )
     assert trace.traceparent("b7ad6b7169203331") == "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
     assert trace.tracestate == "congo=t61rcWkgMzE"
 
@@ -30,16 +33,19 @@ def test_tracestate_member_limit():
     assert parse_tracestate([",".join([*members, "one=more"])]) is None
 
 
-@pytest.mark.parametrize(("values", "expected"), [
-    (["a=1,,  b=2 "], "a=1,b=2"),
-    (["tenant@system=x"], "tenant@system=x"),
-    (["a=1,a=2"], None),  # duplicate key
-    (["A=1"], None),  # keys are lower case
-    (["a"], None),
-    (["a=x" + "y" * 256], None),  # a value has at most 256 characters
-    (["a=" + "y" * 256], "a=" + "y" * 256),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["a=1,,  b=2 "], "a=1,b=2"),
+        (["tenant@system=x"], "tenant@system=x"),
+        (["a=1,a=2"], None),  # duplicate key
+        (["A=1"], None),  # keys are lower case
+        (["a"], None),
+        (["a=x" + "y" * 256], None),  # a value has at most 256 characters
+        (["a=" + "y" * 256], "a=" + "y" * 256),
+        ([], None),
+    ],
+)
 def test_tracestate(values, expected):
     assert parse_tracestate(values) == expected
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bascule_sdk import Context, HTTPError, Plugin, Request, Response, hookimpl
+from bascule_sdk import Context, Gateway, HTTPError, Plugin, Request, Response, hookimpl
 
 from .metrics import CACHE_RESULTS, RATE_LIMIT_OUTCOMES, metrics
 from .settings import PrometheusSettings
@@ -21,13 +21,20 @@ class Prometheus(Plugin):
     The metrics belong to the process, not to the plugin instance: they keep
     counting across config reloads (and are created on first use, so merely
     validating a config creates none). Under ``--workers N`` they are summed over
-    the workers (see ``bascule_prometheus.multiprocess``).
+    the workers (see ``bascule_prometheus.multiprocess``), except the health of
+    background tasks, read from the gateway at each scrape: the tasks of the
+    process answering it.
     """
 
     name = "prometheus"
     priority = 2000  # first in on_request, so a request counts as in flight from its first hook
     Settings = PrometheusSettings
     settings: PrometheusSettings
+    gateway: Gateway | None = None
+
+    @hookimpl
+    async def startup(self, gateway: Gateway) -> None:
+        self.gateway = gateway  # background tasks' health, read at each scrape
 
     @hookimpl
     async def on_request(self, ctx: Context) -> None:
@@ -61,6 +68,12 @@ class Prometheus(Plugin):
             return None
         if request.method not in ("GET", "HEAD"):
             raise HTTPError(405, "Use GET.", {"allow": "GET, HEAD"})
-        body, content_type = metrics().exposition(request.headers.get("accept"))
-        return Response(200, {"content-type": content_type, "content-length": str(len(body))},
-                        b"" if request.method == "HEAD" else body)
+        gw = self.gateway
+        body, content_type = metrics().exposition(
+            request.headers.get("accept"), gw.tasks() if gw else (), gw.connection_errors() if gw else 0
+        )
+        return Response(
+            200,
+            {"content-type": content_type, "content-length": str(len(body))},
+            b"" if request.method == "HEAD" else body,
+        )

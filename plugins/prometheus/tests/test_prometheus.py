@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 import trio
+import trio.testing
 from bascule.config import ConfigError
+from bascule.tasks import Backoff
 from bascule.testing import start_gateway, start_upstream
-from bascule_sdk import Context, Plugin, Response, hookimpl
+from bascule_sdk import Context, Gateway, Plugin, Response, hookimpl
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -24,8 +26,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def parse(text: str) -> Samples:
     """Every sample of an exposition, keyed by (name, sorted labels)."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -63,7 +68,9 @@ class FakeTags(Plugin):
 
 async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [plugins.prometheus]
         [services.api]
         targets = ["{upstream.url}"]
@@ -78,7 +85,10 @@ async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
         name = "broken"
         paths = ["/broken"]
         service = "down"
-    """, plugins=[FakeTags], admin=True)
+    """,
+        plugins=[FakeTags],
+        admin=True,
+    )
     admin = gw.admin_url
     async with httpx.AsyncClient(base_url=admin) as scraper:
         # Metrics belong to the process: other tests in it may have counted too, so compare with a baseline.
@@ -88,9 +98,13 @@ async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
                 await client.get(f"/tagged?{query}")
             assert (await client.get("/broken")).status_code == 502
             assert (await client.get("/not-routed/x")).status_code == 404
-        after = await scrape_until(scraper, lambda s: value(s, "bascule_requests_total", route="(none)",
-                                                            status_class="4xx") > value(
-            before, "bascule_requests_total", route="(none)", status_class="4xx"))
+        after = await scrape_until(
+            scraper,
+            lambda s: (
+                value(s, "bascule_requests_total", route="(none)", status_class="4xx")
+                > value(before, "bascule_requests_total", route="(none)", status_class="4xx")
+            ),
+        )
         r = await scraper.get("/metrics")
         assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         r = await scraper.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
@@ -126,7 +140,9 @@ async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
 
 async def test_invalid_path_setting_is_rejected(nursery):
     with pytest.raises(ConfigError, match=r"prometheus: path: must start with /, got 'metrics'"):
-        await start_gateway(nursery, """
+        await start_gateway(
+            nursery,
+            """
             [plugins.prometheus]
             path = "metrics"
             [[routes]]
@@ -135,7 +151,54 @@ async def test_invalid_path_setting_is_rejected(nursery):
             service = "x"
             [services.x]
             targets = ["http://127.0.0.1:9"]
-        """)
+        """,
+        )
+
+
+class Refresher(Plugin):
+    """A background task that raises until ``fixed`` is set, as a key refresh might."""
+
+    name = "refresher"
+    fixed = False
+
+    @hookimpl
+    async def startup(self, gateway: Gateway) -> None:
+        gateway.start_soon(self.refresh, name="refresh")
+
+    async def refresh(self) -> None:
+        while True:
+            await trio.sleep(0.01)
+            if not type(self).fixed:
+                raise OSError("key server unreachable")
+
+
+async def test_background_task_health(nursery):
+    Refresher.fixed = False
+    gw = await start_gateway(
+        nursery,
+        """
+        [plugins.prometheus]
+        [plugins.refresher]
+        [services.x]
+        targets = ["http://127.0.0.1:9"]
+        [[routes]]
+        name = "x"
+        paths = ["/x"]
+        service = "x"
+    """,
+        plugins=[Refresher],
+        admin=True,
+    )
+    gw.gateway.supervisor.backoff = Backoff(base=0.01, cap=0.01, reset_after=0.1)
+    task = {"task": "refresh", "plugin": "refresher"}
+    async with httpx.AsyncClient(base_url=gw.admin_url) as scraper:
+        failing = await scrape_until(scraper, lambda s: value(s, "bascule_background_task_failures_total", **task) >= 2)
+        Refresher.fixed = True
+        recovered = await scrape_until(scraper, lambda s: value(s, "bascule_background_task_failing", **task) == 0)
+    assert value(failing, "bascule_background_task_failing", **task) == 1
+    assert value(recovered, "bascule_background_task_failures_total", **task) >= value(
+        failing, "bascule_background_task_failures_total", **task
+    )
 
 
 def free_port() -> int:
@@ -149,17 +212,22 @@ async def bascule_run(config: str, workers: int, env: dict[str, str], tmp_path) 
     """``bascule run --workers N`` as a subprocess; yields the public and admin URLs once it serves."""
     public, admin = free_port(), free_port()
     path = tmp_path / "plugins.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [gateway]
         listen = "127.0.0.1:{public}"
         admin = "127.0.0.1:{admin}"
         graceful_timeout = "1s"
-    """) + textwrap.dedent(config))
+    """)
+        + textwrap.dedent(config)
+    )
     output = tmp_path / "bascule.out"
     with output.open("wb") as out:
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "bascule.cli", "run", "-c", str(path), "--workers", str(workers)],
-            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         async with httpx.AsyncClient() as client:
@@ -197,6 +265,7 @@ async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
         service = "api"
     """
     async with bascule_run(config, 2, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, tmp_path) as (public, admin):
+
         def workers_counted() -> set[str]:
             return {name for name in os.listdir(metrics_dir) if name.startswith("counter_")}
 
@@ -209,7 +278,8 @@ async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
                     sent += 1
         async with httpx.AsyncClient(base_url=admin) as scraper:
             samples = await scrape_until(
-                scraper, lambda s: value(s, "bascule_requests_total", route="api", status_class="2xx") >= sent)
+                scraper, lambda s: value(s, "bascule_requests_total", route="api", status_class="2xx") >= sent
+            )
             assert value(samples, "bascule_requests_total", route="api", status_class="2xx") == sent
             assert sent == len(upstream.requests)
 
@@ -233,6 +303,39 @@ async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
                 await scrape_until(scraper, lambda s: value(s, "bascule_requests_in_flight") == 4)
                 release.set()
             assert statuses == [200] * 4
-            samples = await scrape_until(scraper, lambda s: value(s, "bascule_requests_in_flight") == 0 and value(
-                s, "bascule_requests_total", route="api", status_class="2xx") == sent + 4)
+            samples = await scrape_until(
+                scraper,
+                lambda s: (
+                    value(s, "bascule_requests_in_flight") == 0
+                    and value(s, "bascule_requests_total", route="api", status_class="2xx") == sent + 4
+                ),
+            )
             assert value(samples, "bascule_request_duration_seconds_count", route="api") == sent + 4
+
+
+async def test_contained_connection_errors_are_counted(nursery):
+    from bascule import worker
+
+    gw = await start_gateway(
+        nursery,
+        """
+        [plugins.prometheus]
+        [services.x]
+        targets = ["http://127.0.0.1:9"]
+        [[routes]]
+        name = "x"
+        paths = ["/x"]
+        service = "x"
+    """,
+        admin=True,
+    )
+
+    async def broken(stream: trio.abc.Stream) -> None:
+        raise RuntimeError("a bug that escaped a connection")
+
+    async with httpx.AsyncClient(base_url=gw.admin_url) as scraper:
+        before = value(parse((await scraper.get("/metrics")).text), "bascule_connection_errors_total")
+        for _ in range(2):  # what bascule.worker does with every client connection
+            await worker._contain(broken, trio.testing.memory_stream_pair()[0])
+        after = value(parse((await scraper.get("/metrics")).text), "bascule_connection_errors_total")
+    assert after == before + 2

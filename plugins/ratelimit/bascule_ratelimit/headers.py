@@ -35,10 +35,10 @@ def add_headers(headers: Headers, decision: Decision, policies: Sequence[Policy]
     tightest = decision.tightest
     if style in ("ietf", "both"):
         # List members: added beside any the upstream (or another instance) sent.
-        headers.add("ratelimit-policy", ", ".join(
-            f'"{p.name}";q={p.limit};w={int(p.window)}' for p in policies))
-        headers.add("ratelimit",
-                    f'"{tightest.policy.name}";r={tightest.remaining};t={delay_seconds(tightest.grows_in)}')
+        headers.add("ratelimit-policy", ", ".join(f'"{p.name}";q={p.limit};w={int(p.window)}' for p in policies))
+        headers.add(
+            "ratelimit", f'"{tightest.policy.name}";r={tightest.remaining};t={delay_seconds(tightest.grows_in)}'
+        )
     if style in ("legacy", "both"):
         current = headers.get("x-ratelimit-remaining")
         if current is None or not current.isdigit() or int(current) > tightest.remaining:

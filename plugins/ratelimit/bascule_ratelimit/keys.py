@@ -45,9 +45,9 @@ def _resolver(part: str) -> Callable[[Context], str | None]:
     if part == "route":
         return lambda ctx: ctx.route.name
     if part.startswith("header:"):
-        name = part[len("header:"):]
+        name = part[len("header:") :]
         return lambda ctx: _hashed(ctx.request.headers.get(name))
-    param = part[len("path:"):]
+    param = part[len("path:") :]
     return lambda ctx: ctx.path_params.get(param)
 
 
@@ -55,7 +55,7 @@ def _check(part: str) -> None:
     if part in _FACTS:
         return
     for prefix in _PREFIXED:
-        if part.startswith(prefix) and part[len(prefix):].strip():
+        if part.startswith(prefix) and part[len(prefix) :].strip():
             return
     raise ValueError(
         f"key: unknown part {part!r} (use ip, consumer, credential, route, header:NAME or path:PARAM; "

@@ -16,7 +16,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from .policy import Decision, Outcome, Policy
+from .policy import Algorithm, Decision, Outcome, Policy
 
 __all__ = ["LocalBackend"]
 
@@ -67,7 +67,12 @@ def sliding_window(p: Policy, log: deque[float] | None, now: float) -> Check:
     return Outcome(p, True, p.limit - n - 1, oldest + p.window - now, p.window), consume
 
 
-CHECKS = {"gcra": gcra, "fixed-window": fixed_window, "sliding-window": sliding_window}
+# The state argument is what the check last stored for the bucket (its own type per algorithm).
+CHECKS: dict[Algorithm, Callable[[Policy, Any, float], Check]] = {
+    "gcra": gcra,
+    "fixed-window": fixed_window,
+    "sliding-window": sliding_window,
+}
 
 
 class LocalBackend:
@@ -76,7 +81,8 @@ class LocalBackend:
     def __init__(self, max_keys: int, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self.buckets: TLRUCache[str, tuple[float, Any]] = TLRUCache(
-            max_keys, ttu=lambda _key, value, _now: value[0], timer=clock)
+            max_keys, ttu=lambda _key, value, _now: value[0], timer=clock
+        )
 
     @classmethod
     def shared(cls, gateway: Any, max_keys: int, clock: Clock = time.monotonic) -> LocalBackend:
@@ -91,14 +97,15 @@ class LocalBackend:
     async def decide(self, keys: Sequence[str], policies: Sequence[Policy]) -> Decision:
         """Check the request against every policy; consume all quotas or none."""
         now = self.clock()
-        checks = []
+        checks: list[Check] = []
         for key, policy in zip(keys, policies, strict=True):
             held = self.buckets.get(key)
             checks.append(CHECKS[policy.algorithm](policy, held[1] if held else None, now))
         allowed = all(outcome.allowed for outcome, _ in checks)
         if allowed:
             for key, (_, consume) in zip(keys, checks, strict=True):
-                self.buckets[key] = consume()  # type: ignore[misc]
+                assert consume is not None  # a check that admits always says how to consume
+                self.buckets[key] = consume()
         return Decision(allowed, tuple(outcome for outcome, _ in checks))
 
     async def aclose(self) -> None:

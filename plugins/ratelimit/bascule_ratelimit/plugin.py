@@ -15,7 +15,7 @@ from .keys import KeyChain
 from .local import LocalBackend
 from .policy import Decision
 from .redis import BackendError, RedisBackend
-from .settings import Settings
+from .settings import Settings as RateLimitSettings
 
 __all__ = ["QUOTA_EXCEEDED", "RateLimit"]
 
@@ -37,11 +37,12 @@ class RateLimit(Plugin):
 
     name = "rate-limit"
     priority = 900
-    Settings = Settings
+    Settings = RateLimitSettings
+    settings: RateLimitSettings
     #: Clock of the local backend (seconds). Tests replace it on a subclass.
     clock: ClassVar[Callable[[], float]] = time.monotonic
 
-    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+    def __init__(self, settings: RateLimitSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
         self.policies = settings.policies()
         # A bucket per policy; the algorithm is part of its name, as each keeps a different state.
@@ -84,8 +85,12 @@ class RateLimit(Plugin):
         ctx.tags["rate_limit"] = "rejected"
         retry_after = max(1, delay_seconds(decision.tightest.grows_in))
         raise HTTPError(
-            429, f"Too many requests; retry in {retry_after} s.", {"retry-after": str(retry_after)},
-            type=QUOTA_EXCEEDED, title="Quota Exceeded", extra={"violated-policies": decision.violated},
+            429,
+            f"Too many requests; retry in {retry_after} s.",
+            {"retry-after": str(retry_after)},
+            type=QUOTA_EXCEEDED,
+            title="Quota Exceeded",
+            extra={"violated-policies": decision.violated},
         )
 
     async def _decide(self, ctx: Context, identity: str) -> Decision | None:
@@ -102,15 +107,18 @@ class RateLimit(Plugin):
             closed = s.on_error == "fail-closed"
             if not self._failing:
                 self._failing = True
-                log.warning("rate-limit %r: backend failed (%s); failing %s until it works again", self.instance,
-                            e, "closed (503)" if closed else "open (requests admitted)")
+                log.warning(
+                    "rate-limit %r: backend failed (%s); failing %s until it works again",
+                    self.instance,
+                    e,
+                    "closed (503)" if closed else "open (requests admitted)",
+                )
             if closed:
                 raise HTTPError(503, "Rate limiting is unavailable; try again shortly.", {"retry-after": "1"}) from None
             return None
         if self._failing:
             self._failing = False
-            log.info("rate-limit %r: backend works again (%d decisions failed so far)", self.instance,
-                     self.failures)
+            log.info("rate-limit %r: backend works again (%d decisions failed so far)", self.instance, self.failures)
         return decision
 
     @hookimpl

@@ -113,8 +113,9 @@ class RedisBackend:
         Does not wait for Redis to answer: a gateway starts while Redis is down
         and decisions fail (``on_error``) until it is back.
         """
-        client = coredis.Redis.from_url(self.url, retry_policy=NoRetryPolicy(), connect_timeout=self.timeout,
-                                        stream_timeout=self.timeout)
+        client = coredis.Redis.from_url(
+            self.url, retry_policy=NoRetryPolicy(), connect_timeout=self.timeout, stream_timeout=self.timeout
+        )
         ready = trio.Event()
         start_soon(self._hold, client, ready)
         await ready.wait()

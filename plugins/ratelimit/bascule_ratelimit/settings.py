@@ -38,19 +38,24 @@ class Settings:
     limits: list[LimitSettings] = setting([], "Several limits at once, e.g. 10 per second and 1000 per hour.")
     algorithm: Algorithm = setting("gcra", "gcra (smooth, with burst), sliding-window or fixed-window.")
     key: str | list[str] = setting(
-        "ip", 'Bucket per: ip, consumer, credential, route, header:NAME, path:PARAM; "a+b" combines, '
-        "a list falls back in order.")
+        "ip",
+        'Bucket per: ip, consumer, credential, route, header:NAME, path:PARAM; "a+b" combines, '
+        "a list falls back in order.",
+    )
     group: str | None = setting(None, "Routes naming the same group draw from one budget.")
     missing_key: Literal["reject", "allow"] = setting(
-        "reject", "When no key of the chain is present: reject (400) or let the request through unlimited.")
+        "reject", "When no key of the chain is present: reject (400) or let the request through unlimited."
+    )
     backend: Literal["local", "redis"] = setting("local", "local (this process only) or redis (shared).")
     redis_url: Secret = setting("redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://; env:/file: too).")
     redis_timeout: Duration = setting(0.1, "Longest wait for Redis per request; beyond it on_error applies.")
     redis_prefix: str = setting("bascule:rl:", "Prefix of every Redis key.")
     on_error: Literal["fail-open", "fail-closed"] = setting(
-        "fail-open", "When Redis fails: admit (logged, tagged) or answer 503.")
+        "fail-open", "When Redis fails: admit (logged, tagged) or answer 503."
+    )
     headers: Literal["ietf", "legacy", "both", "none"] = setting(
-        "ietf", "ietf: RateLimit and RateLimit-Policy; legacy: X-RateLimit-*; both; none.")
+        "ietf", "ietf: RateLimit and RateLimit-Policy; legacy: X-RateLimit-*; both; none."
+    )
     local_max_keys: int = setting(100_000, "Most buckets the local backend keeps; least recently used go first.")
 
     def __post_init__(self) -> None:
@@ -70,13 +75,14 @@ class Settings:
         if self.limits:
             if self.limit is not None or self.window is not None or self.burst is not None:
                 raise ValueError("set either limit/window/burst or limits, not both")
-            entries = [(f"limits[{i}].", e.limit, e.window, e.burst, e.name, e.algorithm)
-                       for i, e in enumerate(self.limits)]
+            entries = [
+                (f"limits[{i}].", e.limit, e.window, e.burst, e.name, e.algorithm) for i, e in enumerate(self.limits)
+            ]
         elif self.limit is None or self.window is None:
             raise ValueError('limit and window are required (e.g. limit = 100, window = "1m"), or limits')
         else:
             entries = [("", self.limit, self.window, self.burst, None, None)]
-        policies = []
+        policies: list[Policy] = []
         for where, limit, window, burst, name, algorithm in entries:
             algorithm = algorithm or self.algorithm
             if limit < 1:

@@ -49,7 +49,9 @@ def policies_and_limits(response) -> tuple[dict, dict]:
 
 async def gateway(nursery, table: str, handler=None):
     upstream = await start_upstream(nursery, handler) if handler else await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
         [[routes]]
@@ -58,15 +60,20 @@ async def gateway(nursery, table: str, handler=None):
         service = "api"
         [routes.plugins.rate-limit]
         {table}
-    """, plugins=[RateLimit])
+    """,
+        plugins=[RateLimit],
+    )
     return upstream, gw
 
 
 async def test_allowed_and_rejected_responses_carry_draft_fields(nursery):
-    _, gw = await gateway(nursery, """
+    _, gw = await gateway(
+        nursery,
+        """
         limits = [{ name = "burst", limit = 2, window = "10s", algorithm = "fixed-window" },
                   { name = "daily", limit = 100, window = "1d" }]
-    """)
+    """,
+    )
     async with gw.client() as client:
         first = await client.get("/api")
         await client.get("/api")
@@ -76,7 +83,7 @@ async def test_allowed_and_rejected_responses_carry_draft_fields(nursery):
     assert limits == {"burst": (1, 10)}  # the tightest only
     policies, limits = policies_and_limits(rejected)
     assert policies == {"burst": (2, 10), "daily": (100, 86400)}
-    (remaining, t), = limits.values()
+    ((remaining, t),) = limits.values()
     assert remaining == 0
     retry_after = int(rejected.headers["retry-after"])
     assert 1 <= t <= retry_after <= 10  # Retry-After never ends before the effective window

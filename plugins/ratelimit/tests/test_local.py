@@ -47,8 +47,7 @@ async def statuses(client, n: int, path: str = "/api/x", **kwargs) -> list[int]:
 async def test_gcra_burst_then_refill(nursery):
     clock = Clock()
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream, 'limit = 6\nwindow = "1m"\nburst = 3'),
-                             plugins=[limited(clock)])
+    gw = await start_gateway(nursery, config(upstream, 'limit = 6\nwindow = "1m"\nburst = 3'), plugins=[limited(clock)])
     async with gw.client() as client:
         assert await statuses(client, 5) == [200, 200, 200, 429, 429]
         r = await client.get("/api/x")
@@ -79,8 +78,9 @@ async def test_rejected_requests_consume_nothing(nursery):
 async def test_sliding_window_admits_exactly_limit_in_any_window(nursery):
     clock = Clock()
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream, 'limit = 3\nwindow = "10s"\nalgorithm = "sliding-window"'),
-                             plugins=[limited(clock)])
+    gw = await start_gateway(
+        nursery, config(upstream, 'limit = 3\nwindow = "10s"\nalgorithm = "sliding-window"'), plugins=[limited(clock)]
+    )
     async with gw.client() as client:
         assert await statuses(client, 1) == [200]  # t=0
         clock.advance(4)
@@ -97,8 +97,9 @@ async def test_sliding_window_admits_exactly_limit_in_any_window(nursery):
 async def test_fixed_window_starts_with_the_first_request(nursery):
     clock = Clock()
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream, 'limit = 2\nwindow = "10s"\nalgorithm = "fixed-window"'),
-                             plugins=[limited(clock)])
+    gw = await start_gateway(
+        nursery, config(upstream, 'limit = 2\nwindow = "10s"\nalgorithm = "fixed-window"'), plugins=[limited(clock)]
+    )
     async with gw.client() as client:
         assert await statuses(client, 3) == [200, 200, 429]
         clock.advance(9.5)
@@ -172,21 +173,28 @@ async def test_buckets_survive_a_config_reload(nursery):
     assert len(upstream.requests) == 2
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ('limit = 10\nwindow = "1.5s"', 'plugins.rate-limit: window: must be a whole number of seconds'),
-    ('limit = 10\nwindow = "1s"\nburst = 5\nalgorithm = "fixed-window"',
-     "burst: only the gcra algorithm has a burst"),
-    ('limit = 10\nwindow = "1s"\nkey = "cookie:sid"', "key: unknown part 'cookie:sid'"),
-    ('limit = 0\nwindow = "1s"', "limit: must be at least 1"),
-    ('limit = 2000001\nwindow = "2s"', "limit: at most 1000000 per second of window"),
-    ('window = "1s"', "limit and window are required"),
-    ('limit = 1\nwindow = "1s"\nlimits = [{ limit = 2, window = "1m" }]', "either limit/window/burst or limits"),
-    ('limits = [{ limit = 2, window = "1m" }, { limit = 2, window = "60s" }]',
-     "limits[1].name: another limit is named '2-per-1m'"),
-    ('limit = 1\nwindow = "1s"\nbackend = "redis"\nredis_url = "http://x"', "redis_url: expected redis://"),
-    ('limit = 1\nwindow = "1s"\nlocal_max_keys = 0', "local_max_keys: must be at least 1"),
-    ('limit = "ten"\nwindow = "1s"', "plugins.rate-limit.limit: expected an integer, got a string"),
-])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('limit = 10\nwindow = "1.5s"', "plugins.rate-limit: window: must be a whole number of seconds"),
+        (
+            'limit = 10\nwindow = "1s"\nburst = 5\nalgorithm = "fixed-window"',
+            "burst: only the gcra algorithm has a burst",
+        ),
+        ('limit = 10\nwindow = "1s"\nkey = "cookie:sid"', "key: unknown part 'cookie:sid'"),
+        ('limit = 0\nwindow = "1s"', "limit: must be at least 1"),
+        ('limit = 2000001\nwindow = "2s"', "limit: at most 1000000 per second of window"),
+        ('window = "1s"', "limit and window are required"),
+        ('limit = 1\nwindow = "1s"\nlimits = [{ limit = 2, window = "1m" }]', "either limit/window/burst or limits"),
+        (
+            'limits = [{ limit = 2, window = "1m" }, { limit = 2, window = "60s" }]',
+            "limits[1].name: another limit is named '2-per-1m'",
+        ),
+        ('limit = 1\nwindow = "1s"\nbackend = "redis"\nredis_url = "http://x"', "redis_url: expected redis://"),
+        ('limit = 1\nwindow = "1s"\nlocal_max_keys = 0', "local_max_keys: must be at least 1"),
+        ('limit = "ten"\nwindow = "1s"', "plugins.rate-limit.limit: expected an integer, got a string"),
+    ],
+)
 def test_bad_settings_are_one_clear_line(table, message):
     class Upstream:
         url = "http://127.0.0.1:9"

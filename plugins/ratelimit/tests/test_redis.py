@@ -29,7 +29,7 @@ def free_port() -> int:
 
 def route(name: str, *settings: str) -> str:
     """A route ``/NAME`` rate limited on Redis with the given ``key = value`` lines."""
-    lines = "\n".join(("backend = \"redis\"", *settings))
+    lines = "\n".join(('backend = "redis"', *settings))
     return f"""
 [[routes]]
 name = "{name}"
@@ -43,8 +43,14 @@ service = "api"
 @contextmanager
 def gateway_processes(configs: list[Path]):
     """Run ``bascule run -c CONFIG`` for each config; stop them all on exit."""
-    processes = [subprocess.Popen([sys.executable, "-m", "bascule.cli", "run", "-c", str(cfg)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cfg in configs]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bascule.cli", "run", "-c", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for cfg in configs
+    ]
     try:
         yield
     finally:
@@ -90,21 +96,30 @@ async def test_four_gateway_processes_admit_exactly_the_limit(nursery, redis, tm
     upstream = await start_upstream(nursery)
     algorithms = ("gcra", "sliding-window", "fixed-window")
     routes = "".join(
-        route(a, f"limit = {limit}", 'window = "1h"', f'algorithm = "{a}"', f'redis_url = "{redis.url}"',
-              'redis_timeout = "5s"', 'on_error = "fail-closed"')  # a slow answer is a 503, never a 200
-        for a in algorithms)
+        route(
+            a,
+            f"limit = {limit}",
+            'window = "1h"',
+            f'algorithm = "{a}"',
+            f'redis_url = "{redis.url}"',
+            'redis_timeout = "5s"',
+            'on_error = "fail-closed"',
+        )  # a slow answer is a 503, never a 200
+        for a in algorithms
+    )
     urls, configs = [], []
     for i in range(4):
         port = free_port()
         urls.append(f"http://127.0.0.1:{port}")
         configs.append(tmp_path / f"gateway-{i}.toml")
-        configs[-1].write_text(f'[gateway]\nlisten = "127.0.0.1:{port}"\nkeep_alive_timeout = "1m"\n'
-                               f'[services.api]\ntargets = ["{upstream.url}"]\n{routes}')
+        configs[-1].write_text(
+            f'[gateway]\nlisten = "127.0.0.1:{port}"\nkeep_alive_timeout = "1m"\n'
+            f'[services.api]\ntargets = ["{upstream.url}"]\n{routes}'
+        )
     with gateway_processes(configs):
         for url in urls:
             await wait_until_serving(url)
-        clients = [httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=n))
-                   for url in urls]
+        clients = [httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=n)) for url in urls]
         for algorithm in algorithms:
             codes = await fire(clients, f"/{algorithm}", n)
             admitted = sum(1 for r in upstream.requests if r.path == f"/{algorithm}")
@@ -119,12 +134,16 @@ async def test_redis_down_fails_open_or_closed_per_route_then_recovers(nursery, 
     upstream = await start_upstream(nursery)
     # A refused connection fails at once; the long timeout only keeps a loaded machine from failing open.
     common = ("limit = 2", 'window = "1h"', f'redis_url = "{redis.url}"', 'redis_timeout = "5s"')
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
         {route("open", *common)}
         {route("closed", *common, 'on_error = "fail-closed"')}
-    """, plugins=[RateLimit])
+    """,
+        plugins=[RateLimit],
+    )
     async with gw.client() as client:
         for path in ("/open", "/closed"):
             r = await client.get(path)
@@ -161,12 +180,16 @@ async def test_a_redis_that_never_answers_cannot_stall_requests(nursery):
     port = listeners[0].socket.getsockname()[1]
     upstream = await start_upstream(nursery)
     common = ("limit = 2", 'window = "1h"', f'redis_url = "redis://127.0.0.1:{port}"', 'redis_timeout = "50ms"')
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
         {route("open", *common)}
         {route("closed", *common, 'on_error = "fail-closed"')}
-    """, plugins=[RateLimit])
+    """,
+        plugins=[RateLimit],
+    )
     async with gw.client() as client:
         with trio.fail_after(20):  # a guard against a hang, not a timing assertion
             assert [(await client.get("/open")).status_code for _ in range(3)] == [200] * 3
@@ -177,12 +200,24 @@ async def test_a_redis_that_never_answers_cannot_stall_requests(nursery):
 async def test_a_gateway_starts_while_redis_is_down(nursery):
     redis = RedisServer()  # not started yet
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, f"""
+    gw = await start_gateway(
+        nursery,
+        f"""
         [services.api]
         targets = ["{upstream.url}"]
-        {route("closed", "limit = 1", 'window = "1h"', f'redis_url = "{redis.url}"', 'redis_timeout = "5s"',
-               'on_error = "fail-closed"')}
-    """, plugins=[RateLimit])
+        {
+            route(
+                "closed",
+                "limit = 1",
+                'window = "1h"',
+                f'redis_url = "{redis.url}"',
+                'redis_timeout = "5s"',
+                'on_error = "fail-closed"',
+            )
+        }
+    """,
+        plugins=[RateLimit],
+    )
     async with gw.client() as client:
         assert (await client.get("/closed")).status_code == 503
         with redis:

@@ -48,9 +48,13 @@ class RequestTransformer(Plugin):
             if self._path is not None:
                 request.path = self._path.render(found)
         except MissingName as e:
-            log.error("%s on route %r: a template names {%s}, which this route does not capture "
-                      "(path parameters: %s)", self.instance, ctx.route.name, e.args[0],
-                      ", ".join(ctx.path_params) or "none")
+            log.error(
+                "%s on route %r: a template names {%s}, which this route does not capture (path parameters: %s)",
+                self.instance,
+                ctx.route.name,
+                e.args[0],
+                ", ".join(ctx.path_params) or "none",
+            )
             raise HTTPError(500, "The gateway's request rewrite for this route is misconfigured.") from None
 
 
@@ -79,8 +83,11 @@ def _query(query: str, rules: FieldRules, templates: dict[str, Template], found:
         pairs = [p for p in pairs if p[0] not in drop]
     for old, new in rules.rename.items():
         if any(name == old for name, _ in pairs):
-            pairs = [(new, _pair(new, raw.partition("=")[2], "=" in raw)) if name == old else (name, raw)
-                     for name, raw in pairs if name != new]
+            pairs = [
+                (new, _pair(new, raw.partition("=")[2], "=" in raw)) if name == old else (name, raw)
+                for name, raw in pairs
+                if name != new
+            ]
     for name, value in rules.replace.items():
         if any(n == name for n, _ in pairs):
             pairs = [p for p in pairs if p[0] != name]

@@ -38,9 +38,7 @@ class FieldRules:
 class TransformerSettings:
     """``[routes.plugins.request-transformer]``: how to rewrite the request sent upstream."""
 
-    path: str | None = setting(
-        None, 'Upstream path template, e.g. "/v2/users/{id}{rest}"; unset keeps the path.'
-    )
+    path: str | None = setting(None, 'Upstream path template, e.g. "/v2/users/{id}{rest}"; unset keeps the path.')
     headers: FieldRules = setting(FieldRules(), "Header rules: [routes.plugins.request-transformer.headers].")
     query: FieldRules = setting(FieldRules(), "Query parameter rules: [...request-transformer.query].")
 

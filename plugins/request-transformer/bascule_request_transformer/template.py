@@ -61,7 +61,7 @@ def values(ctx: Context, path: str) -> dict[str, str]:
     (``""`` or ``"/..."``). Path parameters are percent-encoded, as on the wire.
     """
     client_path = ctx.request.path
-    rest = client_path[len(ctx.matched_path):] if client_path.startswith(ctx.matched_path) else path
+    rest = client_path[len(ctx.matched_path) :] if client_path.startswith(ctx.matched_path) else path
     found = {
         "rest": rest,
         "consumer": ctx.consumer.name if ctx.consumer else "",

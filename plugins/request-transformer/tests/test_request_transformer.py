@@ -33,8 +33,9 @@ def config(upstream_url: str, table: str, path: str = "/api/users/{id}", strip_p
 
 async def test_path_template_from_path_params(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, 'path = "/v2/people/{id}/profile{rest}"'),
-                             plugins=[RequestTransformer])
+    gw = await start_gateway(
+        nursery, config(upstream.url, 'path = "/v2/people/{id}/profile{rest}"'), plugins=[RequestTransformer]
+    )
     async with gw.client() as client:
         a = await client.get("/api/users/42?fields=name")
         b = await client.get("/api/users/7/orders/3")
@@ -47,17 +48,30 @@ async def test_path_template_from_path_params(nursery):
 
 async def test_header_rules(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, """
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            """
         [routes.plugins.request-transformer.headers]
         remove = ["x-debug"]
         rename = { x-old-token = "x-token" }
         replace = { accept = "application/json" }
         add = { x-user-id = "{id}", x-api-version = "2", x-present = "not used" }
-    """), plugins=[RequestTransformer])
+    """,
+        ),
+        plugins=[RequestTransformer],
+    )
     async with gw.client() as client:
-        r = await client.get("/api/users/42", headers={
-            "x-debug": "1", "x-old-token": "abc", "accept": "text/html", "x-present": "kept",
-        })
+        r = await client.get(
+            "/api/users/42",
+            headers={
+                "x-debug": "1",
+                "x-old-token": "abc",
+                "accept": "text/html",
+                "x-present": "kept",
+            },
+        )
     assert r.status_code == 200
     seen = upstream.requests[0]
     assert seen.header("x-debug") is None
@@ -71,10 +85,17 @@ async def test_header_rules(nursery):
 
 async def test_replace_only_touches_present_fields(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, """
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            """
         headers.replace = { x-tenant = "acme" }
         query.replace = { page = "1" }
-    """), plugins=[RequestTransformer])
+    """,
+        ),
+        plugins=[RequestTransformer],
+    )
     async with gw.client() as client:
         await client.get("/api/users/1")
         await client.get("/api/users/1?page=9&page=10", headers={"x-tenant": "other"})
@@ -86,12 +107,19 @@ async def test_replace_only_touches_present_fields(nursery):
 
 async def test_query_rules_keep_untouched_parameters_byte_for_byte(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, """
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            """
         [routes.plugins.request-transformer.query]
         remove = ["debug"]
         rename = { q = "search" }
         add = { user = "{id}", tag = "a&b=c" }
-    """), plugins=[RequestTransformer])
+    """,
+        ),
+        plugins=[RequestTransformer],
+    )
     async with gw.client() as client:
         r = await client.get("/api/users/42?q=caf%C3%A9+noir&debug=1&keep=%2Fx+y&flag")
     assert r.status_code == 200
@@ -100,9 +128,16 @@ async def test_query_rules_keep_untouched_parameters_byte_for_byte(nursery):
 
 async def test_builtin_values_and_consumer_free_request(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, """
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            """
         headers.add = { x-gateway-request = "{request_id}", x-caller = '{client_ip}|{consumer}|{"k": 1}' }
-    """), plugins=[RequestTransformer])
+    """,
+        ),
+        plugins=[RequestTransformer],
+    )
     async with gw.client() as client:
         r = await client.get("/api/users/1")
     seen = upstream.requests[0]
@@ -112,10 +147,17 @@ async def test_builtin_values_and_consumer_free_request(nursery):
 
 async def test_only_on_its_route_and_client_request_unchanged(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, """
+    gw = await start_gateway(
+        nursery,
+        config(
+            upstream.url,
+            """
         path = "/v2/{id}"
         headers.add = { x-v = "2" }
-    """), plugins=[RequestTransformer])
+    """,
+        ),
+        plugins=[RequestTransformer],
+    )
     async with gw.client() as client:
         await client.get("/plain/users/1")
     seen = upstream.requests[0]
@@ -125,8 +167,7 @@ async def test_only_on_its_route_and_client_request_unchanged(nursery):
 
 async def test_template_naming_an_uncaptured_parameter_is_a_500(nursery):
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, 'path = "/v2/{user_id}"'),
-                             plugins=[RequestTransformer])
+    gw = await start_gateway(nursery, config(upstream.url, 'path = "/v2/{user_id}"'), plugins=[RequestTransformer])
     async with gw.client() as client:
         r = await client.get("/api/users/1")
     assert r.status_code == 500
@@ -135,14 +176,17 @@ async def test_template_naming_an_uncaptured_parameter_is_a_500(nursery):
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ('path = "v2/{id}"', "must start with '/'"),
-    ('path = "/v2?x=1"', "must not contain '?'"),
-    ('headers.add = { "bad name" = "1" }', "is not a valid header name"),
-    ('headers.add = { x-a = "line\\nbreak" }', "contains CR, LF or NUL"),
-    ('headers.drop = ["x"]', "unknown key"),
-    ("", "nothing to do"),
-])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('path = "v2/{id}"', "must start with '/'"),
+        ('path = "/v2?x=1"', "must not contain '?'"),
+        ('headers.add = { "bad name" = "1" }', "is not a valid header name"),
+        ('headers.add = { x-a = "line\\nbreak" }', "contains CR, LF or NUL"),
+        ('headers.drop = ["x"]', "unknown key"),
+        ("", "nothing to do"),
+    ],
+)
 async def test_invalid_settings_are_config_errors(nursery, table, message):
     with pytest.raises(ConfigError, match=message) as e:
         await start_gateway(nursery, config("http://127.0.0.1:9", table), plugins=[RequestTransformer])

@@ -1,0 +1,447 @@
+"""hypercorn's trio worker, with connection handling that cannot stop the process.
+
+``listen(app, config)`` serves an ASGI app as ``hypercorn.trio.run.worker_serve``
+does, with these changes, all here and nowhere else:
+
+- **Containment.** Whatever escapes one connection (a protocol error, a send
+  conflict, a bug) is logged once with the peer address, counted
+  (``contained_errors()``), and ends that connection only. Stock hypercorn
+  lets it out of the serve nursery, which stops the process.
+- **hypercorn issue #203** (open): when h11 rejects bytes that follow a
+  request while the app is still answering, the reader task writes hypercorn's
+  error response or half-closes the socket while the app task is writing its
+  own: ``trio.BusyResourceError``. Every write and the close are serialised
+  behind one lock, and bytes after a request that closes the connection are
+  discarded (RFC 9112 9.6), so the client gets the app's whole answer and a
+  close, every time. hypercorn's own error answers are problem+json.
+- **Lingering close** (nginx's): a closing connection half-closes, then reads
+  and discards for ``lingering_timeout``, so the kernel does not answer late
+  client bytes with a reset that destroys the response in flight.
+- **Cost per request** (the repository's docs/upstream/hypercorn-0.18.patch offers these
+  upstream, with measurements): one keep-alive task per connection whose
+  deadline moves, instead of a task spawned and cancelled per request; a
+  plain cancel scope per read; the head of a response of known length
+  written with its first body bytes (one write, not two).
+
+This reaches into hypercorn's trio internals, so it is used only on the
+version it was written against (``HYPERCORN``); on another version a warning
+is logged and stock connections run, still contained. A test fails when the
+installed hypercorn is not ``HYPERCORN``: read the new version's
+``trio/tcp_server.py`` and ``protocol/h11.py`` before moving it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from functools import partial
+from importlib.metadata import version
+from typing import Any, cast
+
+import h2.events
+import h11
+import trio
+from bascule_sdk import HTTPError
+from hypercorn.config import Config, Sockets
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import Body, Data, EndBody
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import STREAM_ID, H2ProtocolAssumedError, H11Protocol
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, H11SendableEvent, LifespanState
+from hypercorn.utils import ShutdownError, parse_socket_addr, raise_shutdown, repr_socket_addr, wrap_app
+
+__all__ = ["HYPERCORN", "contained_errors", "listen"]
+
+log = logging.getLogger("bascule")
+
+#: The hypercorn release (major.minor) whose internals ``_Connection`` overrides.
+HYPERCORN = "0.18"
+
+_contained = 0
+
+
+def lingering_timeout(config: Config) -> float:
+    """Seconds a closing connection still reads (and discards) what its client sends."""
+    return float(getattr(config, "lingering_timeout", 2.0))
+
+
+def contained_errors() -> int:
+    """Connections of this process that ended on an error contained here."""
+    return _contained
+
+
+async def listen(
+    app: Callable[..., Awaitable[None]],
+    config: Config,
+    *,
+    sockets: Sockets | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the ASGI ``app`` on ``config.bind`` (or ``sockets``) until ``shutdown_trigger`` returns.
+
+    Runs the app's lifespan first; reports the bound URLs through
+    ``task_status``; after shutdown, connections get ``config.graceful_timeout``
+    to finish. TCP only (no QUIC).
+    """
+    wrapped = wrap_app(cast(Any, app), cast(Any, None), "asgi")
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    connection = _connection_class()
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            if sockets is None:
+                sockets = config.create_sockets()
+                for sock in sockets.secure_sockets + sockets.insecure_sockets:
+                    sock.listen(config.backlog)
+            ssl_context = config.create_ssl_context()
+            listeners: list[trio.abc.Listener[Any]] = []
+            binds = []
+            for sock in sockets.secure_sockets:
+                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                listeners.append(trio.SSLListener(listener, cast(Any, ssl_context), https_compatible=True))
+                binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
+            for sock in sockets.insecure_sockets:
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            handler = partial(
+                _contain, partial(connection, wrapped, config, context, ConnectionState(lifespan_state.copy()))
+            )
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery() as nursery:
+                    if shutdown_trigger is not None:
+                        nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections))
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, others = error.split((ShutdownError, KeyboardInterrupt))
+                if others is not None:
+                    raise others from None
+            finally:
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+async def _contain(connection: Callable[[trio.abc.Stream], Awaitable[None]], stream: trio.abc.Stream) -> None:
+    """Run one connection; what escapes it is logged and counted, and goes no further."""
+    global _contained
+    peer = _peer(stream)  # now: the socket may be gone when the error comes
+    try:
+        await connection(stream)
+    except* Exception as group:
+        _contained += 1
+        errors = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(group))
+        log.warning(
+            "connection error from %s, connection closed: %s",
+            peer,
+            errors,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    leaves: list[Exception] = []
+    for e in group.exceptions:
+        leaves.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return leaves
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    transport: Any = getattr(stream, "transport_stream", stream)  # duck-typed: no .socket is AttributeError
+    try:
+        host, port = parse_socket_addr(transport.socket.family, transport.socket.getpeername()) or ("?", 0)
+    except (AttributeError, OSError):
+        return "an unknown peer"
+    return f"{host}:{port}"
+
+
+def _connection_class() -> type[TCPServer]:
+    installed = version("hypercorn")
+    if installed == HYPERCORN or installed.startswith(HYPERCORN + "."):
+        return _Connection
+    log.warning(
+        "hypercorn %s is not %s, which bascule.worker was written for: connections run "
+        "stock (hypercorn #203 unfixed, contained)",
+        installed,
+        HYPERCORN,
+    )
+    return TCPServer
+
+
+class _Connection(TCPServer):
+    """hypercorn's ``TCPServer`` with every write and the close behind ``send_lock``."""
+
+    async def run(self) -> None:  # hypercorn 0.18's, with _Protocols for ProtocolWrapper
+        try:
+            try:
+                with trio.fail_after(self.config.ssl_handshake_timeout):
+                    await self.stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                return
+            alpn_protocol = self.stream.selected_alpn_protocol()
+            socket = self.stream.transport_stream.socket
+            ssl = True
+        except AttributeError:  # not TLS
+            alpn_protocol = "http/1.1"
+            socket = cast(Any, self.stream).socket
+            ssl = False
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            self._idle = trio.CancelScope(deadline=trio.current_time() + self.config.keep_alive_timeout)
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = _Protocols(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    ssl,
+                    client,
+                    server,
+                    self.protocol_send,
+                    alpn_protocol,
+                )
+                await self.protocol.initiate()
+                task_group.spawn(self._keep_alive)
+                await self._read_data()
+                self._ended = True  # the client is gone: nothing to keep alive
+                self._idle.cancel()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    _closing = False  # the response is complete: what the client still sends is discarded
+    _reading: trio.CancelScope | None = None
+    _busy = False  # a request is in flight
+    _ended = False  # the client closed its side, or stopped sending in time
+
+    async def _read_data(self) -> None:  # hypercorn 0.18's, with the lingering close, and no contextlib
+        timeout = self.config.read_timeout
+        with trio.CancelScope() as self._reading:
+            while True:
+                try:
+                    if timeout:
+                        with trio.CancelScope(deadline=trio.current_time() + timeout) as read:
+                            data = await self.stream.receive_some(MAX_RECV)
+                        if read.cancelled_caught:
+                            break
+                    else:
+                        data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                if not self._closing:
+                    await self.protocol.handle(RawData(bytes(data)))
+                if not data:
+                    break
+        await self.protocol.handle(Closed())
+
+    async def _keep_alive(self) -> None:
+        """Close the connection once idle for ``keep_alive_timeout``, or at shutdown while idle.
+
+        One task per connection, whose deadline ``protocol_send(Updated)``
+        moves; hypercorn cancels and spawns a task per request instead.
+        """
+        with self._idle:
+            await self.context.terminated.wait()
+            if self._busy:
+                await trio.sleep_forever()  # the end of the request moves the deadline to now
+        if not self._ended:
+            with trio.CancelScope(shield=True):
+                await self._initiate_server_close()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            async with self.send_lock:
+                try:
+                    with trio.CancelScope(shield=True):
+                        await self.stream.send_all(event.data)
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            await self.protocol.handle(Closed())
+        elif isinstance(event, Closed):
+            async with self.send_lock:  # hypercorn #203: a write in flight ends before the close
+                await self._linger() if await self._send_eof() else await self._close()
+            await self.protocol.handle(Closed())
+        elif isinstance(event, Updated):
+            self._busy = not event.idle
+            if self._busy:
+                self._idle.deadline = math.inf
+            elif self.context.terminated.is_set():
+                self._idle.deadline = trio.current_time()
+            else:
+                self._idle.deadline = trio.current_time() + self.config.keep_alive_timeout
+
+    async def _send_eof(self) -> bool:
+        """Half-close: whether the stream could (a TLS stream cannot)."""
+        try:
+            await cast(trio.SocketStream, self.stream).send_eof()
+        except (AttributeError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def _linger(self) -> None:
+        """Read and discard for up to ``lingering_timeout`` before closing (nginx's lingering close).
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy the response still in flight to the client.
+        """
+        self._closing = True
+        reading = self._reading
+        if reading is not None:
+            reading.deadline = min(reading.deadline, trio.current_time() + lingering_timeout(self.config))
+
+
+class _Protocols(ProtocolWrapper):
+    """hypercorn's ``ProtocolWrapper`` with ``_H11`` for HTTP/1.1 and ``_H2`` for HTTP/2."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        if type(self.protocol) is H11Protocol:
+            self.protocol = _H11(*args[:9])
+        elif type(self.protocol) is H2Protocol:
+            self.protocol = _H2(*args[:9])
+
+    async def handle(self, event: Event) -> None:
+        await super().handle(event)
+        if type(self.protocol) is H2Protocol:  # just upgraded from HTTP/1.1 (h2c, or the h2 preface)
+            self.protocol.__class__ = _H2
+
+
+class _H2(H2Protocol):
+    """hypercorn's HTTP/2 protocol; DATA for a stream already answered is dropped.
+
+    hypercorn 0.18 looks such a stream up without a guard: the ``KeyError``
+    ends the connection and every request on it. A client sends such DATA
+    whenever the gateway answers before the request body has ended (an
+    early 413, or an empty DATA frame that carries END_STREAM).
+    """
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        if not any(type(e) is h2.events.DataReceived for e in events):
+            await super()._handle_events(events)
+            return
+        for event in events:  # one at a time: an earlier event may open or close a stream
+            if type(event) is h2.events.DataReceived and event.stream_id not in self.streams:
+                self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            else:
+                await super()._handle_events([event])
+
+
+_ANSWERING = frozenset({h11.IDLE, h11.SEND_RESPONSE, h11.SEND_BODY})
+_ERROR_DETAIL = {431: "The request head is too large."}  # else: not valid HTTP/1.1
+
+
+class _H11(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, with two changes to its error handling.
+
+    Bytes after a request on a connection that must close (HTTP/1.0, or
+    ``Connection: close``) no longer cut off the app's answer: they are
+    discarded and the connection closes after the response (RFC 9112 9.6).
+    hypercorn's own error answers (unparseable requests) are problem+json.
+    """
+
+    _discarding = False
+    _head = b""  # a response head waiting for its first body bytes
+
+    async def handle(self, event: Event) -> None:
+        if not (self._discarding and isinstance(event, RawData)):
+            await super().handle(event)
+
+    async def _handle_events(self) -> None:  # hypercorn 0.18's, with the error branch above
+        connection = cast(h11.Connection, self.connection)
+        while True:
+            if self.connection.they_are_waiting_for_100_continue:
+                await self._send_h11_event(
+                    h11.InformationalResponse(status_code=100, headers=self.config.response_headers("h11"))
+                )
+            complete = self.connection.their_state is h11.MUST_CLOSE
+            try:
+                event = self.connection.next_event()
+            except h11.RemoteProtocolError as error:
+                if complete and self.stream is not None:
+                    self._discarding = True  # the close follows the app's response
+                    break
+                if connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+                    await self._send_error_response(error.error_status_hint)
+                await self.send(Closed())
+                break
+            if isinstance(event, h11.Request):
+                await self.send(Updated(idle=False))
+                if not event.method.isupper():  # hypercorn would upper-case it: "head" is not HEAD
+                    await self._send_error_response(400)
+                    await self.send(Closed())
+                    break
+                await self._check_protocol(event)
+                await self._create_stream(event)
+            elif event is h11.PAUSED:
+                await self.can_read.clear()
+                await self.can_read.wait()
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.NEED_DATA or self.stream is None:
+                break
+            elif isinstance(event, h11.Data):
+                await self.stream.handle(Body(stream_id=STREAM_ID, data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self.stream.handle(EndBody(stream_id=STREAM_ID))
+            elif isinstance(event, Data):  # WebSocket pass-through
+                await self.stream.handle(event)
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        """hypercorn's, less the h2c upgrade: ``Upgrade: h2c`` is ignored and the request
+        answered over HTTP/1.1 (RFC 9113 3.1 deprecates it; RFC 9110 7.8 lets a server
+        ignore Upgrade). HTTP/2 comes by TLS ALPN, or the HTTP/2 preface (prior knowledge)."""
+        if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
+            raise H2ProtocolAssumedError(b"PRI * HTTP/2.0\r\n\r\n" + self.connection.trailing_data[0])
+
+    async def _send_h11_event(self, event: H11SendableEvent) -> None:
+        """hypercorn's, but the head of a response of known length waits for its first
+        body bytes (one write, not two) and nothing empty is written. A head without
+        Content-Length (a stream: server-sent events, long polls) leaves at once.
+        What comes after a request's whole answer is dropped, not raised in the app."""
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            state = getattr(self.connection, "h11_connection", self.connection).our_state  # also past a WebSocket
+            if self.connection.their_state != h11.ERROR and state in _ANSWERING:
+                raise
+            return  # the request failed, or was answered already (hypercorn's own 400 beat the app's answer)
+        if type(event) is h11.Response and any(name == b"content-length" for name, _ in event.headers):
+            self._head = data
+            return
+        if self._head:
+            data, self._head = self._head + data, b""
+        if data:
+            await self.send(RawData(data=data))
+
+    async def _send_error_response(self, status_code: int) -> None:
+        request_id = secrets.token_hex(16)
+        detail = _ERROR_DETAIL.get(status_code, "The request is not valid HTTP/1.1.")
+        problem = HTTPError(status_code, detail).to_response(request_id)
+        headers = [
+            *problem.headers.raw,
+            (b"connection", b"close"),
+            (b"x-request-id", request_id.encode()),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=cast(bytes, problem.body)))
+        await self._send_h11_event(h11.EndOfMessage())
