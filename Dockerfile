@@ -10,8 +10,9 @@
 #   admin = "0.0.0.0:8081"     # publish it only to the orchestrator's network
 # HEALTHCHECK probes GET /healthz on the admin listener (the public port when there is no
 # admin listener). `docker stop` sends SIGTERM: the gateway stops accepting connections and
-# lets requests in flight finish for up to [gateway] graceful_timeout (30 s by default), so
-# give it longer: `docker stop -t 40`, or stop_grace_period: 40s in compose.
+# lets requests in flight finish for up to [gateway] graceful_timeout (30 s by default; the
+# process exits at most 5 s after that), so give it longer: `docker stop -t 40`, or
+# stop_grace_period: 40s in compose. docs/deploy.md has the rest.
 # `docker kill -s HUP` reloads the config.
 
 ARG PYTHON_VERSION=3.11
@@ -38,13 +39,15 @@ COPY --from=build /src/dist /tmp/dist
 RUN python -m venv /opt/bascule \
  && /opt/bascule/bin/pip install /tmp/dist/*.whl \
  && rm -rf /tmp/dist \
- && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+ && groupadd --system --gid 10001 bascule \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin bascule \
  && mkdir -p /etc/bascule
 COPY LICENSE /usr/share/doc/bascule/LICENSE
 COPY deploy/healthcheck.py /opt/bascule/healthcheck.py
 
-USER bascule:bascule
+# Numeric, so that Kubernetes' runAsNonRoot can tell it is not root (deploy/kubernetes/).
+USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080 8081
 STOPSIGNAL SIGTERM

@@ -12,17 +12,27 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
 .PHONY: run test install lint dist
 
+# One line per step. PYTHONWARNINGS: setuptools' editable builds print a framed
+# "Editable installation ... be careful with folders" notice per distribution that
+# pip --quiet lets through; it is information only (our packages are not src-layout).
 $(BIN)/bascule: sdk/pyproject.toml core/pyproject.toml $(PLUGINS)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	@echo "setup: virtualenv $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "setup: pip, setuptools, wheel"
+	@$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	@echo "setup: sdk, core and plugins (editable), test and lint tools"
+	@PYTHONWARNINGS='ignore:Editable installation' \
 	$(BIN)/pip install --quiet -e sdk -e 'core[test]' $(addprefix -e ,$(dir $(PLUGINS))) \
 		'ruff==0.17.6' 'mypy==2.4.1' build  # lint tools pinned: a new release may judge old code anew
-	touch $@
+	@touch $@
 
 install: $(BIN)/bascule
 
+# exec: python replaces the shell, so the SIGTERM that make passes on to its child
+# (or a supervisor's, to the whole group) reaches the demo, which stops its services and the gateway.
+CONFIG ?= plugins.toml
 run: install
-	$(BIN)/python examples/demo.py plugins.toml
+	exec $(BIN)/python examples/demo.py $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest

@@ -70,6 +70,36 @@ async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
     assert upstream.requests[0].header("x-forwarded-proto") == "https"
 
 
+async def test_an_http2_body_without_content_length_reaches_the_upstream(nursery, tmp_path):
+    # HTTP/2 frames a body by END_STREAM (RFC 9113 8.1): no Content-Length is needed.
+    cert, key = self_signed(tmp_path)
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(
+        nursery,
+        f"""
+        [gateway]
+        tls_cert = "{cert}"
+        tls_key = "{key}"
+        [services.api]
+        targets = ["{upstream.url}"]
+        [[routes]]
+        name = "api"
+        paths = ["/"]
+        service = "api"
+    """,
+    )
+
+    async def chunks():
+        yield b"streamed "
+        yield b"over h2"
+
+    trust = ssl.create_default_context(cafile=str(cert))
+    async with httpx.AsyncClient(verify=trust, http2=True, http1=False) as h2:
+        r = await h2.post(gw.url.replace("127.0.0.1", "localhost") + "/up", content=chunks())
+    assert (r.http_version, r.status_code) == ("HTTP/2", 200)
+    assert r.json()["body"] == "streamed over h2"
+
+
 def bascule(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bascule.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60

@@ -278,3 +278,32 @@ async def test_an_h2c_upgrade_is_answered_over_http_1_1(nursery):
         status, _headers, body = parse(await exchange(gw.url, payload))
         assert status == 200
         assert json.loads(body)["path"] == "/api/x"
+
+
+H2C_UPGRADE = (
+    b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("h2c", [None, False, True])
+async def test_the_h2c_setting_decides_whether_an_upgrade_is_accepted(nursery, h2c):
+    # [gateway] h2c: off by default (RFC 9113 3.1 deprecates the upgrade), hypercorn's upgrade when on.
+    upstream = await start_upstream(nursery)
+    config = CONFIG.format(url=upstream.url, linger="2s")
+    if h2c is not None:
+        config = config.replace("[gateway]\n", f"[gateway]\n    h2c = {str(h2c).lower()}\n")
+    gw = await start_gateway(nursery, config)
+    host, port = gw.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(H2C_UPGRADE)
+    data = b""
+    with trio.move_on_after(2):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some()
+    await stream.aclose()
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    if h2c:
+        assert head.startswith(b"http/1.1 101") and b"upgrade: h2c" in head
+    else:
+        assert head.startswith(b"http/1.1 200") and b"upgrade" not in head

@@ -1,7 +1,10 @@
 """The ``bascule`` command.
 
+bascule --version                     print the version
 bascule run [-c FILE] [--workers N]   serve
-bascule validate FILE                 check a config; exit 1 with every error
+bascule validate [--offline] [--format text|json] FILE
+                                      check a config; exit 1 with every error
+                                      (--offline: env:/file: secrets are not read)
 bascule routes [-c FILE]              each route, its matcher and plugin pipeline
 bascule plugins                       installed plugins and the hooks they implement
 bascule plugin new NAME [--dir DIR]   create a plugin distribution (default dir ./bascule-NAME)
@@ -11,13 +14,15 @@ bascule schema [-c FILE] [-o OUT]     JSON Schema of plugins.toml with the insta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from .admin import describe_plugins, describe_routes
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .gateway import Runtime
 from .registry import discover
 
@@ -25,13 +30,38 @@ DEFAULT_CONFIG = "plugins.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; ``bascule routes | head -1`` ends quietly (no traceback) when the reader goes away."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The Python docs' recipe: stdout's reader is gone; nothing more is written to it
+        # (also not by the interpreter's final flush), and the exit status says it did not finish.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
+    from .server import _version
+
     parser = argparse.ArgumentParser(prog="bascule", description="The Bascule API gateway.")
+    parser.add_argument("--version", action="version", version=f"bascule {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve a config")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     run.add_argument("--workers", type=int, default=None, help="worker processes (default: [gateway] workers)")
     validate = sub.add_parser("validate", help="check a config file")
     validate.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
+    validate.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not read env:/file: secrets (check only how they are written), e.g. in CI",
+    )
+    validate.add_argument(
+        "--format", choices=("text", "json"), default="text", help="json: one JSON object on stdout (docs/config.md)"
+    )
     routes = sub.add_parser("routes", help="list routes and their plugin pipelines")
     routes.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     sub.add_parser("plugins", help="list installed plugins")
@@ -60,16 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         for p in describe_plugins(discover()):
             print(f"{p['name']:<22} {p['version']:<8} {p['distribution']:<28} {', '.join(p['hooks'])}")
         return 0
-    path = args.file if args.command == "validate" else args.config
+    if args.command == "validate":
+        return _validate(args.file, offline=args.offline, as_json=args.format == "json")
     try:
-        config = load_config(path, discover())
+        config = load_config(args.config, discover())
         Runtime(config)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    if args.command == "validate":
-        print(f"{path}: valid ({len(config.routes)} routes, {len(config.services)} services)")
-        return 0
     for r in describe_routes(config):
         target = r["service"] or "(handled by a plugin)"
         print(
@@ -80,6 +108,51 @@ def main(argv: list[str] | None = None) -> int:
             alias = f" (plugin {p['plugin']})" if p["plugin"] != p["instance"] else ""
             print(f"    {p['priority']:>6}  {p['instance']}{alias}")
     return 0
+
+
+def _validate(path: str, *, offline: bool, as_json: bool) -> int:
+    """``bascule validate``: exit 0 when valid, 1 with every problem."""
+    try:
+        config = load_config(path, discover(), offline=offline)
+        Runtime(_checkable(config))
+    except ConfigError as e:
+        if as_json:
+            print(json.dumps({"file": path, "valid": False, "errors": [p.as_dict() for p in e.problems]}, indent=2))
+        else:
+            print(e, file=sys.stderr)
+        return 1
+    if as_json:
+        result = {
+            "file": path,
+            "valid": True,
+            "errors": [],
+            "routes": len(config.routes),
+            "services": len(config.services),
+        }
+        if offline:
+            result["unchecked"] = [p.as_dict() for p in config.unchecked]
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{path}: valid ({len(config.routes)} routes, {len(config.services)} services)")
+    for p in config.unchecked:
+        print(p)
+    return 0
+
+
+def _checkable(config: Config) -> Config:
+    """``config`` without the routes whose plugins' checks needed a secret ``--offline`` did not read.
+
+    Their settings were built unchecked, so their plugins are not instantiated.
+    """
+    skipped = {p.where for p in config.unchecked}
+    if not skipped:
+        return config
+    routes = tuple(
+        r
+        for r in config.routes
+        if f'route "{r.name}"' not in skipped and not any(f"plugins.{s.instance}" in skipped for s in r.plugins)
+    )
+    return dataclasses.replace(config, routes=routes)
 
 
 def _plugin_new(name: str, directory: str | None) -> int:

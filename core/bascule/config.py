@@ -10,6 +10,7 @@ Nothing here opens a socket: a config is valid or not before anything starts.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import tomllib
@@ -26,6 +27,7 @@ from bascule_sdk.settings import (
     Problem,
     SettingsError,
     check,
+    offline_secrets,
     parse,
     setting,
 )
@@ -36,6 +38,7 @@ from .routing import RoutePattern
 __all__ = [
     "Config",
     "ConfigError",
+    "ConfigProblem",
     "ConsumerSettings",
     "GatewaySettings",
     "PluginSpec",
@@ -52,12 +55,39 @@ RESERVED_PLUGIN_KEYS = ("plugin", "priority")
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 
 
-class ConfigError(Exception):
-    """An invalid configuration; ``lines`` holds one message per problem."""
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem of a config, as ``bascule validate --format json`` reports it.
 
-    def __init__(self, lines: list[str]) -> None:
+    ``where`` is the section (``gateway``, ``services.users``, ``plugins.jwt``,
+    ``route "orders"``, ``routes[2]``); ``route`` the route's name when it is
+    one. Fields not known (a problem found after parsing) are ``None``.
+    """
+
+    file: str | None
+    where: str | None
+    key: str | None
+    message: str
+    route: str | None = None
+
+    def __str__(self) -> str:
+        return ": ".join(x for x in (self.file, self.where, self.key, self.message) if x)
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"file": self.file, "where": self.where, "route": self.route, "key": self.key, "message": self.message}
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``lines`` holds one message per problem, ``problems`` the same, structured."""
+
+    def __init__(self, lines: list[str], problems: list[ConfigProblem] | None = None) -> None:
         self.lines = lines
+        self.problems = problems if problems is not None else [ConfigProblem(None, None, None, x) for x in lines]
         super().__init__("\n".join(lines))
+
+    @classmethod
+    def of(cls, problems: list[ConfigProblem]) -> ConfigError:
+        return cls([str(p) for p in problems], problems)
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,7 @@ class GatewaySettings:
     keep_alive_timeout: Duration = setting(5.0, "Idle client connections are closed after this.")
     graceful_timeout: Duration = setting(30.0, "On shutdown, in-flight requests get this long to finish.")
     lingering_timeout: Duration = setting(2.0, "A closing connection reads and discards its client's bytes this long.")
+    h2c: bool = setting(False, "Accept a cleartext 'Upgrade: h2c' to HTTP/2 (deprecated by RFC 9113 3.1).")
 
     def __post_init__(self) -> None:
         bad_cidrs = [c for c in self.trusted_proxies if not _is_network(c)]
@@ -277,31 +308,44 @@ class Config:
     consumers: Mapping[str, Consumer]
     available: Mapping[str, Available]
     global_plugins: tuple[str, ...]
+    #: Offline (``offline=True``): the checks skipped because they need a secret's value.
+    unchecked: tuple[ConfigProblem, ...] = ()
 
 
-def load_config(path: str | Path, available: Mapping[str, Available]) -> Config:
-    """Read and validate ``path``; raise ``ConfigError`` naming every problem."""
+def load_config(path: str | Path, available: Mapping[str, Available], *, offline: bool = False) -> Config:
+    """Read and validate ``path``; raise ``ConfigError`` naming every problem.
+
+    ``offline``: ``env:``/``file:`` secrets are not read, only their syntax is
+    checked (``bascule_sdk.settings.offline_secrets``); the checks that need
+    their values are listed in ``Config.unchecked``.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
-    return parse_config(text, str(path), available)
+        raise ConfigError.of([ConfigProblem(str(path), None, None, f"cannot read: {e.strerror}")]) from None
+    return parse_config(text, str(path), available, offline=offline)
 
 
-def parse_config(text: str, filename: str, available: Mapping[str, Available]) -> Config:
+def parse_config(text: str, filename: str, available: Mapping[str, Available], *, offline: bool = False) -> Config:
     """Validate TOML ``text`` (``filename`` is only used in messages)."""
-    name = filename
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{name}: invalid TOML: {e}"]) from None
-    return compile_config(data, filename, available)
+        raise ConfigError.of([ConfigProblem(filename, None, None, f"invalid TOML: {e}")]) from None
+    return compile_config(data, filename, available, offline=offline)
 
 
-def compile_config(data: dict[str, Any], filename: str, available: Mapping[str, Available]) -> Config:
+def compile_config(
+    data: dict[str, Any], filename: str, available: Mapping[str, Available], *, offline: bool = False
+) -> Config:
     """Validate already-parsed TOML ``data`` (as ``tomllib`` returns it)."""
-    return _Compiler(filename, available).compile(data, filename)
+    if not offline:
+        return _Compiler(filename, available).compile(data, filename)
+    with offline_secrets() as skipped:
+        compiler = _Compiler(filename, available, skipped)
+        config = compiler.compile(data, filename)
+    return dataclasses.replace(config, unchecked=tuple(compiler.unchecked))
 
 
 def layer_plugin_tables(global_tables: Mapping[str, Any], route_tables: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -337,20 +381,36 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
 
 
 class _Compiler:
-    def __init__(self, filename: str, available: Mapping[str, Available]) -> None:
+    def __init__(self, filename: str, available: Mapping[str, Available], skipped: list[Problem] | None = None) -> None:
         self.filename = filename
         self.available = available
-        self.errors: list[str] = []
+        self.errors: list[ConfigProblem] = []
         self.specs: dict[str, PluginSpec] = {}
+        self.skipped = skipped  # offline: where offline_secrets() notes the checks it skips
+        self.unchecked: list[ConfigProblem] = []
+
+    def problem(self, where: str, key: str, message: str) -> ConfigProblem:
+        route = where[len('route "') : -1] if where.startswith('route "') else None
+        return ConfigProblem(self.filename, where, key or None, message, route)
 
     def error(self, where: str, key: str, message: str) -> None:
-        line = f"{self.filename}: {where}: {key}: {message}" if key else f"{self.filename}: {where}: {message}"
-        if line not in self.errors:
-            self.errors.append(line)
+        problem = self.problem(where, key, message)
+        if problem not in self.errors:
+            self.errors.append(problem)
 
     def problems(self, where: str, exc: SettingsError, prefix: str = "") -> None:
         for p in exc.problems:
             self.error(where, ".".join(x for x in (prefix, p.key) if x), p.message)
+
+    def parse(self, where: str, model: type, table: Any, prefix: str = "") -> Any:
+        """``parse(model, table)``; offline, the checks it skipped are noted under ``where``."""
+        before = len(self.skipped) if self.skipped is not None else 0
+        try:
+            return parse(model, table)
+        finally:
+            if self.skipped is not None:
+                for p in self.skipped[before:]:
+                    self.unchecked.append(self.problem(where, ".".join(x for x in (prefix, p.key) if x), p.message))
 
     def compile(self, data: dict[str, Any], path: str) -> Config:
         # Each section is checked on its own, so a bad one hides no problem in another.
@@ -369,7 +429,7 @@ class _Compiler:
         consumer_objects = self._consumers(consumers)
         compiled = self._routes(routes, global_tables)
         if self.errors:
-            raise ConfigError(self.errors)
+            raise ConfigError.of(self.errors)
         return Config(
             path=path,
             gateway=gateway,
@@ -382,7 +442,7 @@ class _Compiler:
 
     def _parse(self, where: str, model: type, table: Any) -> Any:
         try:
-            return parse(model, table)
+            return self.parse(where, model, table)
         except SettingsError as e:
             self.problems(where, e)
             return None
@@ -429,7 +489,7 @@ class _Compiler:
                     )
                     continue
                 try:
-                    creds[plugin_name] = parse(model, table)
+                    creds[plugin_name] = self.parse(where, model, table, f"credentials.{plugin_name}")
                 except SettingsError as e:
                     self.problems(where, e, f"credentials.{plugin_name}")
             result[name] = Consumer(name=name, id=c.id or name, groups=frozenset(c.groups), credentials=creds)
@@ -442,7 +502,7 @@ class _Compiler:
             label = raw.get("name") if isinstance(raw, Mapping) else None
             where = f'route "{label}"' if isinstance(label, str) else f"routes[{i}]"
             try:
-                settings = parse(RouteSettings, raw)
+                settings = self.parse(where, RouteSettings, raw)
             except SettingsError as e:
                 self.problems(where, e)
                 settings = None
@@ -513,7 +573,7 @@ class _Compiler:
         if identity in self.specs:
             return self.specs[identity]
         try:
-            settings = parse(available.cls.Settings, settings_table)
+            settings = self.parse(where, available.cls.Settings, settings_table, prefix)
         except SettingsError as e:
             # A bad value the route inherited from [plugins.X] is reported there, once.
             for p in e.problems:

@@ -24,7 +24,7 @@ from bascule_sdk.http import Body, ClientDisconnected, iterate
 from bascule_sdk.settings import SettingsError
 
 from .config import Config, ConfigError, Route
-from .forwarding import TrustedProxies, arrival_headers, strip_hop_by_hop
+from .forwarding import InvalidField, TrustedProxies, arrival_headers, parse_host, strip_hop_by_hop
 from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
 from .proxy import Proxy, ProxySettings
@@ -266,7 +266,7 @@ class Gateway:
             try:
                 await self.runtime.startup(self)
             except Exception as e:
-                log.exception("startup failed")
+                log.error("startup failed: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))  # one line
                 await send({"type": "lifespan.startup.failed", "message": str(e)})
                 return
             await send({"type": "lifespan.startup.complete"})
@@ -317,7 +317,7 @@ class Gateway:
             response = await pipeline.finish(ctx, error.to_response(request_id))
         else:
             try:
-                response = await pipeline.respond(ctx)
+                response = await pipeline.respond(ctx, _take_body)
             except ClientDisconnected:  # still logged: nginx's 499, client closed request
                 ctx.error = "The client disconnected while sending its request."
                 await pipeline.log(ctx, Response(499))
@@ -381,9 +381,11 @@ def _head_size(scope: dict) -> int:
 async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request, str, str, HTTPError | None]:
     """The client's request as the gateway sees it, or the error that answers it.
 
-    Returns the request (headers cleaned, path normalised, small body read),
-    the request id, the client address (after trusted proxies) and an error
-    for a request that cannot be served. Raises ``ClientDisconnected``.
+    Returns the request (headers cleaned, Host validated, path normalised,
+    body not read yet: a ``PendingBody``), the request id, the client address
+    (after trusted proxies) and an error for a request that cannot be served.
+    Nothing is received from the client here, so no ``100 Continue`` is sent
+    before the route's ``on_request`` accepted the request (``_take_body``).
     """
     headers = Headers(scope["headers"])
     peer = scope["client"][0] if scope.get("client") else ""
@@ -397,26 +399,40 @@ async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request,
         # hypercorn (h11) itself only limits a head still incomplete after one 64 KiB read.
         error = HTTPError(431, f"The request head is larger than {rt.max_header_size} bytes.", {"connection": "close"})
     if not raw_path.startswith(b"/"):  # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
-        absolute = urlsplit(raw_path.decode("latin-1"))
-        if absolute.scheme in ("http", "https") and absolute.netloc:
-            headers.set("host", absolute.netloc)
+        try:
+            absolute = urlsplit(raw_path.decode("latin-1"))
+        except ValueError:  # an unclosed "["
+            absolute = urlsplit("")
+        if absolute.scheme in ("http", "https"):
+            if "@" in absolute.netloc or not absolute.netloc:  # userinfo (RFC 9110 4.2.4), no host (4.2.1)
+                error = error or HTTPError(400, "The request target's authority is not a valid host.")
+                headers.remove("host")
+            else:
+                headers.set("host", absolute.netloc)  # validated below, as any Host
             raw_path = absolute.path.encode("latin-1") or b"/"
+    error = _check_host(headers, scope.get("http_version", "1.1")) or error
     if error is None and "content-length" in headers and "transfer-encoding" in headers:
         error = HTTPError(400, "Content-Length and Transfer-Encoding together are ambiguous.", {"connection": "close"})
     body: Body = b""
     if error is None:
-        try:  # read before hop-by-hop fields (Transfer-Encoding) go
-            body = await read_body(headers, receive, rt.max_body_size, rt.buffer_size)
+        try:  # decided before hop-by-hop fields (Transfer-Encoding) go; read once accepted
+            if _declares_body(headers, rt.max_body_size, scope.get("http_version", "1.1")):
+                body = PendingBody(receive, rt.max_body_size, rt.buffer_size)
         except HTTPError as e:
             error = e
     client_ip = rt.trusted.client_ip(peer, headers.get_all("x-forwarded-for")) if trusted else peer
-    arrival_headers(headers, peer=peer, trusted=trusted, client_ip=client_ip, scheme=scheme, request_id=request_id)
+    try:
+        arrival_headers(headers, peer=peer, trusted=trusted, client_ip=client_ip, scheme=scheme, request_id=request_id)
+    except InvalidField as e:  # a trusted proxy's forwarding fields: none is believed
+        error, client_ip, body = error or HTTPError(400, str(e)), peer, b""
+        arrival_headers(headers, peer=peer, trusted=False, client_ip=peer, scheme=scheme, request_id=request_id)
     try:
         path = normalise(raw_path)
     except InvalidPath as e:
         path, error = scope["path"], error or HTTPError(400, str(e))
     query = scope.get("query_string", b"").decode("latin-1")
-    host = _hostname(headers.get("host") or "")
+    parsed = parse_host(headers.get("host") or "")
+    host = parsed[0] if parsed else ""
     return Request(method, path, query, headers, body, scheme=scheme, host=host), request_id, client_ip, error
 
 
@@ -428,12 +444,85 @@ def _prefix(path: str, depth: int) -> str:
     return "/" + "/".join(segments[:depth])
 
 
-def _hostname(value: str) -> str:
-    """The Host field without its port, lower-cased (``[::1]:80`` -> ``[::1]``)."""
-    if value.startswith("["):
-        return value[: value.find("]") + 1].lower()
-    name, _, port = value.rpartition(":")
-    return (name if name and port.isdigit() else value).lower()
+def _check_host(headers: Headers, http_version: str) -> HTTPError | None:
+    """The 400 for a Host that is not one valid ``uri-host [":" port]`` (RFC 9112 3.2), else None.
+
+    HTTP/2's ``:authority`` arrives as ``host`` too (hypercorn), possibly next
+    to a ``host`` field: every line must carry the same value. An invalid Host
+    is removed, so nothing downstream (plugins, logs, the upstream) sees it.
+    An empty Host is an error (RFC 9110 4.2.1), except in HTTP/1.0 where it
+    counts as absent.
+    """
+    values = headers.get_all("host")
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        headers.remove("host")
+        return HTTPError(400, "The request has more than one Host.")
+    if len(values) > 1:
+        headers.set("host", values[0])
+    if values[0] == "" and http_version == "1.0":
+        headers.remove("host")
+        return None
+    if parse_host(values[0]) is None:
+        headers.remove("host")
+        return HTTPError(400, "The Host field is not a valid host (RFC 9112 3.2).")
+    return None
+
+
+class PendingBody:
+    """The client's request body, not received yet: an ``AsyncIterable[bytes]``.
+
+    Nothing is received until someone iterates it (a plugin's
+    ``request.read()``) or ``_take_body`` resolves it once ``on_request``
+    accepted the request; hypercorn (``bascule.worker``) sends
+    ``100 Continue`` then, on the first ``receive()``. Iterating raises
+    ``HTTPError(413)`` past ``limit``, ``ClientDisconnected`` if the client goes away.
+    """
+
+    __slots__ = ("_receive", "_limit", "_buffer_size", "_chunks")
+
+    def __init__(self, receive: Callable, limit: int, buffer_size: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._buffer_size = buffer_size
+        self._chunks: AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._chunks is None:
+            self._chunks = _stream_body([], self._receive, self._limit, 0)
+        return self._chunks
+
+    async def resolve(self) -> Body:
+        """Read as ``read_body`` does (bytes if it ends within ``buffer_size``, else a
+        stream), or the rest of the stream when iterating has begun."""
+        if self._chunks is not None:
+            return self._chunks
+        return await _buffer_body(self._receive, self._limit, self._buffer_size)
+
+
+async def _take_body(ctx: Context) -> None:
+    """``on_request`` accepted the request: its body is received now (``Pipeline.respond``)."""
+    body = ctx.request.body
+    if isinstance(body, PendingBody):
+        ctx.request.body = await body.resolve()
+
+
+def _declares_body(headers: Headers, limit: int, http_version: str = "1.1") -> bool:
+    """Whether a body may follow the head; ``HTTPError(413)`` at once if its declared length exceeds ``limit``.
+
+    HTTP/1 declares a body with Content-Length or Transfer-Encoding (RFC 9112 6.3);
+    HTTP/2 and 3 may send one with neither, ended by the stream (RFC 9113 8.1).
+    """
+    length = headers.get("content-length")
+    if length is None and "transfer-encoding" not in headers:
+        return http_version not in ("1.0", "1.1")
+    if length is not None:
+        if int(length) == 0:
+            return False
+        if int(length) > limit:
+            raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+    return True
 
 
 async def read_body(headers: Headers, receive: Callable, limit: int, buffer_size: int) -> Body:
@@ -444,14 +533,12 @@ async def read_body(headers: Headers, receive: Callable, limit: int, buffer_size
     ``HTTPError(413)`` as soon as ``limit`` is exceeded (at once if the
     declared length does) and ``ClientDisconnected`` if the client goes away.
     """
-    length = headers.get("content-length")
-    if length is None and "transfer-encoding" not in headers:
+    if not _declares_body(headers, limit):
         return b""
-    if length is not None:
-        if int(length) == 0:
-            return b""
-        if int(length) > limit:
-            raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+    return await _buffer_body(receive, limit, buffer_size)
+
+
+async def _buffer_body(receive: Callable, limit: int, buffer_size: int) -> Body:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -137,12 +137,14 @@ class Pipeline:
             on_log=phase("on_log"),
         )
 
-    async def respond(self, ctx: Context) -> Response:
+    async def respond(self, ctx: Context, accepted: Callable[[Context], Awaitable[None]] | None = None) -> Response:
         """Run ``on_request``, ``handle`` and ``on_response`` for ``ctx``.
 
-        Never raises for a plugin's failure: an ``HTTPError`` becomes its
-        problem response, any other exception a 500 (logged with its
-        traceback). Cancellation propagates.
+        ``accepted`` is awaited once every ``on_request`` hook let the request
+        through, before ``handle`` (the gateway receives the request body
+        then); its ``HTTPError`` answers like a hook's. Never raises for a
+        plugin's failure: an ``HTTPError`` becomes its problem response, any
+        other exception a 500 (logged with its traceback). Cancellation propagates.
         """
         response = None
         hook = None
@@ -152,6 +154,9 @@ class Pipeline:
                 if response is not None:
                     break
             else:
+                hook = None
+                if accepted is not None:
+                    await accepted(ctx)
                 for hook in self.handle:
                     response = await hook.call(ctx)
                     if response is not None:

@@ -9,6 +9,12 @@ and starts that many worker processes sharing it; the first worker also
 serves the admin listener, whose ``POST /reload`` sends SIGHUP to the parent.
 The parent forwards SIGHUP/SIGTERM to every worker and replaces a worker that
 dies.
+
+Starting (``run``): the config is validated, the TLS files are read and both
+listeners are bound before anything is served, so a start-up failure is one
+line on stderr (``bascule: cannot listen on 127.0.0.1:8080: address already
+in use``) and exit status 1; then a banner is logged: version, config file,
+listeners, routes, plugins, workers.
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ from pathlib import Path
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
+from hypercorn.utils import LifespanFailureError, repr_socket_addr
 
 from .config import Config, ConfigError, GatewaySettings, load_config
 from .gateway import Gateway, Runtime
 from .registry import Available, discover
 from .worker import listen
 
-__all__ = ["hypercorn_config", "run", "serve"]
+__all__ = ["StartupError", "hypercorn_config", "run", "serve"]
 
 log = logging.getLogger("bascule")
 
@@ -50,6 +57,7 @@ def hypercorn_config(gw: GatewaySettings, bind: str, *, tls: bool = True) -> Hyp
     c.read_timeout = gw.read_timeout or None  # type: ignore[assignment]
     c.graceful_timeout = gw.graceful_timeout
     c.lingering_timeout = gw.lingering_timeout  # type: ignore[attr-defined]  # read by bascule.worker
+    c.h2c = gw.h2c  # type: ignore[attr-defined]  # read by bascule.worker
     c.keep_alive_max_requests = 1_000_000
     c.include_date_header = False  # the upstream's Date is forwarded; the gateway adds its own otherwise
     c.include_server_header = False
@@ -66,11 +74,14 @@ async def serve(
     *,
     sockets: Sockets | None = None,
     admin: bool = True,
+    admin_sockets: Sockets | None = None,
     supervised: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the config at ``path`` until SIGTERM/SIGINT; reload on SIGHUP.
 
+    ``sockets``/``admin_sockets``: the listeners, already bound and listening
+    (``run`` binds them first); bound here from the config when not given.
     ``supervised``: this is a worker of ``_supervise``, so the admin
     listener's ``POST /reload`` asks the supervisor to reload every worker.
     """
@@ -98,6 +109,7 @@ async def serve(
                         listen,
                         admin_app,
                         hypercorn_config(config.gateway, config.gateway.admin, tls=False),
+                        sockets=admin_sockets,
                         shutdown_trigger=stop.wait,
                     )
                 )
@@ -122,8 +134,17 @@ async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, A
                     log.error("reload rejected, the old config stays:\n%s", e)
 
 
+class StartupError(Exception):
+    """Why the gateway cannot start, in one line (``bascule run`` prints it and exits 1)."""
+
+
 def run(path: str | Path, workers: int | None = None) -> int:
-    """Validate and serve ``path``; the ``bascule run`` command. Returns an exit code."""
+    """Validate and serve ``path``; the ``bascule run`` command. Returns an exit code.
+
+    Every start-up failure is reported in one line per problem on stderr: the
+    config's problems, a TLS file that cannot be read, an address that
+    cannot be bound.
+    """
     available = discover()
     try:
         config = load_config(path, available)
@@ -132,21 +153,113 @@ def run(path: str | Path, workers: int | None = None) -> int:
         print(e, file=sys.stderr)
         return 1
     workers = workers or config.gateway.workers
-    if workers == 1:
-        trio.run(partial(serve, path, available))
-        return 0
-    return _supervise(path, config, workers)
+    gw = config.gateway
+    try:
+        _check_tls(gw)
+        public = _bind(hypercorn_config(gw, gw.listen), gw.listen, "")
+        admin = _bind(hypercorn_config(gw, gw.admin, tls=False), gw.admin, " (admin)") if gw.admin else None
+    except StartupError as e:
+        print(f"bascule: {e}", file=sys.stderr)
+        return 1
+    _banner(config, public, admin, workers)
+    if workers > 1:
+        return _supervise(path, public, admin, workers)
+    try:
+        trio.run(partial(serve, path, available, sockets=public, admin_sockets=admin))
+    except BaseExceptionGroup as group:
+        failed = group.subgroup(LifespanFailureError)
+        if failed is None:
+            raise
+        # The gateway logged the plugin's error; its message was handed on by the lifespan.
+        print(f"bascule: {path}: the gateway could not start: {_leaf(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
-def _supervise(path: str | Path, config: Config, workers: int) -> int:
-    hc = hypercorn_config(config.gateway, config.gateway.listen)
-    sockets = hc.create_sockets()
+def _leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+def _reason(e: OSError) -> str:
+    """``address already in use``: the OS's message, as the tail of a sentence."""
+    reason = e.strerror or str(e)
+    return reason[:1].lower() + reason[1:]
+
+
+def _check_tls(gw: GatewaySettings) -> None:
+    """The certificate and key can be read and go together."""
+    if not (gw.tls_cert and gw.tls_key):
+        return
+    for key, file in (("tls_cert", gw.tls_cert), ("tls_key", gw.tls_key)):
+        try:
+            with open(file, "rb"):
+                pass
+        except OSError as e:
+            raise StartupError(f"cannot read {key} {file}: {_reason(e)}") from None
+    try:
+        hypercorn_config(gw, gw.listen).create_ssl_context()
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        raise StartupError(f"cannot load tls_cert {gw.tls_cert} with tls_key {gw.tls_key}: {e}") from None
+
+
+def _bind(hc: HypercornConfig, address: str, label: str) -> Sockets:
+    """The listener's sockets, bound and listening; ``StartupError`` naming the address if not."""
+    try:
+        sockets = hc.create_sockets()
+    except OSError as e:
+        raise StartupError(f"cannot listen on {address}{label}: {_reason(e)}") from None
+    for s in sockets.secure_sockets + sockets.insecure_sockets:
+        try:
+            s.listen(hc.backlog)
+        except OSError as e:
+            raise StartupError(f"cannot listen on {address}{label}: {_reason(e)}") from None
+    return sockets
+
+
+def _urls(sockets: Sockets) -> str:
+    urls = [f"https://{repr_socket_addr(s.family, s.getsockname())}" for s in sockets.secure_sockets]
+    urls += [f"http://{repr_socket_addr(s.family, s.getsockname())}" for s in sockets.insecure_sockets]
+    return ", ".join(urls)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bascule")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _banner(config: Config, public: Sockets, admin: Sockets | None, workers: int) -> None:
+    plugins = {spec.instance for route in config.routes for spec in route.plugins} | set(config.global_plugins)
+    log.info(
+        "bascule %s: %s: %d route%s, %d plugin%s enabled, %d worker%s",
+        _version(),
+        config.path,
+        len(config.routes),
+        "" if len(config.routes) == 1 else "s",
+        len(plugins),
+        "" if len(plugins) == 1 else "s",
+        workers,
+        "" if workers == 1 else "s",
+    )
+    log.info("public listener %s; admin listener %s", _urls(public), _urls(admin) if admin else "off")
+
+
+def _supervise(path: str | Path, sockets: Sockets, admin: Sockets | None, workers: int) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
     stopping = False
 
     def start(index: int) -> None:
-        p = ctx.Process(target=_worker, args=(str(path), sockets, index == 0), daemon=False)
+        # The first worker serves the admin listener too, on the sockets bound here.
+        first = index == 0
+        p = ctx.Process(target=_worker, args=(str(path), sockets, first, admin if first else None), daemon=False)
         p.start()
         procs[index] = p
 
@@ -182,9 +295,11 @@ def _supervise(path: str | Path, config: Config, workers: int) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _worker(path: str, sockets: Sockets, admin: bool) -> None:
+def _worker(path: str, sockets: Sockets, admin: bool, admin_sockets: Sockets | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for s in sockets.secure_sockets + sockets.insecure_sockets:
         s.listen(2048)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
-    trio.run(partial(serve, path, discover(), sockets=sockets, admin=admin, supervised=True))
+    trio.run(
+        partial(serve, path, discover(), sockets=sockets, admin=admin, admin_sockets=admin_sockets, supervised=True)
+    )

@@ -347,6 +347,32 @@ class _H2(H2Protocol):
                 await super()._handle_events([event])
 
 
+class _ContinueOnReceive:
+    """The app, whose first ``receive()`` sends the ``100 Continue`` a client waits for.
+
+    hypercorn sends it as soon as the request head is parsed, before the app
+    ran: a client was told to send its body before the gateway knew the route,
+    or ran auth and rate limiting. Now the body is asked for only when the app
+    wants it (RFC 9110 10.1.1); an app that answers first never sends it.
+    """
+
+    def __init__(self, app: Any, protocol: H11Protocol) -> None:
+        self.app = app
+        self.protocol = protocol
+
+    async def __call__(self, scope: Any, receive: Callable, send: Callable, *args: Any) -> None:
+        protocol = self.protocol
+
+        async def receive_continued() -> Any:
+            if getattr(protocol.connection, "they_are_waiting_for_100_continue", False):
+                await protocol._send_h11_event(
+                    h11.InformationalResponse(status_code=100, headers=protocol.config.response_headers("h11"))
+                )
+            return await receive()
+
+        await self.app(scope, receive_continued, send, *args)
+
+
 _ANSWERING = frozenset({h11.IDLE, h11.SEND_RESPONSE, h11.SEND_BODY})
 _ERROR_DETAIL = {431: "The request head is too large."}  # else: not valid HTTP/1.1
 
@@ -363,17 +389,17 @@ class _H11(H11Protocol):
     _discarding = False
     _head = b""  # a response head waiting for its first body bytes
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.app = cast(Any, _ContinueOnReceive(self.app, self))
+
     async def handle(self, event: Event) -> None:
         if not (self._discarding and isinstance(event, RawData)):
             await super().handle(event)
 
     async def _handle_events(self) -> None:  # hypercorn 0.18's, with the error branch above
         connection = cast(h11.Connection, self.connection)
-        while True:
-            if self.connection.they_are_waiting_for_100_continue:
-                await self._send_h11_event(
-                    h11.InformationalResponse(status_code=100, headers=self.config.response_headers("h11"))
-                )
+        while True:  # no 100 Continue here: it waits for the app to receive (_ContinueOnReceive)
             complete = self.connection.their_state is h11.MUST_CLOSE
             try:
                 event = self.connection.next_event()
@@ -406,9 +432,12 @@ class _H11(H11Protocol):
                 await self.stream.handle(event)
 
     async def _check_protocol(self, event: h11.Request) -> None:
-        """hypercorn's, less the h2c upgrade: ``Upgrade: h2c`` is ignored and the request
-        answered over HTTP/1.1 (RFC 9113 3.1 deprecates it; RFC 9110 7.8 lets a server
-        ignore Upgrade). HTTP/2 comes by TLS ALPN, or the HTTP/2 preface (prior knowledge)."""
+        """hypercorn's, less the h2c upgrade unless ``[gateway] h2c`` enables it: ``Upgrade: h2c``
+        is ignored and the request answered over HTTP/1.1 (RFC 9113 3.1 deprecates it; RFC 9110
+        7.8 lets a server ignore Upgrade). HTTP/2 comes by TLS ALPN, or the HTTP/2 preface (prior knowledge)."""
+        if getattr(self.config, "h2c", False):
+            await super()._check_protocol(event)
+            return
         if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
             raise H2ProtocolAssumedError(b"PRI * HTTP/2.0\r\n\r\n" + self.connection.trailing_data[0])
 
@@ -417,6 +446,18 @@ class _H11(H11Protocol):
         body bytes (one write, not two) and nothing empty is written. A head without
         Content-Length (a stream: server-sent events, long polls) leaves at once.
         What comes after a request's whole answer is dropped, not raised in the app."""
+        if (
+            type(event) is h11.Response
+            and self.connection.their_state is h11.SEND_BODY
+            and not any(name == b"connection" for name, _ in event.headers)
+        ):
+            # Answered before the request body was received (a refusal, an early 413): the
+            # connection closes after, and says so (RFC 9110 10.1.1, RFC 9112 9.6).
+            event = h11.Response(
+                status_code=event.status_code,
+                headers=[*event.headers, (b"connection", b"close")],
+                reason=event.reason,
+            )
         try:
             data = self.connection.send(event)
         except h11.LocalProtocolError:

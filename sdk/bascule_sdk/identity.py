@@ -1,20 +1,35 @@
-"""Identity headers that auth plugins send upstream (``X-Consumer-*``).
+"""What auth plugins share: the one credential a request may carry, and the
+identity headers they send upstream (``X-Consumer-*``).
 
-The core drops a client's copies on arrival, on every route; an auth plugin
-strips again before it writes (another plugin may have added some) and sets
-the consumer it authenticated."""
+The core drops a client's copies of the identity headers on arrival, on every
+route; an auth plugin strips again before it writes (another plugin may have
+added some) and sets the consumer it authenticated.
+
+An auth plugin reads its credential with ``single_credential``: a request that
+carries it more than once (twice the same field, a field and a cookie, two
+fields joined with a comma...) is refused with 400 before anything trusts it,
+so the credential a plugin verified is the only one the upstream can see."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
-from urllib.parse import quote
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, unquote_plus
 
 from .context import Consumer
-from .http import Headers
+from .http import Headers, HTTPError, Request
 
-__all__ = ["header_value", "set_identity", "strip_identity"]
+__all__ = [
+    "MULTIPLE_CREDENTIALS",
+    "Credential",
+    "header_value",
+    "multiple_credentials",
+    "set_identity",
+    "single_credential",
+    "strip_identity",
+]
 
 PREFIX = b"x-consumer-"
 _PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
@@ -57,3 +72,103 @@ def set_identity(headers: Headers, consumer: Consumer, claim_headers: Mapping[st
         value = consumer.claims.get(claim)
         if value is not None:
             headers.add(header, header_value(value))
+
+
+MULTIPLE_CREDENTIALS = "The request carries more than one credential."
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The one credential a request carries, and where it was found.
+
+    ``source`` is ``"header"``, ``"cookie"`` or ``"query"``; ``name`` is the
+    name as the plugin gave it. ``value`` is the header field value without
+    surrounding whitespace, the cookie value without surrounding double quotes,
+    or the query parameter value as sent (still percent-encoded: decode it the
+    way your credential needs, e.g. ``urllib.parse.unquote_plus``). It may be
+    empty (``apikey:`` or ``?token=``): treat that as no credential.
+    """
+
+    source: Literal["header", "cookie", "query"]
+    name: str
+    value: str
+
+
+def single_credential(
+    request: Request,
+    *,
+    headers: Iterable[str] = (),
+    cookies: Iterable[str] = (),
+    query: Iterable[str] = (),
+    challenge: str = "",
+) -> Credential | None:
+    """The credential ``request`` carries in the given places, if any, provided it carries only one.
+
+    ``headers`` are field names (any case), ``cookies`` cookie names and
+    ``query`` query parameter names (case-sensitive, compared once
+    percent-decoded): every place the calling plugin reads a credential from.
+    Returns ``None`` when there is none. Raises ``HTTPError(400)`` (detail
+    ``MULTIPLE_CREDENTIALS``) when there is more than one of them, counting:
+
+    - each field line of a listed header (RFC 9110 §11.6.2: ``Authorization``
+      is a singleton field), and each comma-separated member of one (a
+      credential never contains a comma: two fields joined into one, as RFC
+      9110 §5.3 lets an intermediary do, are two credentials);
+    - each cookie of a listed name, across every ``Cookie`` field (RFC 6265
+      §5.4; HTTP/2 may split them, RFC 9113 §8.2.3);
+    - each query parameter of a listed name;
+
+    whatever their values (empty, equal or not). RFC 6750 §2 says a client
+    MUST NOT send a token by more than one method, and §3.1 answers a request
+    that does, or that repeats a parameter, with 400 ``invalid_request``.
+
+    ``challenge`` is the plugin's ``WWW-Authenticate`` challenge, scheme and
+    realm (``'Bearer realm="api"'``); the 400 carries it with
+    ``error="invalid_request"`` and ``error_description`` added (RFC 6750 §3).
+    Call this before trusting any of these places; then a request that gets
+    through forwards, at most, the one credential the plugin verified.
+    """
+    found: list[Credential] = []
+    names = {name.lower().encode("latin-1"): name for name in headers}
+    wanted_cookies = frozenset(cookies)
+    if wanted_cookies:
+        names.setdefault(b"cookie", "")
+    for key, raw in request.headers.raw:
+        name = names.get(key)
+        if name is None:
+            continue
+        value = raw.decode("latin-1")
+        if key == b"cookie" and wanted_cookies:
+            for pair in value.split(";"):
+                cookie, eq, cookie_value = pair.strip().partition("=")
+                if eq and cookie.strip() in wanted_cookies:
+                    found.append(Credential("cookie", cookie.strip(), cookie_value.strip().strip('"')))
+            if not name:
+                continue  # Cookie read for its cookies only
+        if "," in value:
+            raise multiple_credentials(challenge)
+        found.append(Credential("header", name, value.strip()))
+    wanted_query = frozenset(query)
+    if wanted_query and request.query:
+        for part in request.query.split("&"):
+            param, _, param_value = part.partition("=")
+            param = unquote_plus(param)
+            if param in wanted_query:
+                found.append(Credential("query", param, param_value))
+    if len(found) > 1:
+        raise multiple_credentials(challenge)
+    return found[0] if found else None
+
+
+def multiple_credentials(challenge: str = "") -> HTTPError:
+    """The 400 ``invalid_request`` error ``single_credential`` raises (see there for ``challenge``).
+
+    Raise it yourself for a conflict only your plugin can see, e.g. a request
+    already identified by another auth plugin that also carries your credential.
+    """
+    headers = {}
+    if challenge:
+        sep = ", " if " " in challenge.strip() else " "  # after auth-params, or after a bare scheme
+        params = f'error="invalid_request", error_description="{MULTIPLE_CREDENTIALS}"'
+        headers["WWW-Authenticate"] = f"{challenge.strip()}{sep}{params}"
+    return HTTPError(400, MULTIPLE_CREDENTIALS, headers)

@@ -19,12 +19,14 @@ report several at once, each under its own key (``check`` builds one).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -35,7 +37,9 @@ __all__ = [
     "Problem",
     "Secret",
     "SettingsError",
+    "UnresolvedSecret",
     "check",
+    "offline_secrets",
     "parse",
     "parse_byte_size",
     "parse_duration",
@@ -141,21 +145,61 @@ def parse_byte_size(value: Any) -> int:
     raise ValueError(f'expected a size like "64KiB" or "10MB", got {value!r}')
 
 
+class UnresolvedSecret(str):
+    """An ``env:NAME``/``file:PATH`` reference left unresolved by ``offline_secrets()``.
+
+    Its text is the reference itself, never a secret.
+    """
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Within ``offline_secrets()``: the settings checks skipped because they need a secret's value.
+_offline: contextvars.ContextVar[list[Problem] | None] = contextvars.ContextVar("bascule_offline", default=None)
+
+
+@contextlib.contextmanager
+def offline_secrets() -> Iterator[list[Problem]]:
+    """Parse settings without reading ``env:``/``file:`` secrets (``bascule validate --offline``).
+
+    Inside the block a secret reference is only checked for its syntax and
+    parses to an ``UnresolvedSecret`` (the reference text). A model whose own
+    check (``__post_init__``) fails while one of its fields holds such a
+    reference is not reported: that check needs the secret's value. The list
+    yielded collects one ``Problem`` per skipped check.
+    """
+    skipped: list[Problem] = []
+    token = _offline.set(skipped)
+    try:
+        yield skipped
+    finally:
+        _offline.reset(token)
+
+
 def resolve_secret(value: Any) -> str:
     """A literal string, ``"env:NAME"`` (environment variable) or ``"file:PATH"``.
 
     A file's trailing newline is dropped. A missing variable or unreadable file
     is an error naming it; the secret itself never appears in a message.
+    Within ``offline_secrets()`` a reference is not resolved (see there).
     """
     if not isinstance(value, str):
         raise ValueError(f"expected a string, env:NAME or file:PATH, got {type(value).__name__}")
+    offline = _offline.get() is not None
     if value.startswith("env:"):
         name = value[4:]
+        if offline:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{value!r} does not name an environment variable (env:NAME, NAME of A-Z, 0-9, _)")
+            return UnresolvedSecret(value)
         if name not in os.environ:
             raise ValueError(f"environment variable {name} is not set")
         return os.environ[name]
     if value.startswith("file:"):
         path = value[5:]
+        if offline:
+            if not path.strip():
+                raise ValueError(f"{value!r} does not name a file (file:PATH)")
+            return UnresolvedSecret(value)
         try:
             with open(path, encoding="utf-8") as f:
                 return f.read().rstrip("\n")
@@ -218,10 +262,45 @@ def _build(model: type, values: dict[str, Any], prefix: str, problems: list[Prob
     try:
         return model(**values)
     except SettingsError as e:
-        problems.extend(Problem(_join(prefix, p.key), p.message) for p in e.problems)
+        found = [Problem(_join(prefix, p.key), p.message) for p in e.problems]
     except (ValueError, TypeError) as e:
-        problems.append(Problem(prefix, str(e)))
+        found = [Problem(prefix, str(e))]
+    skipped = _offline.get()
+    unresolved = sorted(set(_unresolved(values)))
+    if skipped is not None and unresolved:
+        # Offline: this check may have failed only for want of the secrets' values.
+        skipped.append(Problem(prefix, f"not checked offline: needs the value of {', '.join(unresolved)}"))
+        return _unchecked(model, values)
+    problems.extend(found)
     return None
+
+
+def _unresolved(value: Any) -> Iterator[str]:
+    """The ``UnresolvedSecret`` references in a field value (lists and tables included)."""
+    if isinstance(value, UnresolvedSecret):
+        yield str(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _unresolved(v)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _unresolved(v)
+
+
+def _unchecked(model: type, values: dict[str, Any]) -> Any:
+    """An instance of ``model`` holding ``values`` (and defaults) without running its checks."""
+    instance: Any = object.__new__(model)
+    for f in dataclasses.fields(model):
+        if f.name in values:
+            value = values[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue  # computed by the check (init=False): absent
+        object.__setattr__(instance, f.name, value)
+    return instance
 
 
 def _describe(value: Any) -> str:

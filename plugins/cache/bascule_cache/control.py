@@ -9,13 +9,20 @@ import calendar
 import re
 import time
 
+from bascule_sdk import Headers
+
 __all__ = [
     "HEURISTIC_STATUSES",
     "MAX_DELTA",
+    "UNDERSTOOD_STATUSES",
+    "age_value",
     "delta_seconds",
+    "directives",
     "http_date",
     "parse_cache_control",
+    "parse_targeted",
     "parse_vary",
+    "select_directives",
     "weak_match",
 ]
 
@@ -23,6 +30,16 @@ __all__ = [
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 #: RFC 9111 section 1.2.2: delta-seconds beyond what we can represent.
 MAX_DELTA = 2147483648
+#: Statuses whose caching requirements this cache understands (RFC 9111 section 5.2.2.3,
+#: ``must-understand``): the final statuses of RFC 9110 section 15 it may store, i.e. without
+#: 206 (no partial storage), 304, and the deprecated or unused 305 and 306. Any other
+#: status (429 of RFC 6585, which must never be stored; 299; 599) is not understood.
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 307, 308}
+    | set(range(400, 418))
+    | {421, 422, 426}
+    | set(range(500, 506))
+)
 
 
 def parse_cache_control(values: list[str]) -> dict[str, str | None]:
@@ -70,6 +87,204 @@ def _split_directives(value: str):
             name = name.rstrip()
         yield name, arg
         i = j + 1
+
+
+def age_value(value: str | None) -> int:
+    """The ``Age`` of a response (RFC 9111 section 5.1), 0 when absent or invalid.
+
+    ``value`` is the first ``Age`` field line. A list (``Age: 5, 10``) counts by
+    its first member; when that member is not delta-seconds the field is ignored.
+    """
+    if value is None:
+        return 0
+    return delta_seconds(value.split(",", 1)[0].strip()) or 0
+
+
+def directives(headers: Headers, field: str = "cache-control") -> dict[str, str | None]:
+    """The directives of ``field``: Cache-Control syntax, or a targeted field's (RFC 9213)."""
+    if field == "cache-control":
+        return parse_cache_control(headers.get_all("cache-control"))
+    return parse_targeted(headers.get_all(field)) or {}
+
+
+def select_directives(headers: Headers, targets: tuple[str, ...]) -> tuple[str, dict[str, str | None]]:
+    """The field that sets this cache's policy for a response, and its directives.
+
+    RFC 9213 section 2.2: the first field of the target list with a valid,
+    non-empty value; then Cache-Control (and Expires) are ignored. Without one,
+    ``("cache-control", ...)``.
+    """
+    for name in targets:
+        parsed = parse_targeted(headers.get_all(name))
+        if parsed is not None:
+            return name, parsed
+    return "cache-control", parse_cache_control(headers.get_all("cache-control"))
+
+
+def parse_targeted(values: list[str]) -> dict[str, str | None] | None:
+    """A targeted field (RFC 9213 section 2.1) as directives; ``None`` when empty or invalid.
+
+    The value is a Structured Field Dictionary (RFC 9651 section 3.2), parsed
+    strictly: a parse error makes the whole field invalid. Members map to
+    directives as Cache-Control's would: Boolean true -> no argument, Integer,
+    Decimal, Token -> their text, String -> its content. Members whose value
+    cannot be a directive argument (false, Byte Sequence, Inner List, Date) are
+    dropped; parameters are ignored.
+    """
+    text = ", ".join(values).strip(" ")
+    if not text:
+        return None
+    try:
+        members = _SfParser(text).dictionary()
+    except ValueError:
+        return None
+    return {k: v for k, (keep, v) in members.items() if keep}
+
+
+_LCALPHA = "abcdefghijklmnopqrstuvwxyz"
+_DIGITS = "0123456789"
+_KEY_CHARS = frozenset(_LCALPHA + _DIGITS + "_-.*")
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~:/" + _DIGITS + _LCALPHA + _LCALPHA.upper())
+_B64_CHARS = frozenset(_LCALPHA + _LCALPHA.upper() + _DIGITS + "+/=")
+
+
+class _SfParser:
+    """Just enough of RFC 9651 section 4.2 for a Dictionary; raises ``ValueError``."""
+
+    def __init__(self, text: str) -> None:
+        self.s, self.i = text, 0
+
+    def peek(self) -> str:
+        return self.s[self.i] if self.i < len(self.s) else ""
+
+    def dictionary(self) -> dict[str, tuple[bool, str | None]]:
+        out: dict[str, tuple[bool, str | None]] = {}
+        while True:
+            key = self.key()
+            if self.peek() == "=":
+                self.i += 1
+                if self.peek() == "(":
+                    self.inner_list()
+                    value: tuple[bool, str | None] = (False, None)
+                else:
+                    value = self.bare_item()
+            else:
+                value = (True, None)  # Boolean true: a directive without argument
+            self.parameters()
+            out[key] = value  # a repeated key: the last one wins (section 4.2.2)
+            while self.peek() in (" ", "\t"):
+                self.i += 1
+            if not self.peek():
+                return out
+            if self.peek() != ",":
+                raise ValueError("expected a comma")
+            self.i += 1
+            while self.peek() in (" ", "\t"):
+                self.i += 1
+            if not self.peek():
+                raise ValueError("trailing comma")
+
+    def key(self) -> str:
+        start = self.i
+        if not (self.peek() and (self.peek() in _LCALPHA or self.peek() == "*")):
+            raise ValueError("a key starts with a lowercase letter or *")
+        while self.peek() and self.peek() in _KEY_CHARS:
+            self.i += 1
+        return self.s[start : self.i]
+
+    def parameters(self) -> None:
+        while self.peek() == ";":
+            self.i += 1
+            while self.peek() == " ":
+                self.i += 1
+            self.key()
+            if self.peek() == "=":
+                self.i += 1
+                self.bare_item()
+
+    def inner_list(self) -> None:
+        self.i += 1  # "("
+        while True:
+            while self.peek() == " ":
+                self.i += 1
+            if self.peek() == ")":
+                self.i += 1
+                self.parameters()
+                return
+            self.bare_item()
+            self.parameters()
+            if self.peek() not in (" ", ")"):
+                raise ValueError("bad inner list")
+
+    def bare_item(self) -> tuple[bool, str | None]:
+        c = self.peek()
+        if c == "-" or (c and c in _DIGITS):
+            return True, self.number()
+        if c == '"':
+            return True, self.string()
+        if c and (c in _LCALPHA or c in _LCALPHA.upper() or c == "*"):
+            start = self.i
+            while self.peek() and self.peek() in _TOKEN_CHARS:
+                self.i += 1
+            return True, self.s[start : self.i]
+        if c == ":":
+            end = self.s.find(":", self.i + 1)
+            if end < 0 or not set(self.s[self.i + 1 : end]) <= _B64_CHARS:
+                raise ValueError("bad byte sequence")
+            self.i = end + 1
+            return False, None
+        if c == "?":
+            flag = self.s[self.i + 1 : self.i + 2]
+            if flag not in ("0", "1"):
+                raise ValueError("bad boolean")
+            self.i += 2
+            return flag == "1", None
+        if c == "@":
+            self.i += 1
+            if "." in self.number():
+                raise ValueError("a date is an integer")
+            return False, None
+        raise ValueError("not a bare item")
+
+    def number(self) -> str:
+        start = self.i
+        if self.peek() == "-":
+            self.i += 1
+        digits = self.i
+        while self.peek() and self.peek() in _DIGITS:
+            self.i += 1
+        whole = self.i - digits
+        if whole == 0:
+            raise ValueError("a number needs digits")
+        if self.peek() == ".":
+            self.i += 1
+            frac = self.i
+            while self.peek() and self.peek() in _DIGITS:
+                self.i += 1
+            if whole > 12 or not 1 <= self.i - frac <= 3:
+                raise ValueError("bad decimal")
+        elif whole > 15:
+            raise ValueError("integer too long")
+        return self.s[start : self.i]
+
+    def string(self) -> str:
+        self.i += 1
+        chars: list[str] = []
+        while True:
+            c = self.peek()
+            if not c:
+                raise ValueError("unterminated string")
+            self.i += 1
+            if c == '"':
+                return "".join(chars)
+            if c == "\\":
+                c = self.peek()
+                if c not in ('"', "\\"):
+                    raise ValueError("bad escape")
+                self.i += 1
+            elif not " " <= c <= "~":
+                raise ValueError("bad string character")
+            chars.append(c)
 
 
 def delta_seconds(arg: str | None) -> int | None:

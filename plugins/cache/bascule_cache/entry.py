@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from bascule_sdk import Headers
 
-from .control import HEURISTIC_STATUSES, delta_seconds, http_date, parse_cache_control
+from .control import HEURISTIC_STATUSES, age_value, delta_seconds, directives, http_date, select_directives
 
 __all__ = ["Entry", "Policy", "freshness_lifetime"]
 
@@ -35,22 +35,27 @@ _NOT_STORED = (
 
 @dataclass(frozen=True)
 class Policy:
-    """The operator's freshness defaults (from settings)."""
+    """The operator's freshness defaults and targeted fields (from settings)."""
 
     default_ttl: float = 0.0
     heuristic_max: float = 86400.0
+    #: Targeted cache-control fields (RFC 9213) this cache obeys, lower-cased, first wins.
+    targets: tuple[str, ...] = ()
 
 
 def freshness_lifetime(status: int, headers: Headers, response_time: float, policy: Policy) -> float:
-    """RFC 9111 section 4.2.1 for a shared cache: s-maxage, max-age, Expires - Date, heuristic."""
-    cc = parse_cache_control(headers.get_all("cache-control"))
+    """RFC 9111 section 4.2.1 for a shared cache: s-maxage, max-age, Expires - Date, heuristic.
+
+    With a valid targeted field (RFC 9213), its directives replace Cache-Control and Expires.
+    """
+    control, cc = select_directives(headers, policy.targets)
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
             value = delta_seconds(cc[directive])
             return float(value) if value is not None else 0.0
     date = http_date(headers.get("date"))
     date = response_time if date is None else date
-    expires = headers.get_all("expires")
+    expires = headers.get_all("expires") if control == "cache-control" else []
     if expires:
         at = http_date(expires[0])
         return max(0.0, at - date) if at is not None else 0.0
@@ -70,7 +75,8 @@ class Entry:
     ``response_time`` the moment the response arrived; the current age at
     ``now`` is ``initial_age + now - response_time``. ``keep_until`` is when
     the store may forget it. ``upstream`` is the ``(path, query, host)`` the
-    request was sent upstream with, for background refresh.
+    request was sent upstream with, for background refresh. ``control`` is the
+    field whose directives apply: ``cache-control``, or a targeted field.
     """
 
     status: int
@@ -81,10 +87,11 @@ class Entry:
     lifetime: float
     keep_until: float = 0.0
     upstream: tuple[str, str, bool] | None = None
+    control: str = "cache-control"
     cc: dict[str, str | None] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        self.cc = parse_cache_control(self.view.get_all("cache-control"))
+        self.cc = directives(self.view, self.control)
 
     @classmethod
     def from_response(
@@ -97,13 +104,12 @@ class Entry:
         policy: Policy,
     ) -> Entry:
         """Capture a response received at ``response_time`` for a request sent at ``request_time``."""
-        age_value = delta_seconds((headers.get("age") or "").strip()) or 0
         date = http_date(headers.get("date"))
         apparent_age = max(0.0, response_time - date) if date is not None else 0.0
-        corrected_age = age_value + max(0.0, response_time - request_time)
+        corrected_age = age_value(headers.get("age")) + max(0.0, response_time - request_time)
         stored = headers.copy()
         stored.remove(*_NOT_STORED)
-        cc = parse_cache_control(headers.get_all("cache-control"))
+        control, cc = select_directives(headers, policy.targets)
         for directive in ("no-cache", "private"):  # qualified forms: never store the listed fields
             if cc.get(directive):
                 stored.remove(*(f.strip() for f in (cc[directive] or "").split(",") if f.strip()))
@@ -114,6 +120,7 @@ class Entry:
             response_time,
             max(apparent_age, corrected_age),
             freshness_lifetime(status, stored, response_time, policy),
+            control=control,
         )
 
     @property
@@ -168,6 +175,8 @@ class Entry:
             "k": self.keep_until,
             "u": self.upstream,
         }
+        if self.control != "cache-control":
+            head["c"] = self.control
         return json.dumps(head, separators=(",", ":")).encode() + b"\n" + self.body
 
     @classmethod
@@ -176,4 +185,4 @@ class Entry:
         h = json.loads(head)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h["h"]]
         upstream = tuple(h["u"]) if h.get("u") else None
-        return cls(h["s"], headers, body, h["t"], h["a"], h["l"], h["k"], upstream)
+        return cls(h["s"], headers, body, h["t"], h["a"], h["l"], h["k"], upstream, h.get("c", "cache-control"))

@@ -22,7 +22,14 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 import trio
 from bascule_sdk import Context, Gateway, Headers, HTTPError, Plugin, Request, Response, hookimpl
 
-from .control import HEURISTIC_STATUSES, delta_seconds, parse_cache_control, parse_vary
+from .control import (
+    HEURISTIC_STATUSES,
+    UNDERSTOOD_STATUSES,
+    delta_seconds,
+    parse_cache_control,
+    parse_vary,
+    select_directives,
+)
 from .entry import Entry, Policy
 from .responses import respond, shareable
 from .settings import CacheSettings
@@ -86,7 +93,7 @@ class Cache(Plugin):
     def __init__(self, settings: CacheSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
         self.settings: CacheSettings = settings
-        self.policy = Policy(settings.default_ttl, settings.heuristic_max)
+        self.policy = Policy(settings.default_ttl, settings.heuristic_max, settings.targets())
         self.counts: Counter[str] = Counter()
         self.waiting = 0
         self._flights: dict[str, _Flight] = {}
@@ -386,12 +393,15 @@ class Cache(Plugin):
         Reads the body only when its length is known and within ``max_object_size``.
         """
         s = self.settings
-        cc = parse_cache_control(response.headers.get_all("cache-control"))
+        control, cc = select_directives(response.headers, self.policy.targets)
         status = response.status
         if status in (206, 304) or status < 200 or (s.statuses is not None and status not in s.statuses):
             return None
         if "must-understand" in cc:
-            pass  # every status in ``statuses`` is understood: no-store is overridden
+            # RFC 9111 section 3: stored only if the cache understands the status; then
+            # section 5.2.2.3: no-store is ignored, as the status's own rules apply.
+            if status not in UNDERSTOOD_STATUSES:
+                return None
         elif "no-store" in cc:
             return None
         if "private" in cc and cc["private"] is None:  # qualified private: the fields are left out
@@ -406,7 +416,9 @@ class Cache(Plugin):
             media = (response.headers.get("content-type") or "").split(";")[0].strip().lower()
             if media not in {t.lower() for t in s.content_types}:
                 return None
-        explicit = {"max-age", "s-maxage", "public"} & cc.keys() or "expires" in response.headers
+        explicit = {"max-age", "s-maxage", "public"} & cc.keys() or (
+            control == "cache-control" and "expires" in response.headers
+        )
         if not explicit and status not in HEURISTIC_STATUSES:
             return None
         body = response.body

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from bascule_sdk import ByteSize, Duration, Secret, setting
 
 __all__ = ["CacheSettings"]
+
+_FIELD_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,11 @@ class CacheSettings:
         "upstream at once (no coalescing) for this long.",
     )
     purge_path: str = setting("/cache/purge", "Admin listener path of the purge endpoint.")
+    targeted_cache_control: str | list[str] | None = setting(
+        None,
+        'Targeted cache-control fields (RFC 9213) this cache obeys, e.g. "CDN-Cache-Control"; a list is '
+        "tried in order. The first valid one replaces Cache-Control and Expires for this cache; unset: off.",
+    )
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in ("GET", "HEAD")]
@@ -76,3 +84,15 @@ class CacheSettings:
                 raise ValueError("statuses: each must be a final HTTP status code (200-599)")
             if {206, 304} & set(self.statuses):
                 raise ValueError("statuses: 206 and 304 responses cannot be stored")
+        self.targets()
+
+    def targets(self) -> tuple[str, ...]:
+        """``targeted_cache_control`` as lower-cased field names; ``ValueError`` when one is not a field name."""
+        names = self.targeted_cache_control
+        names = [names] if isinstance(names, str) else names or []
+        for name in names:
+            if not _FIELD_NAME.fullmatch(name):
+                raise ValueError(f"targeted_cache_control: {name!r} is not a field name")
+            if name.lower() in ("cache-control", "expires"):
+                raise ValueError(f"targeted_cache_control: {name!r} is not a targeted field")
+        return tuple(dict.fromkeys(n.lower() for n in names))

@@ -787,3 +787,129 @@ async def test_uncacheable_uris_are_not_coalesced(nursery, cache_cls):
                 n.start_soon(get, c)
     assert [r.status_code for r in results] == [200, 200]
     assert len(upstream.requests) == 3
+
+
+# -- standards: Age lists, must-understand, targeted fields (RFC 9111 §5.1, §5.2.2.3; RFC 9213) -------------
+
+
+@pytest.mark.parametrize(
+    "age_fields, stored_age",
+    [
+        ([("age", "8, 1")], 8),  # a list: the first member (RFC 9111 §5.1)
+        ([("age", "8"), ("age", "1")], 8),  # two field lines: the first
+        ([("age", " 8 ,x")], 8),
+        ([("age", "soon, 8")], 0),  # the first member is invalid: the field is ignored
+    ],
+)
+async def test_a_list_valued_age_uses_its_first_member(nursery, cache_cls, clock, age_fields, stored_age):
+    from bascule_sdk import Headers
+
+    async def handler(request):
+        fields = [("cache-control", "max-age=10"), ("content-length", "2"), *age_fields]
+        return Response(200, Headers([(k.encode(), v.encode()) for k, v in fields]), b"ok")
+
+    upstream, gw = await setup(nursery, cache_cls, handler)
+    async with gw.client() as c:
+        await c.get("/api/a")
+        hit = await c.get("/api/a")
+        clock.advance(3)  # 8 + 3 > max-age 10 when the first member counted
+        after = await c.get("/api/a")
+    assert status(hit) == "HIT" and stored_age <= int(hit.headers["age"]) <= stored_age + 1
+    assert status(after) == ("MISS" if stored_age else "HIT")
+    assert len(upstream.requests) == (2 if stored_age else 1)
+
+
+async def test_must_understand_overrides_no_store_only_for_understood_statuses(nursery, cache_cls):
+    async def handler(request):
+        code = int(request.path.rsplit("/", 1)[1])
+        no_store = ", no-store" if request.query != "plain" else ""
+        h = {"cache-control": f"max-age=60, must-understand{no_store}", "content-length": "2"}
+        return Response(code, h, b"ok")
+
+    _, gw = await setup(nursery, cache_cls, handler, statuses=[200, 404, 299, 429])
+    async with gw.client() as c:
+        results = {}
+        for path in ("/api/200", "/api/404", "/api/299", "/api/429", "/api/299?plain"):
+            await c.get(path)
+            results[path] = status(await c.get(path))
+    assert results == {
+        "/api/200": "HIT",  # RFC 9110 statuses: the cache knows their caching rules, no-store is ignored
+        "/api/404": "HIT",
+        "/api/299": "MISS",  # unknown status: must-understand means "do not store" (RFC 9111 §3)
+        "/api/429": "MISS",  # RFC 6585: never stored, whatever statuses says
+        "/api/299?plain": "MISS",  # must-understand without no-store: still not stored
+    }
+
+
+def _targeted_handler():
+    fields = {
+        "/api/cdn-only": {"cache-control": "no-store", "cdn-cache-control": "max-age=60"},
+        "/api/cdn-no-store": {"cache-control": "max-age=60", "cdn-cache-control": "no-store"},
+        "/api/cdn-private": {"cache-control": "public, max-age=60", "cdn-cache-control": "private"},
+        "/api/cdn-shorter": {"cache-control": "max-age=600", "cdn-cache-control": "max-age=5"},
+        "/api/cdn-expires": {"expires": "Thu, 01 Jan 1970 00:00:00 GMT", "cdn-cache-control": "max-age=60"},
+        # Not a valid Structured Field Dictionary (RFC 8941 §3.2): ignored, Cache-Control applies.
+        "/api/cdn-invalid": {"cache-control": "max-age=60", "cdn-cache-control": "max-age=(5"},
+        "/api/cdn-uppercase": {"cache-control": "max-age=60", "cdn-cache-control": "Max-Age=5"},
+        "/api/cdn-empty": {"cache-control": "max-age=60", "cdn-cache-control": ""},
+        "/api/cdn-decimal": {"cache-control": "max-age=600", "cdn-cache-control": "max-age=1.5"},
+        "/api/other": {"cache-control": "no-store", "acme-cache-control": "max-age=60"},
+    }
+
+    async def handler(request):
+        return Response(200, {"content-length": "2", **fields[request.path]}, b"ok")
+
+    return handler
+
+
+async def test_targeted_cache_control_takes_precedence_when_configured(nursery, cache_cls, clock):
+    _, gw = await setup(nursery, cache_cls, _targeted_handler(), targeted_cache_control="CDN-Cache-Control")
+    paths = [
+        "/api/cdn-only",
+        "/api/cdn-no-store",
+        "/api/cdn-private",
+        "/api/cdn-shorter",
+        "/api/cdn-expires",
+        "/api/cdn-invalid",
+        "/api/cdn-uppercase",
+        "/api/cdn-empty",
+        "/api/cdn-decimal",
+        "/api/other",
+    ]
+    async with gw.client() as c:
+        first = {p: await c.get(p) for p in paths}
+        clock.advance(10)
+        later = {p: status(await c.get(p)) for p in paths}
+    assert later == {
+        "/api/cdn-only": "HIT",  # CDN-Cache-Control wins over Cache-Control: no-store (RFC 9213 §2.2)
+        "/api/cdn-no-store": "MISS",
+        "/api/cdn-private": "MISS",
+        "/api/cdn-shorter": "MISS",  # max-age=5 for this cache, whatever Cache-Control says
+        "/api/cdn-expires": "HIT",  # Expires is ignored too
+        "/api/cdn-invalid": "HIT",  # invalid targeted field: Cache-Control max-age=60 applies
+        "/api/cdn-uppercase": "HIT",
+        "/api/cdn-empty": "HIT",
+        "/api/cdn-decimal": "MISS",  # max-age must be an Integer: a decimal is not consumed as one
+        "/api/other": "MISS",  # a targeted field not on the list changes nothing
+    }
+    # Passed through to the client, stored and replayed (RFC 9213 §3: forwarded by default).
+    assert first["/api/cdn-only"].headers["cdn-cache-control"] == "max-age=60"
+    assert first["/api/cdn-only"].headers["cache-control"] == "no-store"
+
+
+async def test_targeted_cache_control_is_off_by_default(nursery, cache_cls):
+    _, gw = await setup(nursery, cache_cls, _targeted_handler())
+    async with gw.client() as c:
+        await c.get("/api/cdn-only")
+        second = await c.get("/api/cdn-only")
+        await c.get("/api/cdn-no-store")
+        third = await c.get("/api/cdn-no-store")
+    assert status(second) == "MISS" and status(third) == "HIT"
+    assert second.headers["cdn-cache-control"] == "max-age=60"
+
+
+async def test_targeted_cache_control_setting_is_validated(nursery):
+    upstream = await start_upstream(nursery)
+    for bad in ("Cache-Control", "not a field", ""):
+        with pytest.raises(ConfigError, match="targeted_cache_control"):
+            await start_gateway(nursery, config(upstream.url, targeted_cache_control=bad), plugins=[Cache])

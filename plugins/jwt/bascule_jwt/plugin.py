@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import trio
 from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
-from bascule_sdk.identity import set_identity, strip_identity
+from bascule_sdk.identity import multiple_credentials, set_identity, single_credential, strip_identity
 
 from .settings import Credentials
 from .settings import Settings as JWTSettings
@@ -34,6 +34,9 @@ class JWTPlugin(Plugin):
         self.verifier = Verifier(settings, self.name)
         self._anonymous: Consumer | None = None
         self._claim_header_names = frozenset(h.lower().encode() for h in settings.claim_headers.values())
+        self._headers = (settings.header,) if settings.header else ()
+        self._cookies = (settings.cookie,) if settings.cookie else ()
+        self._query = (settings.query,) if settings.query else ()
         self._stopped = trio.Event()
 
     @hookimpl
@@ -67,7 +70,11 @@ class JWTPlugin(Plugin):
     async def on_request(self, ctx: Context) -> None:
         strip_identity(ctx.request.headers, self._claim_header_names)
         if self._anonymous is not None and ctx.consumer is not None and ctx.consumer is not self._anonymous:
-            return  # "either" mode: an earlier auth plugin already identified the caller
+            # "either" mode: an earlier auth plugin already identified the caller. A token sent as well
+            # would reach the upstream unverified, next to that identity: two credentials (RFC 6750 §3.1).
+            if self._token(ctx.request) is not None:
+                raise multiple_credentials(self._challenge())
+            return
         s = self.settings
         token = self._token(ctx.request)
         if token is None:
@@ -103,24 +110,25 @@ class JWTPlugin(Plugin):
             set_identity(request.headers, ctx.consumer, self.settings.claim_headers)
 
     def _token(self, request: Request) -> str | None:
-        """The token from the header, else the cookie, else the query parameter."""
+        """The token from the header, the cookie or the query parameter: the one place it is in.
+
+        More than one (a second field, a second cookie, a header and a cookie...) is a 400
+        ``invalid_request`` before anything is verified (``single_credential``, RFC 6750 §2, §3.1).
+        A header under another scheme is no token (and still counts as a credential sent).
+        """
         s = self.settings
-        if s.header and (value := request.headers.get(s.header)) is not None:
-            if not s.scheme:
-                return value.strip() or None
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == s.scheme.lower() and token.strip():
-                return token.strip()
-        if s.cookie:
-            for line in request.headers.get_all("cookie"):
-                for pair in line.split(";"):
-                    name, _, value = pair.strip().partition("=")
-                    if name == s.cookie and value:
-                        return value.strip('"')
-        if s.query and request.query:
-            for name, value in parse_qsl(request.query):
-                if name == s.query and value:
-                    return value
+        credential = single_credential(
+            request, headers=self._headers, cookies=self._cookies, query=self._query, challenge=self._challenge()
+        )
+        if credential is None or not credential.value:
+            return None
+        if credential.source == "query":
+            return unquote_plus(credential.value) or None
+        if credential.source == "cookie" or not s.scheme:
+            return credential.value
+        scheme, _, token = credential.value.partition(" ")
+        if scheme.lower() == s.scheme.lower() and token.strip():
+            return token.strip()
         return None
 
     def _challenge(self, error: str = "", description: str = "", scope: str = "") -> str:

@@ -167,7 +167,7 @@ class Verifier:
         s = self.settings
         for key in keys:
             try:
-                return jwt.decode(
+                claims: dict[str, Any] = jwt.decode(
                     token,
                     key.key,
                     algorithms=[alg],
@@ -178,10 +178,17 @@ class Verifier:
                 )
             except jwt.InvalidSignatureError:
                 continue  # another key with the same kid/alg may match
-            except jwt.MissingRequiredClaimError as e:
-                raise TokenError(f"The token lacks the required claim {e.claim}.") from None
             except jwt.PyJWTError as e:
-                raise TokenError(_describe(e)) from None
+                # The signature held; a time claim that is not a number fails PyJWT's checks
+                # with a vaguer message ("expired" for a string in the past, "lacks" for null).
+                description = _numeric_date_error(_unverified_claims(token))
+                if description is None and isinstance(e, jwt.MissingRequiredClaimError):
+                    description = f"The token lacks the required claim {e.claim}."
+                raise TokenError(description or _describe(e)) from None
+            else:
+                if description := _numeric_date_error(claims):
+                    raise TokenError(description)
+                return claims
         raise TokenError("The token's signature is invalid.")
 
     def _verified(self, claims: dict[str, Any], now: float) -> Verified:
@@ -207,6 +214,37 @@ class Verifier:
                 raise TokenError("The token lacks the required claim sub.")
             consumer = Consumer(name=sub, id=sub, groups=frozenset(as_list(claims.get(s.groups_claim))), claims=frozen)
         return Verified(consumer, frozenset(as_list(claims.get(s.scope_claim))), expires)
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """The payload as parsed, without any check; empty when it does not parse."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+
+
+def _numeric_date_error(claims: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``exp``, ``nbf`` or ``iat`` when one is not a NumericDate, else ``None``.
+
+    RFC 7519 §2: a NumericDate is a JSON number. PyJWT runs ``int()`` on these
+    claims, which accepts ``"1999999999"`` and ``true``; Python's ``json`` also
+    reads ``NaN``, ``Infinity`` and ``1e400`` (as inf). A string, boolean, null,
+    array or object, a non-finite number, or an integer beyond a double is refused.
+    """
+    for name in ("exp", "nbf", "iat"):
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"The token's {name} claim is not a NumericDate (a JSON number)."
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer too large for a double
+            finite = False
+        if not finite:
+            return f"The token's {name} claim is not a finite NumericDate."
+    return None
 
 
 def _describe(error: Exception) -> str:

@@ -728,3 +728,103 @@ def test_readme_documents_every_setting():
         for f in fields(model):
             if f.init:
                 assert f"| `{f.name}` |" in readme, (model.__name__, f.name)
+
+
+# --- more than one credential (RFC 6750 §2, §3.1; RFC 9110 §11.6.2) ----------------------------------------
+
+
+def assert_invalid_request(r) -> None:
+    """A 400 invalid_request answer (RFC 6750 §3.1: more than one method, a repeated parameter)."""
+    assert r.status_code == 400, r.text
+    challenge = r.headers["www-authenticate"]
+    assert challenge.startswith('Bearer realm="bascule", error="invalid_request"'), challenge
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == "The request carries more than one credential."
+
+
+async def test_two_authorization_fields_are_refused_and_nothing_reaches_the_upstream(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, route(upstream, BASIC))
+    good, other = token(), token(sub="mallory", key="m" * 64)
+    async with gw.client() as client:
+        for fields in (
+            [("authorization", f"Bearer {good}"), ("authorization", f"Bearer {other}")],
+            [("authorization", f"Bearer {other}"), ("authorization", f"Bearer {good}")],
+            [("authorization", f"Bearer {good}"), ("authorization", "Basic YWxpY2U6c2VjcmV0")],
+            [("authorization", f"Bearer {good}"), ("authorization", f"Bearer {good}")],
+            [("authorization", f"Bearer {good}, Bearer {other}")],  # two fields joined (RFC 9110 §5.3)
+            [("authorization", f"Bearer {good},Bearer {good}")],
+        ):
+            assert_invalid_request(await client.get("/api/orders", headers=fields))
+        # One field: the upstream receives exactly that one, and the identity it proved.
+        r = await client.get("/api/orders", headers=[("authorization", f"Bearer {good}")])
+        assert r.status_code == 200
+    assert len(upstream.requests) == 1
+    assert upstream.requests[0].headers.get_all("authorization") == [f"Bearer {good}"]
+    assert upstream.requests[0].header("x-consumer-id") == "alice"
+
+
+async def test_token_in_two_cookies_or_two_places_is_refused(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, route(upstream, BASIC + 'cookie = "session"\nquery = "jwt"'))
+    good, other = token(), token(sub="mallory")
+    async with gw.client() as client:
+        for headers, query in (
+            ({"cookie": f"session={good}; theme=dark; session={other}"}, ""),
+            ([("cookie", f"session={good}"), ("cookie", f"session={other}")], ""),  # HTTP/2-style split fields
+            ({}, f"jwt={good}&jwt={other}"),
+            ({"cookie": f"session={good}"}, f"jwt={good}"),
+            ({"authorization": f"Bearer {good}", "cookie": f"session={other}"}, ""),
+            ({"authorization": f"Bearer {good}"}, f"jwt={other}"),
+        ):
+            assert_invalid_request(await client.get(f"/api/orders?{query}", headers=headers))
+        # One place, once: accepted and forwarded as sent.
+        r = await client.get("/api/orders", headers={"cookie": f"theme=dark; session={good}"})
+        assert r.status_code == 200
+        r = await client.get(f"/api/orders?a=1&jwt={good}")
+        assert r.status_code == 200
+    assert len(upstream.requests) == 2
+    assert upstream.requests[0].headers.get_all("cookie") == [f"theme=dark; session={good}"]
+    assert "authorization" not in upstream.requests[0].headers
+    assert upstream.requests[1].query == f"a=1&jwt={good}"
+
+
+# --- NumericDate (RFC 7519 §2): exp, nbf and iat are JSON numbers ----------------------------------------
+
+
+def _raw_hs256(payload_json: str) -> str:
+    """An HS256 token over an exact payload text (JSON a PyJWT encoder would not write)."""
+    signing_input = f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64(payload_json.encode())}"
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+async def test_time_claims_must_be_json_numbers(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, route(upstream, BASIC))
+    now = int(time.time())
+    base = f'"sub": "alice", "iss": "{ISS}", "aud": "{AUD}"'
+    rejected = {
+        "exp as a string": token(exp=str(now + 600)),
+        "exp as a past string": token(exp=str(now - 600)),
+        "nbf as a string": token(nbf=str(now - 60)),
+        "iat as a string": token(iat=str(now)),
+        "exp true": token(exp=True),
+        "iat false": token(iat=False),
+        "exp null": _raw_hs256(f'{{{base}, "exp": null}}'),
+        "exp an array": token(exp=[now + 600]),
+        "exp NaN": _raw_hs256(f'{{{base}, "exp": NaN}}'),
+        "exp Infinity": _raw_hs256(f'{{{base}, "exp": Infinity}}'),
+        "exp beyond a double": _raw_hs256(f'{{{base}, "exp": 1e400}}'),
+        "exp a huge integer": _raw_hs256(f'{{{base}, "exp": 1{"0" * 400}}}'),
+        "nbf -Infinity": _raw_hs256(f'{{{base}, "exp": {now + 600}, "nbf": -Infinity}}'),
+    }
+    async with gw.client() as client:
+        for what, t in rejected.items():
+            r = await client.get("/api/orders", headers=bearer(t))
+            assert r.status_code == 401, (what, r.status_code, r.text)
+            assert_invalid(r, "NumericDate")
+        # Numbers are accepted, fractional ones included (a NumericDate may be non-integer).
+        for t in (token(exp=now + 600.5, iat=now - 0.25, nbf=now - 1.5), _raw_hs256(f'{{{base}, "exp": {now + 600}}}')):
+            assert (await client.get("/api/orders", headers=bearer(t))).status_code == 200
+    assert len(upstream.requests) == 2

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from urllib.parse import unquote_plus, unquote_to_bytes
 
 from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
-from bascule_sdk.identity import set_identity, strip_identity
+from bascule_sdk.identity import Credential, multiple_credentials, set_identity, single_credential, strip_identity
 
 from .settings import Credentials, parse_hashed_key
 from .settings import Settings as KeyAuthSettings
 
 __all__ = ["KeyAuthPlugin"]
+
+# RFC 9110 §11.4: credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]
+_CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?: +(.*))?", re.S)
+_TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 class KeyAuthPlugin(Plugin):
@@ -33,6 +38,10 @@ class KeyAuthPlugin(Plugin):
         self._index: dict[bytes, list[tuple[bytes, Consumer]]] = {}  # digest[:4] -> (digest, consumer)
         self._anonymous: Consumer | None = None
         self._query = frozenset(settings.query)
+        # Every header the key may be in; with a scheme, Authorization (RFC 9110 §11.6.2) comes first.
+        headers = [h for h in settings.headers if not (settings.scheme and h.lower() == "authorization")]
+        self._headers = (["Authorization"] if settings.scheme else []) + headers
+        self._challenge = f'{settings.scheme or "APIKey"} realm="{settings.realm}"'
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
@@ -60,7 +69,11 @@ class KeyAuthPlugin(Plugin):
     async def on_request(self, ctx: Context) -> None:
         strip_identity(ctx.request.headers)
         if self._anonymous is not None and ctx.consumer is not None and ctx.consumer is not self._anonymous:
-            return  # "either" mode: an earlier auth plugin already identified the caller
+            # "either" mode: an earlier auth plugin already identified the caller. A key sent as well
+            # would reach the upstream unverified, next to that identity: two credentials (RFC 6750 §3.1).
+            if self._key(ctx.request) is not None:
+                raise multiple_credentials(self._challenge)
+            return
         key = self._key(ctx.request)
         if key is None:
             if self._anonymous is not None:
@@ -68,10 +81,10 @@ class KeyAuthPlugin(Plugin):
                 return
             raise self._unauthorized("An API key is required.")
         if len(key) > self.settings.max_key_size:
-            raise self._unauthorized(f"The API key is longer than {self.settings.max_key_size} bytes.")
+            raise self._unauthorized(f"The API key is longer than {self.settings.max_key_size} bytes.", True)
         consumer = self._lookup(key)
         if consumer is None:
-            raise self._unauthorized("The API key is not valid.")
+            raise self._unauthorized("The API key is not valid.", True)
         ctx.consumer = consumer
         if self.settings.hide_credentials:
             self._hide(ctx.request)
@@ -83,16 +96,31 @@ class KeyAuthPlugin(Plugin):
             set_identity(request.headers, ctx.consumer)
 
     def _key(self, request: Request) -> bytes | None:
-        """The key as the client sent its bytes: from the first header present, else the query."""
-        for name in self.settings.headers:
-            value = request.headers.get(name)
-            if value:
-                return value.strip().encode("latin-1")
-        if self._query and request.query:
-            for name, value in _query_pairs(request.query):
-                if name in self._query and value:
-                    return unquote_to_bytes(value.replace("+", " "))
-        return None
+        """The key as the client sent its bytes, from the one place it is in.
+
+        More than one (a header twice, two of the headers, a header and a query parameter, a
+        comma-joined field) is a 400 ``invalid_request`` before any lookup (``single_credential``).
+        """
+        credential = single_credential(request, headers=self._headers, query=self._query, challenge=self._challenge)
+        if credential is None or not credential.value:
+            return None
+        if credential.source == "query":
+            return unquote_to_bytes(credential.value.replace("+", " "))
+        if self.settings.scheme and credential.name == "Authorization":
+            return self._scheme_key(credential)
+        return credential.value.encode("latin-1")
+
+    def _scheme_key(self, credential: Credential) -> bytes | None:
+        """``<scheme> 1*SP token68`` (RFC 9110 §11.1, §11.4: the scheme case-insensitive).
+
+        Another scheme, or the scheme alone, is no key; other credentials under it are an invalid key.
+        """
+        m = _CREDENTIALS.fullmatch(credential.value)
+        if m is None or m.group(1).lower() != self.settings.scheme.lower() or not m.group(2):
+            return None
+        if not _TOKEN68.fullmatch(m.group(2)):
+            raise self._unauthorized("The API key is not valid.", True)
+        return m.group(2).encode("latin-1")
 
     def _lookup(self, key: bytes) -> Consumer | None:
         """The consumer owning ``key``, or None.
@@ -109,7 +137,7 @@ class KeyAuthPlugin(Plugin):
         return found
 
     def _hide(self, request: Request) -> None:
-        request.headers.remove(*self.settings.headers)
+        request.headers.remove(*self._headers)
         if self._query and request.query:
             request.query = "&".join(
                 part
@@ -117,8 +145,12 @@ class KeyAuthPlugin(Plugin):
                 if name not in self._query
             )
 
-    def _unauthorized(self, detail: str) -> HTTPError:
-        return HTTPError(401, detail, {"WWW-Authenticate": f'APIKey realm="{self.settings.realm}"'})
+    def _unauthorized(self, detail: str, invalid: bool = False) -> HTTPError:
+        """401 with the challenge; under a ``scheme``, an invalid key says so (RFC 6750 §3.1 ``invalid_token``)."""
+        challenge = self._challenge
+        if invalid and self.settings.scheme:
+            challenge += f', error="invalid_token", error_description="{detail}"'
+        return HTTPError(401, detail, {"WWW-Authenticate": challenge})
 
 
 def _query_pairs(query: str) -> list[tuple[str, str]]:

@@ -23,13 +23,18 @@ class Settings:
     anonymous: str = setting("", "Consumer name used when a request carries no key ('': 401).")
     max_key_size: ByteSize = setting(256, "Longer keys are rejected with 401 before hashing.")
     realm: str = setting("bascule", "realm of the WWW-Authenticate challenge.")
+    scheme: str = setting(
+        "", "Also read the key from 'Authorization: <scheme> <key>', e.g. Bearer ('': no scheme, APIKey challenge)."
+    )
 
     def __post_init__(self) -> None:
-        if not self.headers and not self.query:
+        if not self.headers and not self.query and not self.scheme:
             raise ValueError("give at least one header or query parameter to read the key from")
         for name in self.headers:
             if not _TOKEN.match(name):
                 raise ValueError(f"headers: {name!r} is not a valid header name")
+        if self.scheme and not _TOKEN.match(self.scheme):
+            raise ValueError(f"scheme: {self.scheme!r} is not a valid auth-scheme (an RFC 9110 token, e.g. Bearer)")
         if '"' in self.realm or "\\" in self.realm:
             raise ValueError("realm: must not contain quotes or backslashes")
         if self.max_key_size < 1:

@@ -258,3 +258,133 @@ def test_readme_documents_every_setting():
     for model in (Settings, Credentials):
         for f in fields(model):
             assert f"| `{f.name}` |" in readme, (model.__name__, f.name)
+
+
+# --- more than one credential (RFC 6750 §2, §3.1; RFC 9110 §11.6.2) ----------------------------------------
+
+
+def assert_invalid_request(r, scheme: str = "APIKey") -> None:
+    assert r.status_code == 400, r.text
+    assert r.headers["www-authenticate"].startswith(f'{scheme} realm="bascule", error="invalid_request"')
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == "The request carries more than one credential."
+    assert ALICE_KEY not in r.text and BOB_KEY not in r.text
+
+
+async def test_a_key_sent_twice_or_in_two_places_is_refused(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream, 'query = ["apikey", "key"]'))
+    async with gw.client() as client:
+        for headers, query in (
+            ([("apikey", ALICE_KEY), ("apikey", BOB_KEY)], ""),
+            ([("apikey", ALICE_KEY), ("apikey", ALICE_KEY)], ""),
+            ([("apikey", BOB_KEY), ("x-api-key", ALICE_KEY)], ""),
+            ([("x-api-key", ALICE_KEY), ("X-API-Key", "nope")], ""),
+            ([("apikey", f"{ALICE_KEY}, {BOB_KEY}")], ""),  # two fields joined (RFC 9110 §5.3)
+            ([("apikey", ALICE_KEY)], f"apikey={BOB_KEY}"),
+            ([], f"apikey={ALICE_KEY}&apikey={BOB_KEY}"),
+            ([], f"apikey={ALICE_KEY}&key={ALICE_KEY}"),
+            ([], f"apikey={ALICE_KEY}&api%6Bey=x"),  # the name as decoded counts
+        ):
+            assert_invalid_request(await client.get(f"/partner?{query}", headers=headers))
+        # One key, once: the upstream receives exactly that one.
+        assert (await client.get("/partner", headers={"x-api-key": BOB_KEY})).status_code == 200
+        assert (await client.get(f"/partner?a=1&key={ALICE_KEY}")).status_code == 200
+    assert len(upstream.requests) == 2
+    seen = upstream.requests[0]
+    assert seen.headers.get_all("x-api-key") == [BOB_KEY] and "apikey" not in seen.headers
+    assert seen.header("x-consumer-id") == "bob"
+    assert upstream.requests[1].query == f"a=1&key={ALICE_KEY}"
+
+
+async def test_hidden_key_sent_twice_is_refused_and_a_single_one_never_forwarded(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream, 'query = ["apikey"]\nhide_credentials = true'))
+    async with gw.client() as client:
+        assert_invalid_request(await client.get("/partner", headers=[("apikey", ALICE_KEY), ("apikey", "x")]))
+        assert_invalid_request(await client.get(f"/partner?apikey={ALICE_KEY}", headers={"apikey": ALICE_KEY}))
+        assert (await client.get(f"/partner?apikey={ALICE_KEY}")).status_code == 200
+    assert len(upstream.requests) == 1
+    assert upstream.requests[0].query == "" and "apikey" not in upstream.requests[0].headers
+
+
+async def test_either_key_or_token_but_not_both(nursery):
+    """With ``anonymous`` on both, a request carrying a key *and* a token is refused:
+    otherwise the token would reach the upstream unverified, next to the key's identity."""
+    import jwt as pyjwt
+    from bascule_jwt import JWTPlugin
+
+    secret = "s" * 64
+    bearer = "Bearer " + pyjwt.encode({"sub": "dave", "exp": 4102444800}, secret, algorithm="HS256")
+    upstream = await start_upstream(nursery)
+    text = config(
+        upstream, f'anonymous = "guest"\n[routes.plugins.jwt]\nkeys = [{{ secret = "{secret}" }}]\nanonymous = "guest"'
+    )
+    gw = await start_gateway(nursery, text, plugins=[KeyAuthPlugin, JWTPlugin], entry_points=False)
+    async with gw.client() as client:
+        r = await client.get("/partner", headers={"apikey": BOB_KEY, "authorization": bearer})
+        assert r.status_code == 400, r.text
+        assert r.headers["www-authenticate"].startswith('Bearer realm="bascule", error="invalid_request"')
+        assert (await client.get("/partner", headers={"apikey": BOB_KEY})).status_code == 200
+        assert (await client.get("/partner", headers={"authorization": bearer})).status_code == 200
+    assert [r.header("x-consumer-id") for r in upstream.requests] == ["bob", "dave"]
+    assert "authorization" not in upstream.requests[0].headers
+
+
+# --- scheme = "Bearer": a static bearer token (RFC 9110 §11.1, §11.4; RFC 6750) -----------------------------
+
+
+async def test_scheme_bearer_reads_authorization_with_rfc_9110_matching(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream, 'scheme = "Bearer"'))
+    async with gw.client() as client:
+        for value in (f"Bearer {ALICE_KEY}", f"bearer   {ALICE_KEY}", f"BEARER {ALICE_KEY}"):
+            r = await client.get("/partner", headers={"authorization": value})
+            assert r.status_code == 200, (value, r.text)
+            assert upstream.requests[-1].headers.get_all("authorization") == [value]
+            assert upstream.requests[-1].header("x-consumer-id") == "c-1"
+        # Another scheme, or no key after the scheme, is no key at all: a plain Bearer challenge (RFC 6750 §3.1).
+        for value in (f"Basic {ALICE_KEY}", ALICE_KEY, "Bearer", f"Bearerx {ALICE_KEY}", f"APIKey {ALICE_KEY}"):
+            r = await client.get("/partner", headers={"authorization": value})
+            assert r.status_code == 401, (value, r.text)
+            assert r.headers["www-authenticate"] == 'Bearer realm="bascule"'
+            assert r.json()["detail"] == "An API key is required."
+        # A wrong key, or credentials that are not a token68, are invalid_token.
+        for value in ("Bearer nope", f"Bearer {ALICE_KEY} x", f"Bearer {ALICE_KEY}%"):
+            r = await client.get("/partner", headers={"authorization": value})
+            assert r.status_code == 401, (value, r.text)
+            assert r.headers["www-authenticate"] == (
+                'Bearer realm="bascule", error="invalid_token", error_description="The API key is not valid."'
+            )
+        assert_invalid_request(
+            await client.get(
+                "/partner", headers=[("authorization", f"Bearer {ALICE_KEY}"), ("authorization", f"Bearer {BOB_KEY}")]
+            ),
+            "Bearer",
+        )
+        assert_invalid_request(
+            await client.get("/partner", headers={"authorization": f"Bearer {ALICE_KEY}, Bearer {BOB_KEY}"}), "Bearer"
+        )
+        assert_invalid_request(
+            await client.get("/partner", headers={"authorization": f"Bearer {ALICE_KEY}", "apikey": ALICE_KEY}),
+            "Bearer",
+        )
+        # The other headers still carry bare keys; the challenge names the scheme.
+        assert (await client.get("/partner", headers={"apikey": BOB_KEY})).status_code == 200
+        r = await client.get("/partner")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == 'Bearer realm="bascule"'
+    assert len(upstream.requests) == 4
+
+
+async def test_scheme_bearer_with_hidden_credentials_and_bad_schemes(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, config(upstream, 'scheme = "Bearer"\nheaders = []\nhide_credentials = true'))
+    async with gw.client() as client:
+        r = await client.get("/partner", headers={"authorization": f"bearer {BOB_KEY}", "apikey": "ignored"})
+        assert r.status_code == 200
+    assert "authorization" not in upstream.requests[0].headers
+    assert upstream.requests[0].header("apikey") == "ignored"  # not a credential of this route
+    assert upstream.requests[0].header("x-consumer-id") == "bob"
+    for bad in ('"Bearer"', "Bearer Token", " ", "Bearer="):
+        with pytest.raises(ConfigError, match="scheme"):
+            await serve(nursery, config(upstream, f"scheme = {bad!r}"))

@@ -8,7 +8,15 @@ Structured Field Lists (RFC 9651) whose items are Strings naming a policy::
 
 ``RateLimit-Policy`` lists every policy of the route; ``RateLimit`` reports the
 one that decides (see ``Decision.tightest``): ``r`` requests left, ``t`` the
-seconds within which no more than ``r`` will be admitted. Legacy fields:
+seconds within which no more than ``r`` will be admitted.
+
+A quota is what a client "may consume within a time window" (draft §2), so
+``r`` never exceeds ``q``. A GCRA policy whose ``burst`` differs from its
+``limit`` is a bucket of ``burst`` requests refilled at ``limit / window``: it
+is advertised as ``q=burst`` and ``w`` the seconds a full refill takes
+(``burst * window / limit``, rounded up, as ``w`` has no sub-second precision,
+§3.1.3), so ``q / w`` is the configured rate and a full bucket reads
+``r = q - 1`` after a request. Legacy fields:
 ``X-RateLimit-Limit``, ``X-RateLimit-Remaining``, ``X-RateLimit-Reset``
 (seconds until the whole quota is back).
 """
@@ -22,7 +30,7 @@ from bascule_sdk import Headers
 
 from .policy import Decision, Policy
 
-__all__ = ["add_headers", "delay_seconds"]
+__all__ = ["add_headers", "advertised", "delay_seconds"]
 
 
 def delay_seconds(seconds: float) -> int:
@@ -30,18 +38,30 @@ def delay_seconds(seconds: float) -> int:
     return max(0, math.ceil(seconds - 1e-6))
 
 
+def advertised(policy: Policy) -> tuple[int, int]:
+    """``(q, w)`` of ``policy``: its limit and window, or with a burst its bucket and refill time."""
+    if policy.burst == policy.limit:
+        return policy.limit, int(policy.window)
+    refill = policy.burst * policy.window / policy.limit
+    return policy.burst, max(1, math.ceil(refill - 1e-9))
+
+
 def add_headers(headers: Headers, decision: Decision, policies: Sequence[Policy], style: str) -> None:
     """Add the fields of ``style`` ("ietf", "legacy", "both") for ``decision``."""
     tightest = decision.tightest
+    quota, _ = advertised(tightest.policy)
+    remaining = min(tightest.remaining, quota)  # never more than the quota (the bucket)
     if style in ("ietf", "both"):
+        items = []
+        for p in policies:
+            q, w = advertised(p)
+            items.append(f'"{p.name}";q={q};w={w}')
         # List members: added beside any the upstream (or another instance) sent.
-        headers.add("ratelimit-policy", ", ".join(f'"{p.name}";q={p.limit};w={int(p.window)}' for p in policies))
-        headers.add(
-            "ratelimit", f'"{tightest.policy.name}";r={tightest.remaining};t={delay_seconds(tightest.grows_in)}'
-        )
+        headers.add("ratelimit-policy", ", ".join(items))
+        headers.add("ratelimit", f'"{tightest.policy.name}";r={remaining};t={delay_seconds(tightest.grows_in)}')
     if style in ("legacy", "both"):
         current = headers.get("x-ratelimit-remaining")
-        if current is None or not current.isdigit() or int(current) > tightest.remaining:
-            headers.set("x-ratelimit-limit", str(tightest.policy.limit))
-            headers.set("x-ratelimit-remaining", str(tightest.remaining))
+        if current is None or not current.isdigit() or int(current) > remaining:
+            headers.set("x-ratelimit-limit", str(quota))
+            headers.set("x-ratelimit-remaining", str(remaining))
             headers.set("x-ratelimit-reset", str(delay_seconds(tightest.reset)))

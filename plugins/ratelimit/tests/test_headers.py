@@ -128,3 +128,31 @@ async def test_upstream_fields_are_kept_beside_the_gateways(nursery):
     policies, limits = policies_and_limits(r)
     assert set(policies) == {"origin", "10-per-1m"}
     assert set(limits) == {"origin", "10-per-1m"}
+
+
+async def test_remaining_never_exceeds_the_advertised_quota(nursery):
+    """With a burst, ``q`` is the bucket's capacity and ``w`` the time it takes to refill,
+    so ``r <= q`` and ``q / w`` is still the configured rate (draft §2, §3.1, §4.1.1)."""
+    cases = [
+        # (settings, the policy advertised: (q, w))
+        ('limit = 20\nwindow = "1m"\nburst = 40', (40, 120)),  # 1 per 3 s, 40 at once
+        ('limit = 6\nwindow = "1m"\nburst = 3', (3, 30)),
+        ('limit = 1000\nwindow = "1h"\nburst = 10', (10, 36)),
+        ('limit = 7\nwindow = "1m"\nburst = 3', (3, 26)),  # 25.7 s rounds up: never more permissive
+        ('limit = 10\nwindow = "1m"', (10, 60)),  # no burst: the limit and window as configured
+        ('limit = 10\nwindow = "1m"\nalgorithm = "sliding-window"', (10, 60)),
+    ]
+    for table, advertised in cases:
+        for style in ("ietf", "both"):
+            _, gw = await gateway(nursery, f'{table}\nheaders = "{style}"')
+            async with gw.client() as client:
+                responses = [await client.get("/api") for _ in range(3)]
+            for i, r in enumerate(responses):
+                policies, limits = policies_and_limits(r)
+                ((q, w),) = policies.values()
+                ((remaining, _t),) = limits.values()
+                assert (q, w) == advertised, table
+                assert remaining <= q, (table, q, remaining)
+                assert remaining == q - 1 - i, table  # the full bucket, less what was used
+                if style == "both":
+                    assert int(r.headers["x-ratelimit-remaining"]) <= int(r.headers["x-ratelimit-limit"]) == q
