@@ -4,6 +4,7 @@ import os
 from functools import partial
 
 import httpx
+import pytest
 import trio
 from bascule.admin import Admin
 from bascule.server import hypercorn_config
@@ -134,6 +135,20 @@ async def test_admin_token_is_required_when_set(nursery, tmp_path):
     assert anonymous.status_code == wrong.status_code == 401
     assert anonymous.headers["www-authenticate"] == "Bearer"
     assert right.status_code == 200 and right.json()["api"]["targets"][0]["state"] == "healthy"
+
+
+@pytest.mark.parametrize("source", ["env", "file"])
+async def test_the_admin_token_may_come_from_the_environment_or_a_file(nursery, tmp_path, monkeypatch, source):
+    # "env:NAME" once passed validation and was itself the token in force.
+    monkeypatch.setenv("BASCULE_TEST_ADMIN_TOKEN", "from-outside")
+    (tmp_path / "token").write_text("from-outside\n")
+    reference = "env:BASCULE_TEST_ADMIN_TOKEN" if source == "env" else f"file:{tmp_path / 'token'}"
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(nursery, config(upstream.url, extra=f'admin_token = "{reference}"'))
+    async with await start_admin(nursery, gw, tmp_path / "plugins.toml") as admin:
+        literal = await admin.get("/upstreams", headers={"authorization": f"Bearer {reference}"})
+        right = await admin.get("/upstreams", headers={"authorization": "Bearer from-outside"})
+    assert (literal.status_code, right.status_code) == (401, 200)
 
 
 async def test_the_admin_listener_is_not_on_the_public_port(nursery, tmp_path):

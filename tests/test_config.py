@@ -199,6 +199,12 @@ def test_secrets_from_env_and_file(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as info:
         parse_config(SERVICE + '[plugins.keyed]\nkey = "env:BASCULE_UNSET_VAR"\n', "plugins.toml", available)
     assert info.value.lines == ["plugins.toml: plugins.keyed: key: environment variable BASCULE_UNSET_VAR is not set"]
+    binary = tmp_path / "binary-key"
+    binary.write_bytes(b"\x9f\xfe\x01secret")
+    with pytest.raises(ConfigError) as info:
+        parse_config(SERVICE + f'[plugins.keyed]\nkey = "file:{binary}"\n', "plugins.toml", available)
+    # No byte of the secret in the message (the decoder's own message quoted one).
+    assert info.value.lines == [f"plugins.toml: plugins.keyed: key: secret file {binary} is not UTF-8 text"]
 
 
 @pytest.mark.parametrize(

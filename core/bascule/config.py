@@ -25,6 +25,7 @@ from bascule_sdk.settings import (
     ByteSize,
     Duration,
     Problem,
+    Secret,
     SettingsError,
     check,
     offline_secrets,
@@ -96,7 +97,7 @@ class GatewaySettings:
 
     listen: str = setting("127.0.0.1:8080", "Address the public listener binds (host:port).")
     admin: str | None = setting(None, "Address of the admin listener (health, routes); off if unset.")
-    admin_token: str | None = setting(None, "Bearer token required on the admin listener, if set.")
+    admin_token: Secret | None = setting(None, "Bearer token required on the admin listener, if set (env:/file: too).")
     workers: int = setting(1, "Worker processes sharing the public port.")
     tls_cert: str | None = setting(None, "PEM certificate file; enables TLS (and HTTP/2 via ALPN).")
     tls_key: str | None = setting(None, "PEM private key file for tls_cert.")

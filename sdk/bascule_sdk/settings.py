@@ -205,6 +205,8 @@ def resolve_secret(value: Any) -> str:
                 return f.read().rstrip("\n")
         except OSError as e:
             raise ValueError(f"cannot read secret file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:  # its message would quote a byte of the secret
+            raise ValueError(f"secret file {path} is not UTF-8 text") from None
     return value
 
 
