@@ -2,6 +2,7 @@
 #
 #   docker build -t bascule .
 #   docker run --rm -p 8080:8080 -v "$PWD/gateway.toml:/etc/bascule/plugins.toml:ro" bascule
+# (podman/buildah: `build --format docker`; the OCI format has no HEALTHCHECK and drops it.)
 #
 # The config is read from /etc/bascule/plugins.toml: mount yours there (the image has
 # none). Inside a container its listeners must bind every interface to be reachable:
