@@ -1,10 +1,9 @@
 """The admin listener: health, introspection and reload, off the public port.
 
     GET  /healthz    the process is alive (200, with its pid)
-    GET  /readyz     200 when a config is loaded and every service has an
-                     available target; 503 naming the services that have none.
-                     Either way, ``degraded`` lists the background tasks that
-                     are failing (see ``readiness``)
+    GET  /readyz     200 while a config is loaded and served; lists the
+                     services without an available target and the failing
+                     background tasks (see ``readiness``)
     GET  /routes     each route: matcher, service, plugin pipeline in order
     GET  /plugins    installed plugins: name, version, distribution, hooks
     GET  /upstreams  services: balancing, retries, admission, and each target
@@ -71,15 +70,15 @@ def describe_plugins(available: Mapping[str, Available]) -> list[dict[str, Any]]
 def readiness(rt: Runtime, tasks: Sequence[TaskState]) -> tuple[int, dict[str, Any]]:
     """``/readyz``: status and body.
 
-    Only services decide readiness: 503 when one has no available target,
-    since requests to it would fail. A failing background task (see
-    ``bascule.tasks``) leaves the gateway ready and is listed under
-    ``degraded``: the gateway still serves, perhaps with stale data (JWT keys
-    last fetched, a blocklist last read), and taking it out of the load
-    balancer would not mend a failure every instance shares (an unreachable
-    JWKS URL) but could take them all out at once. Alert on ``degraded`` (or
-    the prometheus plugin's ``bascule_background_task_failing``) instead.
-    The tasks are this process's (with several workers: the first's).
+    200 while a config is loaded and served, as Kong's and Envoy's readiness:
+    what is wrong behind the gateway is listed, not answered with 503. A
+    service without an available target (``without_healthy_target``) is down
+    for every instance alike, and a failing background task (see
+    ``bascule.tasks``: a JWKS URL that cannot be fetched) is shared by every
+    instance too; a 503 for either would take every instance out of the load
+    balancer at once, failing the routes to healthy services with them. Alert
+    on ``degraded`` (or the prometheus plugin's metrics) instead. The tasks are
+    this process's (with several workers: the first's).
     """
     degraded = [
         {
@@ -93,12 +92,9 @@ def readiness(rt: Runtime, tasks: Sequence[TaskState]) -> tuple[int, dict[str, A
         for t in tasks
         if t.failing
     ]
-    body: dict[str, Any] = {"status": "ready", "config": str(rt.config.path)}
     down = sorted(name for name, svc in rt.upstreams.services.items() if not svc.ready())
-    if down:
-        body.update(status="unready", without_healthy_target=down)
-    body["degraded"] = degraded
-    return (503 if down else 200), body
+    body = {"status": "ready", "config": str(rt.config.path), "without_healthy_target": down, "degraded": degraded}
+    return 200, body
 
 
 def _iso(timestamp: float | None) -> str | None:
