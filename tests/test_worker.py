@@ -307,3 +307,16 @@ async def test_the_h2c_setting_decides_whether_an_upgrade_is_accepted(nursery, h
         assert head.startswith(b"http/1.1 101") and b"upgrade: h2c" in head
     else:
         assert head.startswith(b"http/1.1 200") and b"upgrade" not in head
+
+
+def test_declared_body_size_counts_the_chunk_header_before_its_bytes():
+    import h11
+    from bascule.worker import declared_body_size
+
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n400\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    assert isinstance(conn.next_event(), h11.Data)
+    assert conn.next_event() is h11.NEED_DATA  # the 0x400 chunk's header only
+    assert declared_body_size(conn, 3) == 3 + 0x400
+    assert declared_body_size(object(), 7) == 7  # no chunked reader: what was received

@@ -58,6 +58,7 @@ def hypercorn_config(gw: GatewaySettings, bind: str, *, tls: bool = True) -> Hyp
     c.graceful_timeout = gw.graceful_timeout
     c.lingering_timeout = gw.lingering_timeout  # type: ignore[attr-defined]  # read by bascule.worker
     c.h2c = gw.h2c  # type: ignore[attr-defined]  # read by bascule.worker
+    c.max_body_size = gw.max_body_size  # type: ignore[attr-defined]  # read by bascule.worker
     c.keep_alive_max_requests = 1_000_000
     c.include_date_header = False  # the upstream's Date is forwarded; the gateway adds its own otherwise
     c.include_server_header = False

@@ -374,7 +374,25 @@ class _ContinueOnReceive:
 
 
 _ANSWERING = frozenset({h11.IDLE, h11.SEND_RESPONSE, h11.SEND_BODY})
-_ERROR_DETAIL = {431: "The request head is too large."}  # else: not valid HTTP/1.1
+_ERROR_DETAIL = {  # else: not valid HTTP/1.1
+    413: "The request body is larger than the gateway accepts (max_body_size).",
+    431: "The request head is too large.",
+}
+
+
+def max_body_size(config: Config) -> int | None:
+    """The largest request body accepted (``[gateway] max_body_size``), None for no limit."""
+    limit = getattr(config, "max_body_size", None)
+    return None if limit is None else int(limit)
+
+
+def declared_body_size(connection: Any, received: int) -> int:
+    """The body size the client has committed to: ``received`` bytes plus what the chunk
+    being read still declares (h11 0.16's ``ChunkedReader._bytes_in_chunk``, known as
+    soon as the chunk header is parsed, before any of its bytes arrive)."""
+    reader = getattr(connection, "_reader", None)
+    remaining = getattr(reader, "_bytes_in_chunk", 0)
+    return received + (remaining if isinstance(remaining, int) else 0)
 
 
 class _H11(H11Protocol):
@@ -384,9 +402,16 @@ class _H11(H11Protocol):
     ``Connection: close``) no longer cut off the app's answer: they are
     discarded and the connection closes after the response (RFC 9112 9.6).
     hypercorn's own error answers (unparseable requests) are problem+json.
+
+    A chunked body is refused as soon as its declared sizes (the bytes received
+    plus the size the current chunk header announced) exceed ``max_body_size``:
+    413 with ``Connection: close`` if the app has not begun its answer, then a
+    (lingering) close either way; the app sees a disconnect, so a request being
+    streamed upstream is aborted mid-body. None of the chunk is passed on.
     """
 
     _discarding = False
+    _received = 0  # request body bytes received so far (for max_body_size)
     _head = b""  # a response head waiting for its first body bytes
 
     def __init__(self, *args: Any) -> None:
@@ -411,7 +436,13 @@ class _H11(H11Protocol):
                     await self._send_error_response(error.error_status_hint)
                 await self.send(Closed())
                 break
+            if isinstance(event, h11.Data):
+                self._received += len(event.data)
+            if (event is h11.NEED_DATA or isinstance(event, h11.Data)) and self._over_limit():
+                await self._refuse_body()
+                break
             if isinstance(event, h11.Request):
+                self._received = 0
                 await self.send(Updated(idle=False))
                 if not event.method.isupper():  # hypercorn would upper-case it: "head" is not HEAD
                     await self._send_error_response(400)
@@ -430,6 +461,20 @@ class _H11(H11Protocol):
                 await self.stream.handle(EndBody(stream_id=STREAM_ID))
             elif isinstance(event, Data):  # WebSocket pass-through
                 await self.stream.handle(event)
+
+    def _over_limit(self) -> bool:
+        limit = max_body_size(self.config)
+        connection = self.connection
+        if limit is None or self.stream is None or not isinstance(connection, h11.Connection):
+            return False  # no request (or a WebSocket): no request body to limit
+        return connection.their_state is h11.SEND_BODY and declared_body_size(connection, self._received) > limit
+
+    async def _refuse_body(self) -> None:
+        """The declared body exceeds ``max_body_size``: 413 unless the app is answering, then close."""
+        self._discarding = True  # nothing more of this request is parsed
+        if cast(h11.Connection, self.connection).our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+            await self._send_error_response(413)
+        await self.send(Closed())
 
     async def _check_protocol(self, event: h11.Request) -> None:
         """hypercorn's, less the h2c upgrade unless ``[gateway] h2c`` enables it: ``Upgrade: h2c``

@@ -9,7 +9,7 @@ from .context import Consumer, Context, Gateway, RouteInfo, TaskState
 from .hookspecs import hookimpl, hookspec
 from .http import Headers, HTTPError, Request, Response
 from .plugin import NoSettings, Plugin
-from .settings import ByteSize, Duration, Secret, SettingsError, setting
+from .settings import ByteSize, Duration, Secret, SettingsError, secret_bytes, setting
 
 __all__ = [
     "ByteSize",
@@ -29,5 +29,6 @@ __all__ = [
     "TaskState",
     "hookimpl",
     "hookspec",
+    "secret_bytes",
     "setting",
 ]

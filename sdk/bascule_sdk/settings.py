@@ -19,6 +19,7 @@ report several at once, each under its own key (``check`` builds one).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import dataclasses
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 __all__ = [
+    "BinarySecret",
     "ByteSize",
     "Converter",
     "Duration",
@@ -44,6 +46,7 @@ __all__ = [
     "parse_byte_size",
     "parse_duration",
     "resolve_secret",
+    "secret_bytes",
     "setting",
 ]
 
@@ -175,15 +178,52 @@ def offline_secrets() -> Iterator[list[Problem]]:
         _offline.reset(token)
 
 
-def resolve_secret(value: Any) -> str:
-    """A literal string, ``"env:NAME"`` (environment variable) or ``"file:PATH"``.
+class BinarySecret(str):
+    """A secret read byte for byte (``file+bytes:PATH``): ``data`` holds the exact bytes.
 
-    A file's trailing newline is dropped. A missing variable or unreadable file
-    is an error naming it; the secret itself never appears in a message.
-    Within ``offline_secrets()`` a reference is not resolved (see there).
+    As text it reads as the standard base64 of those bytes (so two such secrets
+    are equal when their bytes are); a plugin that needs key bytes calls
+    ``secret_bytes`` instead of encoding the text. Its ``repr`` shows only the length.
+    """
+
+    data: bytes
+
+    def __new__(cls, data: bytes) -> BinarySecret:
+        self = super().__new__(cls, base64.b64encode(data).decode("ascii"))
+        self.data = bytes(data)
+        return self
+
+    def __getnewargs__(self) -> tuple[bytes]:  # type: ignore[override]  # pickle, copy: rebuilt from the bytes
+        return (self.data,)
+
+    def __repr__(self) -> str:
+        return f"BinarySecret(<{len(self.data)} bytes>)"
+
+
+def secret_bytes(value: str) -> bytes:
+    """The bytes of a resolved secret: exact for ``file+bytes:PATH``, else its text as UTF-8.
+
+    For key material (an HMAC key): ``file+bytes:`` keeps every byte, a
+    trailing newline or bytes that are not UTF-8 included.
+    """
+    return value.data if isinstance(value, BinarySecret) else value.encode()
+
+
+def resolve_secret(value: Any) -> str:
+    """A literal string, ``"env:NAME"``, ``"file:PATH"`` or ``"file+bytes:PATH"``.
+
+    - ``env:NAME``: the environment variable's value.
+    - ``file:PATH``: the file's UTF-8 text, its trailing newline(s) dropped.
+    - ``file+bytes:PATH``: the file's bytes exactly (binary key material), as a
+      ``BinarySecret``; ``secret_bytes(value)`` gives the bytes.
+
+    A missing variable or unreadable file is an error naming it; the secret
+    itself never appears in a message (``parse`` also removes it from the
+    messages of a model's own checks). Within ``offline_secrets()`` a reference
+    is not resolved (see there).
     """
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, env:NAME or file:PATH, got {type(value).__name__}")
+        raise ValueError(f"expected a string, env:NAME, file:PATH or file+bytes:PATH, got {type(value).__name__}")
     offline = _offline.get() is not None
     if value.startswith("env:"):
         name = value[4:]
@@ -194,13 +234,18 @@ def resolve_secret(value: Any) -> str:
         if name not in os.environ:
             raise ValueError(f"environment variable {name} is not set")
         return os.environ[name]
-    if value.startswith("file:"):
-        path = value[5:]
+    for prefix in ("file:", "file+bytes:"):
+        if not value.startswith(prefix):
+            continue
+        path = value[len(prefix) :]
         if offline:
             if not path.strip():
-                raise ValueError(f"{value!r} does not name a file (file:PATH)")
+                raise ValueError(f"{value!r} does not name a file ({prefix}PATH)")
             return UnresolvedSecret(value)
         try:
+            if prefix == "file+bytes:":
+                with open(path, "rb") as binary:
+                    return BinarySecret(binary.read())
             with open(path, encoding="utf-8") as f:
                 return f.read().rstrip("\n")
         except OSError as e:
@@ -212,7 +257,7 @@ def resolve_secret(value: Any) -> str:
 
 Duration = Annotated[float, Converter(parse_duration, 'duration ("250ms", "5s", "1m")')]
 ByteSize = Annotated[int, Converter(parse_byte_size, 'size ("64KiB", "10MB")')]
-Secret = Annotated[str, Converter(resolve_secret, "secret (literal, env:NAME or file:PATH)")]
+Secret = Annotated[str, Converter(resolve_secret, "secret (literal, env:NAME, file:PATH or file+bytes:PATH)")]
 
 
 def parse(model: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
@@ -267,6 +312,9 @@ def _build(model: type, values: dict[str, Any], prefix: str, problems: list[Prob
         found = [Problem(_join(prefix, p.key), p.message) for p in e.problems]
     except (ValueError, TypeError) as e:
         found = [Problem(prefix, str(e))]
+    hidden = list(_secrets_of(model, values))
+    if hidden:  # a check's message (or a library's, quoted) must not carry a secret it looked at
+        found = [Problem(p.key, _redact(p.message, hidden)) for p in found]
     skipped = _offline.get()
     unresolved = sorted(set(_unresolved(values)))
     if skipped is not None and unresolved:
@@ -275,6 +323,63 @@ def _build(model: type, values: dict[str, Any], prefix: str, problems: list[Prob
         return _unchecked(model, values)
     problems.extend(found)
     return None
+
+
+def _is_secret(tp: Any) -> bool:
+    """Whether a field type is (or holds) a ``Secret``: a converter that is ``resolve_secret``."""
+    if get_origin(tp) is Annotated:
+        base, *extras = get_args(tp)
+        return any(isinstance(e, Converter) and e.fn is resolve_secret for e in extras) or _is_secret(base)
+    return any(_is_secret(arg) for arg in get_args(tp))
+
+
+def _secrets_of(model: type, values: Mapping[str, Any]) -> Iterator[str]:
+    """The resolved secrets among the field values of ``model`` (references excluded)."""
+    hints = typing.get_type_hints(model, include_extras=True)
+    for name, value in values.items():
+        if name in hints and _is_secret(hints[name]):
+            for text in _strings(value):
+                if not isinstance(text, UnresolvedSecret):
+                    yield text
+                    if isinstance(text, BinarySecret):
+                        yield text.data.decode("latin-1")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _strings(v)
+
+
+_REDACTED = "[secret]"
+_FRAGMENT = 8  # a run of this many characters of a secret is never shown
+
+
+def _redact(message: str, secrets: list[str]) -> str:
+    """``message`` with every run of ``_FRAGMENT`` or more characters of a secret (a whole
+    secret shorter than that) replaced by ``[secret]``."""
+    hidden = [False] * len(message)
+    for secret in secrets:
+        size = min(_FRAGMENT, len(secret))
+        if size < 4:  # too short to tell from ordinary text; such a secret is refused anyway
+            continue
+        for i in range(len(message) - size + 1):
+            if message[i : i + size] in secret:
+                hidden[i : i + size] = [True] * size
+    if not any(hidden):
+        return message
+    out: list[str] = []
+    for i, char in enumerate(message):
+        if not hidden[i]:
+            out.append(char)
+        elif i == 0 or not hidden[i - 1]:
+            out.append(_REDACTED)
+    return "".join(out)
 
 
 def _unresolved(value: Any) -> Iterator[str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from bascule_sdk.settings import secret_bytes
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -110,8 +111,8 @@ def check_algorithms(algorithms: Iterable[str], kind: str, key: Any = None) -> f
 def key_from_secret(
     secret: str, algorithms: Iterable[str], kid: str | None = None, issuer: str | None = None
 ) -> VerificationKey:
-    """An HMAC secret (UTF-8 text)."""
-    raw = secret.encode()
+    """An HMAC secret: its UTF-8 text, or the exact bytes of a ``file+bytes:PATH`` secret."""
+    raw = secret_bytes(secret)
     return VerificationKey(raw, check_algorithms(algorithms, "oct", raw), kid, issuer)
 
 
@@ -119,7 +120,7 @@ def key_from_pem(
     pem: str, algorithms: Iterable[str], kid: str | None = None, issuer: str | None = None
 ) -> VerificationKey:
     """A PEM public key, certificate, or private key (only its public half is kept)."""
-    data = pem.encode()
+    data = secret_bytes(pem)
     key: PublicKeyTypes  # any type loads; key_kind refuses those no JWT algorithm uses
     try:
         if b"CERTIFICATE" in data:
@@ -128,8 +129,8 @@ def key_from_pem(
             key = load_pem_private_key(data, password=None).public_key()
         else:
             key = load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"cannot load the PEM key: {e}") from None
+    except (ValueError, TypeError):  # cryptography's message may quote a byte of the key and its offset
+        raise ValueError("cannot load the PEM key: not a PEM public key, certificate or private key") from None
     return VerificationKey(key, check_algorithms(algorithms, key_kind(key), key), kid, issuer)
 
 
