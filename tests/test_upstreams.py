@@ -7,6 +7,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from bascule import upstream
 from bascule.testing import start_gateway, start_upstream
 from bascule_sdk import Response
 
@@ -396,3 +397,60 @@ def test_the_retry_budget_is_a_share_of_recent_requests():
     for _ in range(10):
         budget.request(15.1)
     assert budget.allows(15.1)  # the old requests and retries have left the window
+
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+
+async def h2_get(url: str, path: str) -> list[tuple[int, list[tuple[bytes, bytes]]]]:
+    """GET over cleartext HTTP/2 (prior knowledge): every response head, interim ones included, in order."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", url[7:])], True)
+    heads: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+    with trio.fail_after(10):
+        await stream.send_all(conn.data_to_send())
+        while True:
+            data = await stream.receive_some(65536)
+            assert data, heads
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.InformationalResponseReceived | h2.events.ResponseReceived):
+                    fields = [(bytes(k), bytes(v)) for k, v in event.headers]
+                    heads.append((int(dict(fields)[b":status"]), [f for f in fields if not f[0].startswith(b":")]))
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    await stream.aclose()
+                    return heads
+            await stream.send_all(conn.data_to_send())
+
+
+@pytest.mark.skipif(upstream.CLIENT == "httpcore", reason="httpcore drops interim responses")
+async def test_103_early_hints_reach_http2_clients_and_100_continue_stops_at_the_gateway(nursery):
+    final = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    url = await raw_server(nursery, b"HTTP/1.1 100 Continue\r\n\r\n" + EARLY_HINTS + final)
+    gw = await start_gateway(nursery, service(f'"{url}"'))
+    heads = await h2_get(gw.url, "/x")
+    assert [status for status, _ in heads] == [103, 200]
+    assert heads[0][1] == [(b"link", b"</style.css>; rel=preload")]
+
+
+async def test_over_http1_early_hints_are_not_sent_and_the_response_is_whole(nursery):
+    # hypercorn 0.18 offers http.response.early_hint for HTTP/2 and 3 only.
+    url = await raw_server(nursery, EARLY_HINTS + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    gw = await start_gateway(nursery, service(f'"{url}"'))
+    host, port = gw.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    answer = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok"), answer
+    assert b"103" not in answer.split(b"\r\n")[0] and b"style.css" not in answer

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
@@ -147,7 +148,7 @@ class Runtime:
         else:
             raw.append((b"transfer-encoding", b"chunked"))
         headers.raw = raw
-        response, pool, seconds = await self.upstreams[name].send(request, ctx)
+        response, pool, seconds = await self.upstreams[name].send(request, ctx, _early_hints.get())
         ctx.upstream = pool.url
         ctx.upstream_seconds = (ctx.upstream_seconds or 0.0) + seconds
         strip_hop_by_hop(response.headers)
@@ -317,6 +318,7 @@ class Gateway:
             response = await pipeline.finish(ctx, error.to_response(request_id))
         else:
             try:
+                _early_hints.set(_EarlyHints(send) if _EARLY_HINT in (scope.get("extensions") or ()) else None)
                 response = await pipeline.respond(ctx, _take_body)
             except ClientDisconnected:  # still logged: nginx's 499, client closed request
                 ctx.error = "The client disconnected while sending its request."
@@ -329,6 +331,9 @@ class Gateway:
             await pipeline.log(ctx, response)
 
     async def _send(self, send: Callable, response: Response, ctx: Context, head: bool) -> None:
+        hints = _early_hints.get()
+        if hints is not None:
+            hints.send = None  # the final response starts: no more hints
         raw = response.headers.raw
         raw.append((b"x-request-id", ctx.request_id.encode()))
         if not any(k == b"date" for k, _ in raw):
@@ -354,6 +359,32 @@ class Gateway:
 
 
 _NO_ROUTE = RouteInfo("", None)
+_EARLY_HINT = "http.response.early_hint"
+
+
+class _EarlyHints:
+    """Passes an upstream's ``103 Early Hints`` on to the client (its ``Link``
+    fields: all that hypercorn's ``http.response.early_hint`` extension sends)
+    until the final response starts. Other 1xx responses (100 Continue) stop
+    here. Set per request only when the server offers the extension: hypercorn
+    0.18 does for HTTP/2 and HTTP/3, not HTTP/1.x."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Callable) -> None:
+        self.send: Callable | None = send
+
+    async def __call__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        links = [v for k, v in headers if k == b"link"] if status == 103 else None
+        if links and self.send is not None:
+            try:
+                await self.send({"type": _EARLY_HINT, "links": links})
+            except Exception:  # a hint is optional: never fail the request over it
+                log.debug("could not send early hints", exc_info=True)
+
+
+# The early hints of the request that the current task serves (None: not offered).
+_early_hints: ContextVar[_EarlyHints | None] = ContextVar("bascule_early_hints", default=None)
 
 
 async def _refuse_websocket(scope: dict, receive: Callable, send: Callable) -> None:

@@ -7,8 +7,13 @@ on another target within a budget (``retries``) and bounds the requests it
 holds (``admission``). A probe is only a verdict: whatever goes wrong in it
 fails that probe, and the checks go on.
 
-Built on httpcore's ``AsyncHTTPConnection`` (the layer beneath httpx), with
-the gateway's own pool: a LIFO free-list that checks only the connection it
+``http://`` targets are spoken to by ``h11conn.H11Connection`` (h11 on a
+non-blocking socket that waits on trio: one send per request head and bytes
+body); ``https://`` targets by httpcore's ``AsyncHTTPConnection`` (the layer
+beneath httpx), which keeps the TLS details. The environment variable
+``BASCULE_UPSTREAM_CLIENT=httpcore``, read once at import, puts ``http://``
+targets on httpcore too (to compare, or to fall back). Both sit in the
+gateway's own pool: a LIFO free-list that checks only the connection it
 takes, capped by a ``trio.CapacityLimiter``. httpx's default pool scans every
 pooled connection on every request (perf-notes.md measured it 2.4x slower),
 and an httpx client keeps a cookie jar that would carry one user's upstream
@@ -16,13 +21,16 @@ cookies to the next user; this client has no cookie jar.
 
 Responses whose length is known and at most ``buffer_size`` are read whole and
 their connection returned at once; others stream, and the connection returns
-to the pool when the response is closed.
+to the pool when the response is closed. Interim 1xx responses (103 Early
+Hints...) from an ``http://`` target on the h11 client go to the caller's
+``informational`` callback; httpcore drops them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -36,6 +44,7 @@ from bascule_sdk import Context, Headers, HTTPError, Request, Response
 from .admission import Admission
 from .balancing import make_balancer
 from .config import ServiceSettings
+from .h11conn import H11Connection, Informational
 from .health import ServiceHealth, TargetHealth
 from .retries import RetryBudget
 
@@ -47,6 +56,10 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
 # Failures of a reused keep-alive connection that the server closed meanwhile.
 _STALE = (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError)
+# The client of http:// targets: "h11" (h11conn) or "httpcore".
+CLIENT = os.environ.get("BASCULE_UPSTREAM_CLIENT", "h11").strip().lower() or "h11"
+if CLIENT not in ("h11", "httpcore"):
+    raise RuntimeError(f'BASCULE_UPSTREAM_CLIENT: expected "h11" or "httpcore", got {CLIENT!r}')
 
 
 class PoolFull(Exception):
@@ -82,10 +95,13 @@ class Pool:
         default_port = port == (443 if parts.scheme == "https" else 80)
         host = parts.hostname if default_port else f"{parts.hostname}:{port}"
         self.host_header = host.encode()
+        self._host, self._port = parts.hostname, port
+        self.client = "h11" if parts.scheme == "http" and CLIENT == "h11" else "httpcore"
         self.weight = 1
         self.health = TargetHealth(url, 0, 0.0)  # a Service sets its own
         self._limiter = trio.CapacityLimiter(max_connections)
         self._idle: list[httpcore.AsyncHTTPConnection] = []
+        self._idle_h11: list[H11Connection] = []
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
         self._pool_timeout = pool_timeout
@@ -95,11 +111,12 @@ class Pool:
     def in_use(self) -> int:
         return int(self._limiter.borrowed_tokens)
 
-    async def send(self, request: Request, buffer_size: int) -> Response:
+    async def send(self, request: Request, buffer_size: int, informational: Informational | None = None) -> Response:
         """Send ``request`` (its ``path`` is the upstream path) and return the response.
 
-        Raises httpcore exceptions, or ``PoolFull`` when no connection frees
-        up within ``pool_timeout``.
+        ``informational`` gets each 1xx response before the final one (not
+        101; the h11 client only). Raises httpcore exceptions, or ``PoolFull``
+        when no connection frees up within ``pool_timeout``.
         """
         token = object()
         try:
@@ -110,6 +127,8 @@ class Pool:
             if waited.cancelled_caught:
                 raise PoolFull(self.url) from None
         try:
+            if self.client == "h11":
+                return await self._send_h11(request, buffer_size, token, informational)
             return await self._send(request, buffer_size, token)
         except BaseException:
             self._limiter.release_on_behalf_of(token)
@@ -144,6 +163,98 @@ class Pool:
                 await conn.aclose()
                 raise
             return await self._wrap(conn, request.method, response, buffer_size, token)
+
+    async def _send_h11(
+        self, request: Request, buffer_size: int, token: object, informational: Informational | None
+    ) -> Response:
+        target = (self.base_path + request.path or "/").encode()
+        if request.query:
+            target += b"?" + request.query.encode()
+        body = request.body
+        replayable = isinstance(body, bytes)
+        headers = request.headers.raw
+        host = framed = False
+        for k, _ in headers:
+            if k == b"host":
+                host = True
+            elif k == b"content-length" or k == b"transfer-encoding":
+                framed = True
+        if not host:
+            headers = [(b"host", self.host_header), *headers]
+        if not framed and not replayable:  # a caller that did not frame its body
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
+        elif not framed and body:
+            headers = [*headers, (b"content-length", str(len(body)).encode())]  # type: ignore[arg-type]
+        method = request.method.encode()
+        idle = self._idle_h11
+        while True:
+            conn: H11Connection | None = None
+            while idle:
+                conn = idle.pop()
+                if conn.is_reusable():
+                    break
+                conn.close()
+                conn = None
+            reused = conn is not None
+            if conn is None:
+                conn = await H11Connection.connect(
+                    self._host,
+                    self._port,
+                    connect_timeout=self._timeouts["connect"],
+                    read_timeout=self._timeouts["read"],
+                    write_timeout=self._timeouts["write"],
+                    keepalive_expiry=self._keepalive_expiry,
+                )
+            try:
+                status, raw = await conn.request(method, target, headers, body, informational)
+            except _STALE:
+                conn.close()
+                if reused and replayable:
+                    continue  # the server closed an idle connection: retry on a new one
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            return await self._wrap_h11(conn, request.method, status, raw, buffer_size, token)
+
+    async def _wrap_h11(
+        self,
+        conn: H11Connection,
+        method: str,
+        status: int,
+        raw: list[tuple[bytes, bytes]],
+        buffer_size: int,
+        token: object,
+    ) -> Response:
+        headers = Headers(raw)  # h11 lower-cases the names
+        if method == "HEAD" or status in _NO_BODY_STATUS:
+            small = True
+        else:
+            length = headers.get("content-length")
+            small = length is not None and length.isdigit() and int(length) <= buffer_size
+        if small:
+            try:
+                body = await conn.read_body()
+            except BaseException:
+                conn.close()
+                raise  # send() returns the token
+            self._release_h11(conn, token)
+            return Response(status, headers, body)
+
+        chunks = conn.body()
+
+        async def release() -> None:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            self._release_h11(conn, token)
+
+        return Response(status, headers, chunks, close=release)
+
+    def _release_h11(self, conn: H11Connection, token: object) -> None:
+        if conn.is_idle():
+            self._idle_h11.append(conn)
+        else:
+            conn.close()  # the body was left unread, or the server keeps no connection alive
+        self._limiter.release_on_behalf_of(token)
 
     async def _checkout(self) -> tuple[httpcore.AsyncHTTPConnection, bool]:
         while self._idle:
@@ -193,6 +304,9 @@ class Pool:
         return Response(response.status, headers, _chunks(stream), close=release)
 
     async def aclose(self) -> None:
+        idle_h11, self._idle_h11 = self._idle_h11, []
+        for h11conn in idle_h11:
+            h11conn.close()
         idle, self._idle = self._idle, []
         with trio.CancelScope(shield=True):
             for conn in idle:
@@ -241,21 +355,24 @@ class Service:
         self._checks: trio.CancelScope | None = None
         self._closed = False
 
-    async def send(self, request: Request, ctx: Context | None = None) -> tuple[Response, Pool, float]:
+    async def send(
+        self, request: Request, ctx: Context | None = None, informational: Informational | None = None
+    ) -> tuple[Response, Pool, float]:
         """Send ``request`` to a target, retrying on others as configured.
 
         Returns the response, the target's pool and the seconds until the
         response head arrived (every attempt included). ``ctx`` supplies the
-        key of ``balance = "hash"``. Raises ``HTTPError`` 502 (unreachable or
+        key of ``balance = "hash"``; ``informational`` gets the interim 1xx
+        responses (not 101) of targets on the h11 client. Raises ``HTTPError`` 502 (unreachable or
         broken upstream), 503 (no available target, a full queue or pool)
         or 504 (no answer within ``timeout``).
         """
         admission = self.admission
         if admission is None:
-            return await self._send(request, ctx)
+            return await self._send(request, ctx, informational)
         await admission.enter()
         try:
-            response, pool, seconds = await self._send(request, ctx)
+            response, pool, seconds = await self._send(request, ctx, informational)
         except BaseException:
             admission.leave()
             raise
@@ -265,7 +382,9 @@ class Service:
             response.close = _then(response.close, admission.leave)
         return response, pool, seconds
 
-    async def _send(self, request: Request, ctx: Context | None) -> tuple[Response, Pool, float]:
+    async def _send(
+        self, request: Request, ctx: Context | None, informational: Informational | None
+    ) -> tuple[Response, Pool, float]:
         settings = self.settings
         start = time.perf_counter()
         now = trio.current_time()
@@ -285,7 +404,10 @@ class Service:
             response: Response | None = None
             try:
                 with trio.fail_after(settings.timeout):
-                    response = await pool.send(request, self.buffer_size)
+                    if informational is None:
+                        response = await pool.send(request, self.buffer_size)
+                    else:
+                        response = await pool.send(request, self.buffer_size, informational)
             except (httpcore.ConnectError, OSError) as e:
                 log.warning("service %s: cannot connect to %s: %s", self.name, pool.url, e)
                 health.failed_once(trio.current_time())
