@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 import trio
+from bascule.testing import self_signed_cert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import free_port, memory_kib, tree
@@ -114,37 +115,6 @@ def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         pass
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for ``localhost`` and its key, as PEM files in ``directory``."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 class Gateway:
     """``python -m bascule.cli run`` on a generated config in ``directory``; stderr in ``log``.
 
@@ -167,7 +137,7 @@ class Gateway:
         self.log = directory / "bascule.log"
         tls_keys = ""
         if tls:
-            cert, key = self_signed(directory)
+            cert, key = self_signed_cert(directory)
             tls_keys = f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
         self.config.write_text(f"""
 [gateway]

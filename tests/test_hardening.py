@@ -9,7 +9,7 @@ import pytest
 import trio
 from bascule import ConfigError, parse_config
 from bascule.registry import discover
-from bascule.testing import start_gateway, start_upstream
+from bascule.testing import raw_exchange, start_gateway, start_upstream
 from bascule_sdk import Headers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,21 +26,6 @@ def config(url: str, timeout: str = "2s") -> str:
         paths = ["/"]
         service = "api"
     """
-
-
-async def raw_exchange(url: str, payload: bytes) -> bytes:
-    host, port = url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(payload)
-    data = b""
-    with trio.move_on_after(2):
-        try:
-            while chunk := await stream.receive_some():
-                data += chunk
-        except trio.BrokenResourceError:  # reset: the server closed with our bytes unread
-            pass
-    await stream.aclose()
-    return data
 
 
 def statuses(data: bytes) -> list[int]:

@@ -4,9 +4,8 @@ and over a real socket: an invalid Host is a 400 and nothing reaches the upstrea
 import json
 
 import pytest
-import trio
 from bascule.forwarding import InvalidField, arrival_headers, parse_host
-from bascule.testing import start_gateway, start_upstream
+from bascule.testing import parse_response, raw_exchange, start_gateway, start_upstream
 from bascule_sdk import Headers
 
 VALID = {
@@ -128,28 +127,6 @@ CONFIG = """
 """
 
 
-async def exchange(url: str, payload: bytes) -> bytes:
-    host, port = url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(payload)
-    data = b""
-    with trio.move_on_after(2):
-        try:
-            while chunk := await stream.receive_some():
-                data += chunk
-        except trio.BrokenResourceError:
-            pass
-    await stream.aclose()
-    return data
-
-
-def answer(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
-
-
 def request(host: bytes, target: bytes = b"/a", version: bytes = b"1.1", extra: bytes = b"") -> bytes:
     head = b"GET " + target + b" HTTP/" + version + b"\r\nHost: " + host + b"\r\n"
     return head + extra + b"Connection: close\r\n\r\n"
@@ -179,7 +156,7 @@ BAD_REQUESTS = {
 async def test_an_invalid_host_is_a_400_and_never_forwarded(nursery, name):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, CONFIG.format(url=upstream.url, trusted="127.0.0.1/32"))
-    status, headers, body = answer(await exchange(gw.url, BAD_REQUESTS[name]))
+    status, headers, body = parse_response(await raw_exchange(gw.url, BAD_REQUESTS[name]))
     assert status == 400
     assert headers["content-type"] == "application/problem+json"
     assert json.loads(body)["status"] == 400
@@ -195,7 +172,7 @@ async def test_valid_hosts_are_forwarded_as_validated(nursery):
         request(b"ignored", b"http://shop.example/a"),
         request(b"", version=b"1.0"),  # HTTP/1.0: an empty Host is no Host
     ):
-        status, _, _ = answer(await exchange(gw.url, payload))
+        status, _, _ = parse_response(await raw_exchange(gw.url, payload))
         assert status == 200, payload
     hosts = [(r.header("x-forwarded-host"), r.header("forwarded")) for r in upstream.requests]
     assert hosts == [

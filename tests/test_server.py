@@ -1,6 +1,5 @@
 """Serving: TLS with HTTP/2, the CLI on the default config, entry-point discovery."""
 
-import datetime
 import ssl
 import subprocess
 import sys
@@ -9,40 +8,13 @@ from pathlib import Path
 
 import httpx
 from bascule.registry import discover
-from bascule.testing import start_gateway, start_upstream
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from bascule.testing import self_signed_cert, start_gateway, start_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     upstream = await start_upstream(nursery)
     gw = await start_gateway(
         nursery,
@@ -72,7 +44,7 @@ async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
 
 async def test_an_http2_body_without_content_length_reaches_the_upstream(nursery, tmp_path):
     # HTTP/2 frames a body by END_STREAM (RFC 9113 8.1): no Content-Length is needed.
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     upstream = await start_upstream(nursery)
     gw = await start_gateway(
         nursery,

@@ -12,7 +12,7 @@ from importlib.metadata import version
 import pytest
 import trio
 from bascule import worker
-from bascule.testing import start_gateway, start_upstream
+from bascule.testing import parse_response, raw_exchange, start_gateway, start_upstream
 from bascule_sdk import Response
 
 CONFIG = """
@@ -33,30 +33,6 @@ ISSUE_203 = (
 )
 
 
-async def exchange(url: str, payload: bytes, *, read_delay: float = 0.0) -> bytes:
-    """Send ``payload``, then read until the server closes (a reset ends the read too)."""
-    host, port = url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(payload)
-    await trio.sleep(read_delay)
-    data = b""
-    with trio.fail_after(10):
-        try:
-            while chunk := await stream.receive_some():
-                data += chunk
-        except trio.BrokenResourceError:
-            pass
-    await stream.aclose()
-    return data
-
-
-def parse(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
-
-
 async def gateway(nursery, linger: str = "2s"):
     upstream = await start_upstream(nursery)
     return await start_gateway(nursery, CONFIG.format(url=upstream.url, linger=linger))
@@ -74,14 +50,14 @@ async def test_bytes_after_a_request_that_ends_the_connection_get_its_whole_answ
 
     async def client() -> None:
         for _ in range(20):
-            answers.append(await exchange(gw.url, ISSUE_203))
+            answers.append(await raw_exchange(gw.url, ISSUE_203))
 
     async with trio.open_nursery() as clients:
         for _ in range(10):
             clients.start_soon(client)
     assert len(answers) == 200
     for data in answers:
-        status, headers, body = parse(data)
+        status, headers, body = parse_response(data)
         assert status == 400
         assert headers["connection"].lower() == "close"
         assert headers["content-type"] == "application/problem+json"
@@ -103,7 +79,7 @@ async def test_bytes_after_a_request_that_ends_the_connection_get_its_whole_answ
 )
 async def test_unparseable_requests_get_a_problem_and_a_close(nursery, payload):
     gw = await gateway(nursery)
-    status, headers, body = parse(await exchange(gw.url, payload))
+    status, headers, body = parse_response(await raw_exchange(gw.url, payload))
     assert status == 400
     assert headers["connection"].lower() == "close"
     assert headers["content-type"] == "application/problem+json"
@@ -113,7 +89,7 @@ async def test_unparseable_requests_get_a_problem_and_a_close(nursery, payload):
 async def test_an_oversized_head_gets_431_as_a_problem(nursery):
     gw = await gateway(nursery)
     payload = b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 200_000  # never ends
-    status, _headers, body = parse(await exchange(gw.url, payload))
+    status, _headers, body = parse_response(await raw_exchange(gw.url, payload))
     assert status == 431
     assert json.loads(body)["status"] == 431
 
@@ -189,7 +165,7 @@ async def read_response(stream: trio.SocketStream) -> bytes:
     while b"\r\n\r\n" not in data:
         data += await stream.receive_some()
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(parse(head + b"\r\n\r\n")[1]["content-length"])
+    length = int(parse_response(head + b"\r\n\r\n")[1]["content-length"])
     while len(body) < length:
         body += await stream.receive_some()
     return head + b"\r\n\r\n" + body
@@ -275,7 +251,7 @@ async def test_an_h2c_upgrade_is_answered_over_http_1_1(nursery):
             b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\n"
             b"Upgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\n"
         )
-        status, _headers, body = parse(await exchange(gw.url, payload))
+        status, _headers, body = parse_response(await raw_exchange(gw.url, payload))
         assert status == 200
         assert json.loads(body)["path"] == "/api/x"
 

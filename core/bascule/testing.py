@@ -29,6 +29,7 @@ import textwrap
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,7 +45,18 @@ from .registry import discover
 from .server import hypercorn_config
 from .worker import listen
 
-__all__ = ["Received", "RedisServer", "RunningGateway", "Upstream", "eventually", "start_gateway", "start_upstream"]
+__all__ = [
+    "Received",
+    "RedisServer",
+    "RunningGateway",
+    "Upstream",
+    "eventually",
+    "parse_response",
+    "raw_exchange",
+    "self_signed_cert",
+    "start_gateway",
+    "start_upstream",
+]
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -185,6 +197,65 @@ async def start_gateway(
             partial(listen, Admin(gateway, "plugins.toml", available), admin_hc, shutdown_trigger=stop.wait)
         )
     return running
+
+
+async def raw_exchange(url: str, payload: bytes, *, timeout: float = 2.0) -> bytes:
+    """Send ``payload`` as is on a new connection to ``url`` (``http://host:port``);
+    return the bytes that come back until the server closes or resets the
+    connection, or ``timeout`` seconds pass."""
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(payload)
+    data = b""
+    with trio.move_on_after(timeout):
+        try:
+            while chunk := await stream.receive_some():
+                data += chunk
+        except trio.BrokenResourceError:  # a reset: the server closed with our bytes unread
+            pass
+    await stream.aclose()
+    return data
+
+
+def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """The first HTTP/1.x response in ``data``: status, fields (names lower-cased;
+    the last of repeated ones) and whatever follows the head."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` (valid one day) and its key, as PEM files
+    ``cert.pem`` and ``key.pem`` in ``directory``: for ``[gateway] tls_cert``/``tls_key``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
 
 
 class RedisServer:
