@@ -159,10 +159,10 @@ async def test_an_unexpected_error_in_a_probe_fails_it_and_checks_go_on(nursery,
     flaky, good = await start_upstream(nursery), await start_upstream(nursery)
     send, broken = Pool.send, True
 
-    async def probe_bug(pool: Pool, request: Request, buffer_size: int) -> Response:
+    async def probe_bug(pool: Pool, request: Request, buffer_size: int, informational=None) -> Response:
         if broken and pool.url == flaky.url and request.headers.get("user-agent") == "bascule-health-check":
             raise RuntimeError("a bug in the probe")
-        return await send(pool, request, buffer_size)
+        return await send(pool, request, buffer_size, informational)
 
     monkeypatch.setattr(Pool, "send", probe_bug)
     gw = await start_gateway(nursery, config(flaky.url, good.url, **CHECKS), admin=True)

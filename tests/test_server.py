@@ -8,14 +8,15 @@ from pathlib import Path
 
 import httpx
 from bascule.registry import discover
-from bascule.testing import self_signed_cert, start_gateway, start_upstream
+from bascule.testing import RunningGateway, self_signed_cert, start_gateway, start_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
+async def tls_gateway(nursery, tmp_path: Path, upstream_url: str) -> tuple[RunningGateway, ssl.SSLContext]:
+    """A gateway serving TLS (so HTTP/2 by ALPN) on a self-signed certificate for
+    localhost, proxying everything to ``upstream_url``; and a context trusting it."""
     cert, key = self_signed_cert(tmp_path)
-    upstream = await start_upstream(nursery)
     gw = await start_gateway(
         nursery,
         f"""
@@ -23,15 +24,20 @@ async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
         tls_cert = "{cert}"
         tls_key = "{key}"
         [services.api]
-        targets = ["{upstream.url}"]
+        targets = ["{upstream_url}"]
         [[routes]]
         name = "api"
         paths = ["/"]
         service = "api"
     """,
     )
+    return gw, ssl.create_default_context(cafile=str(cert))
+
+
+async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
+    upstream = await start_upstream(nursery)
+    gw, trust = await tls_gateway(nursery, tmp_path, upstream.url)
     assert gw.url.startswith("https://")
-    trust = ssl.create_default_context(cafile=str(cert))
     async with httpx.AsyncClient(verify=trust, http2=True) as h2, httpx.AsyncClient(verify=trust) as h1:
         url = gw.url.replace("127.0.0.1", "localhost") + "/hello?x=1"
         r2 = await h2.post(url, content=b"over h2")
@@ -44,28 +50,13 @@ async def test_tls_with_http2_when_the_client_offers_it(nursery, tmp_path):
 
 async def test_an_http2_body_without_content_length_reaches_the_upstream(nursery, tmp_path):
     # HTTP/2 frames a body by END_STREAM (RFC 9113 8.1): no Content-Length is needed.
-    cert, key = self_signed_cert(tmp_path)
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(
-        nursery,
-        f"""
-        [gateway]
-        tls_cert = "{cert}"
-        tls_key = "{key}"
-        [services.api]
-        targets = ["{upstream.url}"]
-        [[routes]]
-        name = "api"
-        paths = ["/"]
-        service = "api"
-    """,
-    )
+    gw, trust = await tls_gateway(nursery, tmp_path, upstream.url)
 
     async def chunks():
         yield b"streamed "
         yield b"over h2"
 
-    trust = ssl.create_default_context(cafile=str(cert))
     async with httpx.AsyncClient(verify=trust, http2=True, http1=False) as h2:
         r = await h2.post(gw.url.replace("127.0.0.1", "localhost") + "/up", content=chunks())
     assert (r.http_version, r.status_code) == ("HTTP/2", 200)

@@ -404,10 +404,7 @@ class Service:
             response: Response | None = None
             try:
                 with trio.fail_after(settings.timeout):
-                    if informational is None:
-                        response = await pool.send(request, self.buffer_size)
-                    else:
-                        response = await pool.send(request, self.buffer_size, informational)
+                    response = await pool.send(request, self.buffer_size, informational)
             except (httpcore.ConnectError, OSError) as e:
                 log.warning("service %s: cannot connect to %s: %s", self.name, pool.url, e)
                 health.failed_once(trio.current_time())

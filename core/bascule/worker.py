@@ -314,12 +314,12 @@ class _Connection(TCPServer):
 class _Protocols(ProtocolWrapper):
     """hypercorn's ``ProtocolWrapper`` with ``_H11`` for HTTP/1.1 and ``_H2`` for HTTP/2."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        if type(self.protocol) is H11Protocol:
-            self.protocol = _H11(*args[:9])
-        elif type(self.protocol) is H2Protocol:
-            self.protocol = _H2(*args[:9])
+    def __init__(self, *args: Any) -> None:  # hypercorn 0.18's, without building a protocol to replace
+        app, config, context, task_group, state, ssl, client, server, send, alpn_protocol = args
+        self.app, self.config, self.context, self.task_group, self.state = app, config, context, task_group, state
+        self.ssl, self.client, self.server, self.send = ssl, client, server, send
+        protocol = _H2 if alpn_protocol == "h2" else _H11
+        self.protocol = protocol(app, config, context, task_group, state, ssl, client, server, send)
 
     async def handle(self, event: Event) -> None:
         await super().handle(event)
