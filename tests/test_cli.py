@@ -161,7 +161,7 @@ def test_validate_offline_checks_all_but_the_secrets_values(tmp_path):
     r = bascule("validate", "--offline", str(config), env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
-        f"{config}: valid (1 routes, 1 services)",
+        f"{config}: valid (1 route, 1 service)",
         f'{config}: route "api": plugins.jwt.keys[0]: not checked offline: '
         "needs the value of env:BASCULE_TEST_UNSET_SECRET",
         f'{config}: route "api": plugins.jwt.keys[1]: not checked offline: '

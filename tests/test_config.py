@@ -100,9 +100,9 @@ def test_every_problem_is_reported_once_with_its_location():
         "conf/plugins.toml: route \"users\": paths: 'api/users' must start with '/'",
         'conf/plugins.toml: route "users": colour: unknown key (known keys: hosts, match, methods, name, paths,'
         " plugins, preserve_host, service, strip_path)",
-        "conf/plugins.toml: route \"users\": service: unknown service 'userz' (services: users)",
+        "conf/plugins.toml: route \"users\": service: unknown service 'userz'; did you mean 'users'? (services: users)",
         "conf/plugins.toml: route \"users\": plugins.limit.limit: expected an integer, got a string ('ten')",
-        'conf/plugins.toml: route "users": plugins.burst.priority: expected an integer',
+        "conf/plugins.toml: route \"users\": plugins.burst.priority: expected an integer, got a string ('high')",
         "conf/plugins.toml: routes[1]: name: required key is missing",
     ]
 
@@ -128,7 +128,7 @@ def test_every_problem_is_reported_once_with_its_location():
         ),
         (
             "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins]\nlimit = 3\n",
-            'route "a": plugins.limit: expected a table, true or false, got int',
+            'route "a": plugins.limit: expected a table, true or false, got an integer (3)',
         ),
         (
             "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins.limit]\nburst = 1\n",
@@ -138,7 +138,7 @@ def test_every_problem_is_reported_once_with_its_location():
         ("[gateway]\ntls_cert = 'cert.pem'\n", "gateway: tls_key: tls_cert and tls_key go together"),
         (
             "[gatway]\nlisten = '1.2.3.4:80'\n",
-            "gatway: unknown key (known keys: consumers, gateway, plugins, routes, services)",
+            "gatway: unknown key; did you mean 'gateway'? (known keys: consumers, gateway, plugins, routes, services)",
         ),
         (
             "[consumers.bob.credentials.limit]\n",
@@ -152,10 +152,50 @@ def test_each_kind_of_error(snippet, message):
     assert errors(text) == [f"conf/plugins.toml: {message}"]
 
 
-def test_invalid_toml_names_the_file_and_line():
-    (line,) = errors("[gateway\nlisten = 1")
-    assert line.startswith("conf/plugins.toml: invalid TOML: ")
-    assert "line 1" in line
+def test_invalid_toml_is_file_line_column_with_the_line_shown():
+    assert errors('[services.users]\ntargets = ["http://127.0.0.1:9001"]\n[gateway\nlisten = 1') == [
+        "conf/plugins.toml:3:9: invalid TOML: Expected ']' at the end of a table declaration\n"
+        "    [gateway\n"
+        "            ^"
+    ]
+    assert errors("[gateway]\nlisten = ") == [
+        "conf/plugins.toml:2:10: invalid TOML: Invalid value at the end of the file\n    listen = \n             ^"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "message"),
+    [
+        (
+            "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\nstrip-pth = true\n",
+            "route \"a\": strip-pth: unknown key; did you mean 'strip_path'? (known keys: hosts, match, methods,"
+            " name, paths, plugins, preserve_host, service, strip_path)",
+        ),
+        (
+            "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins.limt]\nlimit = 1\n",
+            "route \"a\": plugins.limt: plugin 'limt' is not installed; did you mean 'limit'?; installed plugins: limit",
+        ),
+        (
+            # false would switch off nothing: a misspelt name is an error, not a no-op
+            "[plugins.limit]\n[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins]\nlimt = false\n",
+            "route \"a\": plugins.limt: plugin 'limt' is not installed; did you mean 'limit'?; installed plugins: limit",
+        ),
+        (
+            "[servces.users]\n",
+            "servces: unknown key; did you mean 'services'? (known keys: consumers, gateway,"
+            " plugins, routes, services)",
+        ),
+        ("[gateway]\nworkers = 1.5\n", "gateway: workers: expected an integer, got a number (1.5)"),
+        (
+            "[gateway]\nlisten = 1979-05-27\n",
+            "gateway: listen: expected a string, got a date (datetime.date(1979, 5, 27))",
+        ),
+        ("routes = 3\n", "routes: expected an array of tables, got an integer (3)"),
+    ],
+)
+def test_messages_suggest_and_name_toml_types(snippet, message):
+    text = SERVICE + snippet if snippet.startswith("[") else snippet + SERVICE  # a top-level key goes first
+    assert errors(text) == [f"conf/plugins.toml: {message}"]
 
 
 def test_secrets_from_env_and_file(tmp_path, monkeypatch):

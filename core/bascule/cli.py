@@ -133,10 +133,15 @@ def _validate(path: str, *, offline: bool, as_json: bool) -> int:
             result["unchecked"] = [p.as_dict() for p in config.unchecked]
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{path}: valid ({len(config.routes)} routes, {len(config.services)} services)")
+    print(f"{path}: valid ({_count(len(config.routes), 'route')}, {_count(len(config.services), 'service')})")
     for p in config.unchecked:
         print(p)
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 route"``, ``"2 routes"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _checkable(config: Config) -> Config:

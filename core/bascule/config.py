@@ -1,9 +1,14 @@
 """plugins.toml: parsed with tomllib, validated whole, compiled into ``Config``.
 
 Every problem in the file is collected and raised at once as ``ConfigError``,
-one line each, naming the file, the section or route, and the key::
+one line each, in one form: ``FILE: SECTION: KEY: MESSAGE``, the section being
+``gateway``, ``services.NAME``, ``plugins.NAME``, ``consumers.NAME``,
+``route "NAME"`` (``routes[N]`` for a route without a name), and the key a
+dotted path inside it (``[N]`` for an array item)::
 
     plugins.toml: route "orders": plugins.rate-limit.limit: expected an integer, got a string ('ten')
+
+A TOML syntax error is ``FILE:LINE:COLUMN: invalid TOML: ...`` with the line shown.
 
 Nothing here opens a socket: a config is valid or not before anything starts.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +34,8 @@ from bascule_sdk.settings import (
     Secret,
     SettingsError,
     check,
+    describe,
+    did_you_mean,
     offline_secrets,
     parse,
     setting,
@@ -62,7 +70,8 @@ class ConfigProblem:
 
     ``where`` is the section (``gateway``, ``services.users``, ``plugins.jwt``,
     ``route "orders"``, ``routes[2]``); ``route`` the route's name when it is
-    one. Fields not known (a problem found after parsing) are ``None``.
+    one; ``line`` and ``column`` (1-based) for a TOML syntax error. Fields not
+    known (a problem found after parsing) are ``None``.
     """
 
     file: str | None
@@ -70,12 +79,26 @@ class ConfigProblem:
     key: str | None
     message: str
     route: str | None = None
+    line: int | None = None
+    column: int | None = None
 
     def __str__(self) -> str:
-        return ": ".join(x for x in (self.file, self.where, self.key, self.message) if x)
+        file = self.file
+        if file is not None and self.line is not None:
+            file = f"{file}:{self.line}:{self.column}"
+        return ": ".join(x for x in (file, self.where, self.key, self.message) if x)
 
-    def as_dict(self) -> dict[str, str | None]:
-        return {"file": self.file, "where": self.where, "route": self.route, "key": self.key, "message": self.message}
+    def as_dict(self) -> dict[str, str | int | None]:
+        result: dict[str, str | int | None] = {
+            "file": self.file,
+            "where": self.where,
+            "route": self.route,
+            "key": self.key,
+            "message": self.message,
+        }
+        if self.line is not None:
+            result |= {"line": self.line, "column": self.column}
+        return result
 
 
 class ConfigError(Exception):
@@ -333,8 +356,23 @@ def parse_config(text: str, filename: str, available: Mapping[str, Available], *
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError.of([ConfigProblem(filename, None, None, f"invalid TOML: {e}")]) from None
+        raise ConfigError.of([_syntax_error(text, filename, str(e))]) from None
     return compile_config(data, filename, available, offline=offline)
+
+
+def _syntax_error(text: str, filename: str, message: str) -> ConfigProblem:
+    """tomllib's ``"... (at line L, column C)"`` as ``FILE:L:C: invalid TOML: ...`` and the line, marked."""
+    at = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if at is None:  # "(at end of document)"
+        lines = text.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+        message = message.removesuffix(" (at end of document)") + " at the end of the file"
+    else:
+        line, column = int(at[1]), int(at[2])
+        message = message[: at.start()]
+    source = (text.splitlines() + [""])[line - 1].expandtabs(1)
+    shown = f"\n    {source}\n    {' ' * (column - 1)}^"
+    return ConfigProblem(filename, None, None, f"invalid TOML: {message}{shown}", line=line, column=column)
 
 
 def compile_config(
@@ -417,7 +455,7 @@ class _Compiler:
         # Each section is checked on its own, so a bad one hides no problem in another.
         for key in data:
             if key not in SECTIONS:
-                self.error(key, "", f"unknown key (known keys: {', '.join(SECTIONS)})")
+                self.error(key, "", f"unknown key{did_you_mean(key, SECTIONS)} (known keys: {', '.join(SECTIONS)})")
         gateway = self._parse("gateway", GatewaySettings, data.get("gateway", {})) or GatewaySettings()
         services = self._parse_each("services", ServiceSettings, data.get("services", {}))
         consumers = self._parse_each("consumers", ConsumerSettings, data.get("consumers", {}))
@@ -425,7 +463,7 @@ class _Compiler:
         global_tables = self._global_plugins(self._table("plugins", data.get("plugins", {})))
         routes = data.get("routes", [])
         if not isinstance(routes, list):
-            self.error("routes", "", f"expected an array of tables, got {type(routes).__name__}")
+            self.error("routes", "", f"expected an array of tables, got {describe(routes)}")
             routes = []
         consumer_objects = self._consumers(consumers)
         compiled = self._routes(routes, global_tables)
@@ -451,7 +489,7 @@ class _Compiler:
     def _table(self, where: str, value: Any) -> Mapping[str, Any]:
         if isinstance(value, Mapping):
             return value
-        self.error(where, "", f"expected a table, got {type(value).__name__}")
+        self.error(where, "", f"expected a table, got {describe(value)}")
         return {}
 
     def _parse_each(self, section: str, model: type, value: Any) -> dict[str, Any]:
@@ -467,7 +505,7 @@ class _Compiler:
         for name, table in tables.items():
             where = f"plugins.{name}"
             if not isinstance(table, Mapping):
-                self.error(where, "", f"expected a table, got {type(table).__name__}")
+                self.error(where, "", f"expected a table, got {describe(table)}")
                 continue
             self._spec(where, name, table)
             result[name] = table
@@ -511,7 +549,8 @@ class _Compiler:
             service, plugins = raw.get("service"), raw.get("plugins", {})
             if isinstance(service, str) and service not in self.service_names:
                 known = ", ".join(sorted(self.service_names)) or "none"
-                self.error(where, "service", f"unknown service {service!r} (services: {known})")
+                hint = did_you_mean(service, self.service_names)
+                self.error(where, "service", f"unknown service {service!r}{hint} (services: {known})")
             before = len(self.errors)
             specs = self._route_plugins(where, plugins, global_tables) if isinstance(plugins, Mapping) else []
             if settings is None:
@@ -536,7 +575,10 @@ class _Compiler:
     ) -> list[PluginSpec]:
         for name, value in route_tables.items():
             if not isinstance(value, (bool, Mapping)):
-                self.error(where, f"plugins.{name}", f"expected a table, true or false, got {type(value).__name__}")
+                self.error(where, f"plugins.{name}", f"expected a table, true or false, got {describe(value)}")
+            elif value is False and name not in global_tables and name not in self.available:
+                # true reaches _spec (and its message) below; false would be ignored without a word
+                self.error(where, f"plugins.{name}", not_installed_message(name, self.available))
         tables = layer_plugin_tables(global_tables, route_tables)
         specs = []
         for instance, table in tables.items():
@@ -567,7 +609,8 @@ class _Compiler:
             return None
         priority = table.get("priority", available.cls.priority)
         if not isinstance(priority, int) or isinstance(priority, bool):
-            self.error(where, ".".join(x for x in (prefix, "priority") if x), "expected an integer")
+            key = ".".join(x for x in (prefix, "priority") if x)
+            self.error(where, key, f"expected an integer, got {describe(priority)}")
             return None
         settings_table = {k: v for k, v in table.items() if k not in RESERVED_PLUGIN_KEYS}
         identity = json.dumps([instance, plugin_name, priority, settings_table], sort_keys=True, default=str)

@@ -24,7 +24,7 @@ from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, 
 from bascule_sdk.http import Body, ClientDisconnected, iterate
 from bascule_sdk.settings import SettingsError
 
-from .config import Config, ConfigError, Route
+from .config import Config, ConfigError, ConfigProblem, Route
 from .forwarding import InvalidField, TrustedProxies, arrival_headers, parse_host, strip_hop_by_hop
 from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
@@ -65,13 +65,13 @@ class Runtime:
         self.upstreams: Upstreams = Upstreams(config.services, gw.buffer_size, previous.upstreams if previous else None)
         self.plugins = PluginSet()
         self.routes: dict[str, CompiledRoute] = {}
-        errors: list[str] = []
+        errors: list[ConfigProblem] = []
         patterns: list[RoutePattern[CompiledRoute]] = []
         for order, route in enumerate(config.routes):
             try:
                 compiled = self._compile(route)
             except (PluginLoadError, SettingsError, ValueError) as e:
-                errors.append(f"{config.path}: route {route.name!r}: {e}")
+                errors.append(ConfigProblem(config.path, f'route "{route.name}"', None, str(e), route.name))
                 continue
             self.routes[route.name] = compiled
             s = route.settings
@@ -90,7 +90,7 @@ class Runtime:
                     )
                 )
         if errors:
-            raise ConfigError(errors)
+            raise ConfigError.of(errors)
         self.router: Router[CompiledRoute] = Router(patterns)
         # Requests that match no route still meet the global plugins' on_response/on_log.
         globals_ = [

@@ -13,14 +13,16 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 import trio
 from bascule_sdk import Context, HTTPError, Plugin, Response, hookspecs
 from bascule_sdk.http import ClientDisconnected
 
-__all__ = ["PHASES", "Hook", "Pipeline", "PluginSet"]
+from .registry import PluginLoadError, check_contract
+
+__all__ = ["PHASES", "Hook", "HookReturnError", "Pipeline", "PluginLoadError", "PluginSet"]
 
 log = logging.getLogger("bascule")
 
@@ -29,8 +31,19 @@ LIFECYCLE = ("startup", "shutdown", "on_admin_request")
 _SPEC_ARGS = {name: tuple(inspect.signature(getattr(hookspecs, name)).parameters) for name in PHASES + LIFECYCLE}
 
 
-class PluginLoadError(Exception):
-    """A plugin class breaks the hook contract (wrong hook name or signature)."""
+class HookReturnError(TypeError):
+    """A hook returned something other than a ``Response`` or ``None``."""
+
+
+def _returned(hook: Hook, value: Any) -> Response | None:
+    """``value`` if a hook may return it, else ``HookReturnError`` naming the hook and the type."""
+    if value is None or isinstance(value, Response):
+        return value
+    kind = type(value)
+    raise HookReturnError(
+        f"hook {hook.phase} of plugin {hook.instance!r} returned {kind.__module__}.{kind.__qualname__}, "
+        "expected a bascule_sdk.Response or None"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,24 +74,16 @@ class PluginSet:
         self._hooks: dict[int, dict[str, Hook]] = {}
 
     def add(self, key: str, plugin: Plugin) -> None:
-        """Register ``plugin``; raise ``PluginLoadError`` if it breaks the contract."""
-        try:
-            self.pm.register(plugin, name=f"{plugin.instance}#{len(self.instances)}")
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as e:
-            self.pm.unregister(plugin)
-            raise PluginLoadError(f"plugin {plugin.instance!r}: {e}") from None
+        """Register ``plugin``; raise ``PluginLoadError`` if it breaks the contract (``registry.check_contract``)."""
+        check_contract(type(plugin), plugin.instance)
+        self.pm.register(plugin, name=f"{plugin.instance}#{len(self.instances)}")
         hooks: dict[str, Hook] = {}
         for caller in self.pm.get_hookcallers(plugin) or ():
             for impl in caller.get_hookimpls():
                 if impl.plugin is not plugin:
                     continue
-                if not inspect.iscoroutinefunction(impl.function):
-                    self.pm.unregister(plugin)
-                    raise PluginLoadError(f"plugin {plugin.instance!r}: hook {caller.name} must be 'async def'")
-                hooks[caller.name] = Hook(
-                    plugin.instance, caller.name, _adapt(impl.function, tuple(impl.argnames), caller.name)
-                )
+                call = cast(Callable[..., Awaitable[Any]], impl.function)  # async: check_contract
+                hooks[caller.name] = Hook(plugin.instance, caller.name, _adapt(call, tuple(impl.argnames), caller.name))
         self.instances[key] = plugin
         self._hooks[id(plugin)] = hooks
 
@@ -96,7 +101,7 @@ class PluginSet:
         ordered = sorted(self.instances.values(), key=lambda p: -p.priority)
         for plugin in ordered:
             if hook := self.hooks(plugin, "on_admin_request"):
-                response = await hook.call(request)
+                response = _returned(hook, await hook.call(request))
                 if response is not None:
                     return response
         return None
@@ -150,7 +155,7 @@ class Pipeline:
         hook = None
         try:
             for hook in self.on_request:
-                response = await hook.call(ctx)
+                response = _returned(hook, await hook.call(ctx))
                 if response is not None:
                     break
             else:
@@ -158,7 +163,7 @@ class Pipeline:
                 if accepted is not None:
                     await accepted(ctx)
                 for hook in self.handle:
-                    response = await hook.call(ctx)
+                    response = _returned(hook, await hook.call(ctx))
                     if response is not None:
                         break
                 else:
@@ -175,7 +180,7 @@ class Pipeline:
         """Run ``on_response`` (lowest priority first) on ``response``."""
         for hook in self.on_response:
             try:
-                replaced = await hook.call(ctx, response)
+                replaced = _returned(hook, await hook.call(ctx, response))
             except HTTPError as e:
                 replaced = _error_response(ctx, e)
             except Exception as e:

@@ -10,10 +10,11 @@ response of the routes it is enabled on.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PluginNames", "ScaffoldError", "create_plugin", "render"]
+__all__ = ["PluginNames", "ScaffoldError", "create_plugin", "render", "taken_names"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -71,16 +72,23 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
 
 
-def create_plugin(name: str, directory: str | Path | None = None) -> Path:
+def create_plugin(name: str, directory: str | Path | None = None, taken: Mapping[str, str] | None = None) -> Path:
     """Write the distribution of plugin ``name`` into ``directory`` (default ``./bascule-NAME``).
 
-    Raises ``ScaffoldError`` when ``name`` is not a valid plugin name or the
-    directory exists and is not empty. Returns the directory.
+    Raises ``ScaffoldError`` when ``name`` is not a valid plugin name, is
+    taken (``taken``: the distribution that holds each taken name; default:
+    ``taken_names()``), or the directory exists and is not empty. Returns the directory.
     """
     if not _NAME.match(name):
         raise ScaffoldError(
             f"invalid plugin name {name!r}: use lower-case letters, digits and single hyphens, "
             "starting with a letter (e.g. 'add-header')"
+        )
+    holder = (taken_names() if taken is None else taken).get(name)
+    if holder is not None:
+        raise ScaffoldError(
+            f"plugin name {name!r} is taken by {holder}: two plugins of one name cannot be installed together; "
+            f"choose another name (e.g. 'my-{name}')"
         )
     names = PluginNames(name)
     target = Path(directory) if directory is not None else Path(names.distribution)
@@ -91,6 +99,18 @@ def create_plugin(name: str, directory: str | Path | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return target
+
+
+def taken_names() -> dict[str, str]:
+    """Plugin names in use, each with the distribution that holds it: the installed
+    plugins (refused ones too) and those this repository ships."""
+    from .registry import KNOWN_PACKAGES, discover
+
+    found = discover()
+    taken = {name: f"the distribution {package}" for name, package in KNOWN_PACKAGES.items()}
+    taken |= {name: f"the installed distribution {a.distribution} {a.version}" for name, a in found.items()}
+    taken |= {name: f"an installed distribution ({reason})" for name, reason in found.broken.items()}
+    return taken
 
 
 _PYPROJECT = """\
@@ -213,13 +233,12 @@ class {{settings}}:
             raise ValueError("value: must not contain CR, LF or NUL")
 
 
-class {{cls}}(Plugin):
+class {{cls}}(Plugin[{{settings}}]):  # Plugin[...]: self.settings is typed
     """Adds ``header: value`` to every response of the routes it is enabled on."""
 
     name = "{{name}}"
     priority = 50  # conventions: auth 1000, rate limiting 900, cache 100, transformers 50
     Settings = {{settings}}
-    settings: {{settings}}
 
     @hookimpl
     async def on_response(self, ctx: Context, response: Response) -> None:

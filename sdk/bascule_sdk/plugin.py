@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 __all__ = ["NoSettings", "Plugin"]
+
+SettingsT = TypeVar("SettingsT")
 
 
 @dataclass(frozen=True)
@@ -13,8 +15,13 @@ class NoSettings:
     """Settings model of a plugin that takes none."""
 
 
-class Plugin:
+class Plugin(Generic[SettingsT]):
     """A plugin: a ``name``, a ``priority``, a ``Settings`` model, hook methods.
+
+    Derive from ``Plugin[YourSettings]`` and set ``Settings = YourSettings``:
+    ``self.settings`` is then typed as ``YourSettings`` (the gateway checks
+    that the two name the same model). A plugin without settings derives from
+    ``Plugin[NoSettings]``.
 
     The gateway makes one instance per route it is enabled on (so settings
     layered per route stay immutable) and passes it the validated settings.
@@ -36,9 +43,9 @@ class Plugin:
     Settings: ClassVar[type[Any]] = NoSettings
     Credentials: ClassVar[type[Any] | None] = None
 
-    def __init__(self, settings: Any, *, instance: str | None = None) -> None:
-        self.settings = settings
-        self.instance = instance or self.name
+    def __init__(self, settings: SettingsT, *, instance: str | None = None) -> None:
+        self.settings: SettingsT = settings
+        self.instance: str = instance or self.name
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.instance!r}>"

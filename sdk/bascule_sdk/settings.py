@@ -12,9 +12,13 @@ problem with the dotted key it belongs to. Supported field types: ``str``,
         limit: int = setting(100, "Requests admitted per window.")
         window: Duration = setting(60.0, 'Window length, e.g. "1m".')
 
-Cross-field rules go in ``__post_init__``: raise ``ValueError("message")`` for
-one problem, or ``SettingsError`` with ``Problem(key, message)`` items to
-report several at once, each under its own key (``check`` builds one).
+Bounds are declared on the field, so that ``bascule schema`` states them too:
+``setting(100, "doc", min=1)`` (``min``/``max``, inclusive, for numbers,
+durations in seconds and sizes in bytes) and ``pattern=`` (a regular
+expression a string must match). Other rules go in ``__post_init__``: raise
+``ValueError("key: message")`` for one problem (reported under ``key``), or
+``SettingsError`` with ``Problem(key, message)`` items to report several at
+once, each under its own key (``check`` builds one).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import base64
 import contextlib
 import contextvars
 import dataclasses
+import datetime
+import difflib
 import os
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -41,6 +47,8 @@ __all__ = [
     "SettingsError",
     "UnresolvedSecret",
     "check",
+    "describe",
+    "did_you_mean",
     "offline_secrets",
     "parse",
     "parse_byte_size",
@@ -95,12 +103,26 @@ class Converter:
     description: str
 
 
-def setting(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    doc: str = "",
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    pattern: str | None = None,
+    **kwargs: Any,
+) -> Any:
     """A dataclass field with a one-line description (used by docs and schema).
 
+    ``min``/``max``: inclusive bounds of a number (a duration's seconds, a
+    size's bytes); ``pattern``: a regular expression (``re.search``) a string
+    must match. ``parse`` enforces them and ``bascule schema`` states them.
     Mutable defaults (lists, dicts) are copied per instance.
     """
-    metadata = {"doc": doc}
+    metadata: dict[str, Any] = {"doc": doc}
+    for key, bound in (("min", min), ("max", max), ("pattern", pattern)):
+        if bound is not None:
+            metadata[key] = bound
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
@@ -223,7 +245,7 @@ def resolve_secret(value: Any) -> str:
     is not resolved (see there).
     """
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, env:NAME, file:PATH or file+bytes:PATH, got {type(value).__name__}")
+        raise ValueError(f"expected a string, env:NAME, file:PATH or file+bytes:PATH, got {describe(value)}")
     offline = _offline.get() is not None
     if value.startswith("env:"):
         name = value[4:]
@@ -267,7 +289,7 @@ def parse(model: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T
     (``strip-path`` and ``strip_path`` both fill ``strip_path``).
     """
     problems: list[Problem] = []
-    value = _parse_dataclass(model, data or {}, prefix, problems)
+    value: T = _parse_dataclass(model, data or {}, prefix, problems)
     if problems:
         raise SettingsError(problems)
     return value
@@ -277,9 +299,16 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to ``word`` (``-`` and ``_`` alike), or ``""``."""
+    by_form = {c.replace("-", "_"): c for c in choices}
+    close = difflib.get_close_matches(word.replace("-", "_"), list(by_form), n=1, cutoff=0.75)
+    return f"; did you mean {by_form[close[0]]!r}?" if close else ""
+
+
 def _parse_dataclass(model: type, data: Any, prefix: str, problems: list[Problem]) -> Any:
     if not isinstance(data, Mapping):
-        problems.append(Problem(prefix, f"expected a table, got {_describe(data)}"))
+        problems.append(Problem(prefix, f"expected a table, got {describe(data)}"))
         return None
     hints = typing.get_type_hints(model, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(model) if f.init}
@@ -290,9 +319,11 @@ def _parse_dataclass(model: type, data: Any, prefix: str, problems: list[Problem
         name = raw_key.replace("-", "_")
         if name not in fields:
             known = ", ".join(sorted(fields)) or "none"
-            unknown.append(Problem(_join(prefix, raw_key), f"unknown key (known keys: {known})"))
+            hint = did_you_mean(name, fields)
+            unknown.append(Problem(_join(prefix, raw_key), f"unknown key{hint} (known keys: {known})"))
             continue
         values[name] = _convert(hints[name], raw, _join(prefix, raw_key), problems)
+        _check_bounds(fields[name], hints[name], values[name], raw, _join(prefix, raw_key), problems)
     for name, f in fields.items():
         missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if missing and name not in values:
@@ -311,7 +342,7 @@ def _build(model: type, values: dict[str, Any], prefix: str, problems: list[Prob
     except SettingsError as e:
         found = [Problem(_join(prefix, p.key), p.message) for p in e.problems]
     except (ValueError, TypeError) as e:
-        found = [Problem(prefix, str(e))]
+        found = [_keyed(model, prefix, str(e))]
     hidden = list(_secrets_of(model, values))
     if hidden:  # a check's message (or a library's, quoted) must not carry a secret it looked at
         found = [Problem(p.key, _redact(p.message, hidden)) for p in found]
@@ -323,6 +354,43 @@ def _build(model: type, values: dict[str, Any], prefix: str, problems: list[Prob
         return _unchecked(model, values)
     problems.extend(found)
     return None
+
+
+def _keyed(model: type, prefix: str, message: str) -> Problem:
+    """A check's ``"key: message"`` as a problem under ``key`` when ``key`` is a field of ``model``."""
+    key, sep, rest = message.partition(": ")
+    names = {f.name for f in dataclasses.fields(model)}
+    if sep and key.replace("-", "_") in names:
+        return Problem(_join(prefix, key), rest)
+    return Problem(prefix, message)
+
+
+def _check_bounds(
+    field: dataclasses.Field[Any], tp: Any, value: Any, raw: Any, key: str, problems: list[Problem]
+) -> None:
+    """The declared ``min``, ``max`` and ``pattern`` of ``field`` (of type ``tp``; see ``setting``)."""
+    meta = field.metadata
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high = meta.get("min"), meta.get("max")
+        unit = _unit(tp)
+        if low is not None and value < low:
+            problems.append(Problem(key, f"must be at least {low:g}{unit}, got {raw!r}"))
+        elif high is not None and value > high:
+            problems.append(Problem(key, f"must be at most {high:g}{unit}, got {raw!r}"))
+    if isinstance(value, str) and "pattern" in meta and not re.search(meta["pattern"], value):
+        shown = "[secret]" if _is_secret(tp) else repr(value)
+        problems.append(Problem(key, f"{shown} does not match {meta['pattern']}"))
+
+
+def _unit(tp: Any) -> str:
+    """The unit a bound of a field of type ``tp`` is in: ``"s"`` for a duration, ``" bytes"`` for a size."""
+    for arg in (tp, *get_args(tp)):
+        if get_origin(arg) is Annotated:
+            for extra in get_args(arg)[1:]:
+                if isinstance(extra, Converter):
+                    units: dict[Callable[[Any], Any], str] = {parse_duration: "s", parse_byte_size: " bytes"}
+                    return units.get(extra.fn, "")
+    return ""
 
 
 def _is_secret(tp: Any) -> bool:
@@ -410,9 +478,25 @@ def _unchecked(model: type, values: dict[str, Any]) -> Any:
     return instance
 
 
-def _describe(value: Any) -> str:
-    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
-    return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:120]
+_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (Mapping, "a table"),
+    (list, "an array"),
+    (datetime.datetime, "a date-time"),
+    (datetime.date, "a date"),
+    (datetime.time, "a time"),
+)
+
+
+def describe(value: Any) -> str:
+    """A TOML value as a message names it: ``a string ('ten')``, ``a table``; never a Python type name."""
+    kind = next((name for tp, name in _KINDS if isinstance(value, tp)), "a value")
+    if isinstance(value, (Mapping, list)):
+        return kind
+    return f"{kind} ({value!r})"[:120]
 
 
 def _convert(tp: Any, raw: Any, key: str, problems: list[Problem]) -> Any:
@@ -438,7 +522,7 @@ def _convert(tp: Any, raw: Any, key: str, problems: list[Problem]) -> Any:
             value = _convert(arg, raw, key, trial)
             if not trial:
                 return value
-        problems.append(Problem(key, f"expected {_type_name(tp)}, got {_describe(raw)}"))
+        problems.append(Problem(key, f"expected {_type_name(tp)}, got {describe(raw)}"))
         return None
     if origin is Literal:
         choices = get_args(tp)
@@ -448,14 +532,14 @@ def _convert(tp: Any, raw: Any, key: str, problems: list[Problem]) -> Any:
         return raw
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(raw, list):
-            problems.append(Problem(key, f"expected an array, got {_describe(raw)}"))
+            problems.append(Problem(key, f"expected an array, got {describe(raw)}"))
             return None
         (item,) = get_args(tp)[:1] or (Any,)
         items = [_convert(item, v, f"{key}[{i}]", problems) for i, v in enumerate(raw)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(raw, Mapping):
-            problems.append(Problem(key, f"expected a table, got {_describe(raw)}"))
+            problems.append(Problem(key, f"expected a table, got {describe(raw)}"))
             return None
         _, item = get_args(tp) or (str, Any)
         return {k: _convert(item, v, _join(key, k), problems) for k, v in raw.items()}
@@ -467,7 +551,7 @@ def _convert(tp: Any, raw: Any, key: str, problems: list[Problem]) -> Any:
         return float(raw)
     if tp in (str, int, float, bool):
         if type(raw) is not tp:
-            problems.append(Problem(key, f"expected {_type_name(tp)}, got {_describe(raw)}"))
+            problems.append(Problem(key, f"expected {_type_name(tp)}, got {describe(raw)}"))
             return None
         return raw
     raise TypeError(f"settings field {key!r} has an unsupported type {tp!r}")
@@ -487,4 +571,4 @@ def _type_name(tp: Any) -> str:
         return "an array"
     if dataclasses.is_dataclass(tp) or get_origin(tp) is dict:
         return "a table"
-    return getattr(tp, "__name__", str(tp))
+    return "a value"

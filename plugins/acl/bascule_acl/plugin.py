@@ -9,7 +9,7 @@ from .settings import Settings as ACLSettings
 __all__ = ["ACLPlugin"]
 
 
-class ACLPlugin(Plugin):
+class ACLPlugin(Plugin[ACLSettings]):
     """Admits the consumer an auth plugin identified, by its groups.
 
     Runs after authentication (priority 950 < 1000), so ``ctx.consumer`` is
@@ -21,7 +21,6 @@ class ACLPlugin(Plugin):
     name = "acl"
     priority = 950
     Settings = ACLSettings
-    settings: ACLSettings
 
     def __init__(self, settings: ACLSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)

@@ -22,13 +22,12 @@ __all__ = ["COMPLETED", "Aggregate"]
 COMPLETED = "x-bascule-completed"
 
 
-class Aggregate(Plugin):
+class Aggregate(Plugin[AggregateSettings]):
     """Calls the route's backends concurrently and merges their answers."""
 
     name = "aggregate"
     priority = 10
     Settings = AggregateSettings
-    settings: AggregateSettings
 
     @hookimpl
     async def handle(self, ctx: Context) -> Response:

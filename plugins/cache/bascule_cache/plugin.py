@@ -75,7 +75,7 @@ class _SharedStore:
     redis: RedisStore | None = None
 
 
-class Cache(Plugin):
+class Cache(Plugin[CacheSettings]):
     """RFC 9111 shared cache: in-process or Redis, with coalescing and stale serving.
 
     Counters: ``counts[status]`` for each ``X-Cache-Status`` value, ``hits``

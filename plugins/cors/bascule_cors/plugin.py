@@ -26,13 +26,12 @@ from .settings import CORSSettings
 __all__ = ["CORS"]
 
 
-class CORS(Plugin):
+class CORS(Plugin[CORSSettings]):
     """Answers CORS preflights and adds CORS headers to responses."""
 
     name = "cors"
     priority = 2000
     Settings = CORSSettings
-    settings: CORSSettings
 
     @hookimpl
     async def on_request(self, ctx: Context) -> Response | None:

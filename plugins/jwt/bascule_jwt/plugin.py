@@ -15,7 +15,7 @@ from .verifier import TokenError, Verifier
 __all__ = ["JWTPlugin"]
 
 
-class JWTPlugin(Plugin):
+class JWTPlugin(Plugin[JWTSettings]):
     """Verifies a JWT on every request and sets ``ctx.consumer``.
 
     Answers 401 (``WWW-Authenticate: Bearer``, RFC 6750) when the token is
@@ -27,7 +27,6 @@ class JWTPlugin(Plugin):
     priority = 1000
     Settings = JWTSettings
     Credentials = Credentials
-    settings: JWTSettings
 
     def __init__(self, settings: JWTSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)

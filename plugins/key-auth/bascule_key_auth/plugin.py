@@ -20,7 +20,7 @@ _CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?: +(.*))?", re.S)
 _TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
-class KeyAuthPlugin(Plugin):
+class KeyAuthPlugin(Plugin[KeyAuthSettings]):
     """Identifies the consumer by an API key in a header or query parameter.
 
     Answers 401 when the key is missing (unless ``anonymous`` is set), too
@@ -31,7 +31,6 @@ class KeyAuthPlugin(Plugin):
     priority = 1010  # before jwt, so a route may accept either (see README)
     Settings = KeyAuthSettings
     Credentials = Credentials
-    settings: KeyAuthSettings
 
     def __init__(self, settings: KeyAuthSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)

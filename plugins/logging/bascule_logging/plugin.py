@@ -33,7 +33,7 @@ class _RequestState:
         self.span_id: str | None = None  # of the last upstream call
 
 
-class AccessLog(Plugin):
+class AccessLog(Plugin[LoggingSettings]):
     """One JSON line per request, written off the request path; W3C trace context upstream.
 
     ``writer.dropped`` counts lines lost because the sink could not keep up.
@@ -42,7 +42,6 @@ class AccessLog(Plugin):
     name = "logging"
     priority = 0
     Settings = LoggingSettings
-    settings: LoggingSettings
 
     def __init__(self, settings: LoggingSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)

@@ -15,7 +15,7 @@ _UPSTREAM_FAILURES = frozenset({502, 503, 504})
 _COUNTED = "prometheus"  # ctx.state key: this request is counted in bascule_requests_in_flight
 
 
-class Prometheus(Plugin):
+class Prometheus(Plugin[PrometheusSettings]):
     """Counts every request of the routes it is enabled on; answers ``GET /metrics`` on the admin port.
 
     The metrics belong to the process, not to the plugin instance: they keep
@@ -29,7 +29,6 @@ class Prometheus(Plugin):
     name = "prometheus"
     priority = 2000  # first in on_request, so a request counts as in flight from its first hook
     Settings = PrometheusSettings
-    settings: PrometheusSettings
     gateway: Gateway | None = None
 
     @hookimpl

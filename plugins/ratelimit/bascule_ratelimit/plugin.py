@@ -25,7 +25,7 @@ log = logging.getLogger("bascule.ratelimit")
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
 
-class RateLimit(Plugin):
+class RateLimit(Plugin[RateLimitSettings]):
     """Limit how often each client may call a route.
 
     ``on_request`` draws one request from the client's bucket under every
@@ -38,7 +38,6 @@ class RateLimit(Plugin):
     name = "rate-limit"
     priority = 900
     Settings = RateLimitSettings
-    settings: RateLimitSettings
     #: Clock of the local backend (seconds). Tests replace it on a subclass.
     clock: ClassVar[Callable[[], float]] = time.monotonic
 

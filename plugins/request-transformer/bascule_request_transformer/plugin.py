@@ -25,13 +25,12 @@ log = logging.getLogger("bascule.request-transformer")
 _QUERY_SAFE = "%/:@!$'()*,;~"  # kept as is in a rendered query value; & = + # are encoded
 
 
-class RequestTransformer(Plugin):
+class RequestTransformer(Plugin[TransformerSettings]):
     """Adds, removes, renames and replaces headers and query parameters; rewrites the path."""
 
     name = "request-transformer"
     priority = 50
     Settings = TransformerSettings
-    settings: TransformerSettings
 
     def __init__(self, settings: TransformerSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
