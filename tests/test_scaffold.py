@@ -63,11 +63,36 @@ def test_generated_code_is_lint_clean_and_its_tests_pass(tmp_path):
     assert "2 passed" in tests.stdout
 
 
+@pytest.mark.slow
+def test_generated_plugin_type_checks_with_its_settings_typed(tmp_path):
+    target = tmp_path / "bascule-greet"
+    assert main(["plugin", "new", "greet", "--dir", str(target)]) == 0
+
+    # As from installed wheels: the workspace is installed editable (an import hook mypy cannot
+    # follow), so mypy reads the sources; errors inside the core are not the plugin's.
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\nstrict = True\n[mypy-bascule.*]\nfollow_imports = silent\n")
+
+    def mypy(*paths: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "MYPYPATH": os.pathsep.join([str(ROOT / "sdk"), str(ROOT / "core")])}
+        command = [BIN / "mypy", "--no-incremental", "--config-file", config, *paths]
+        return subprocess.run(command, cwd=target, env=env, capture_output=True, text=True, timeout=300)
+
+    checked = mypy(target / "bascule_greet", target / "tests")
+    assert checked.returncode == 0, checked.stdout
+    # self.settings is the settings model, not Any: a misspelt setting is a type error.
+    plugin = target / "bascule_greet" / "plugin.py"
+    plugin.write_text(plugin.read_text().replace("self.settings.value)", "self.settings.valeu)"))
+    misspelt = mypy(target / "bascule_greet")
+    assert misspelt.returncode == 1
+    assert 'error: "GreetSettings" has no attribute "valeu"' in misspelt.stdout
+
+
 def test_default_directory_is_named_after_the_distribution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["plugin", "new", "x2"]) == 0
     assert (tmp_path / "bascule-x2" / "bascule_x2" / "plugin.py").is_file()
-    assert "class X2Plugin(Plugin):" in (tmp_path / "bascule-x2" / "bascule_x2" / "plugin.py").read_text()
+    assert "class X2Plugin(Plugin[X2Settings]):" in (tmp_path / "bascule-x2" / "bascule_x2" / "plugin.py").read_text()
 
 
 @pytest.mark.parametrize("name", ["Add-Header", "add_header", "x-", "a--b", "9lives", "", "bascule plugin"])

@@ -20,7 +20,7 @@ class ProxySettings:
     preserve_host: bool = setting(False, "Send the client's Host upstream.")
 
 
-class Proxy(Plugin):
+class Proxy(Plugin[ProxySettings]):
     """Forwards the client's request, body streaming, to the route's service."""
 
     name = "_proxy"

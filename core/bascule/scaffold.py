@@ -249,6 +249,7 @@ _TEST = '''\
 """Tests over real sockets: a real upstream, a real gateway, an HTTP client."""
 
 import pytest
+import trio
 from bascule.config import ConfigError
 from bascule.testing import start_gateway, start_upstream
 from {{package}} import {{cls}}
@@ -273,7 +274,7 @@ def config(upstream_url: str, plugin_table: str = "") -> str:
     """
 
 
-async def test_adds_the_header_on_its_route_only(nursery):
+async def test_adds_the_header_on_its_route_only(nursery: trio.Nursery) -> None:
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url, 'value = "hi"'), plugins=[{{cls}}])
     async with gw.client() as client:
@@ -286,7 +287,7 @@ async def test_adds_the_header_on_its_route_only(nursery):
     assert [r.path for r in upstream.requests] == ["/with/x", "/without/x"]
 
 
-async def test_invalid_header_name_is_a_config_error(nursery):
+async def test_invalid_header_name_is_a_config_error(nursery: trio.Nursery) -> None:
     upstream = await start_upstream(nursery)
     table = 'header = "bad header"'
     with pytest.raises(ConfigError, match="not a valid header name"):
