@@ -2,7 +2,8 @@
 
 - docs/plugins.md: one section per hookspec of ``bascule_sdk.hookspecs``, with
   its exact signature, arguments, when it runs, what it returns, and a Python
-  example. The examples are executed here, over real sockets.
+  example. The examples are executed here, over real sockets. Every name of
+  ``bascule_sdk.__all__`` has an entry in its SDK reference.
 - docs/config.md: every key of every config model, in a generated table that
   must match the dataclasses (``python docs/update_config_md.py`` regenerates
   them), and every key set in a TOML example that must validate.
@@ -261,6 +262,16 @@ async def test_on_admin_request_example(nursery):
     admin_stop.set()
     assert page.json() == {"api 200": 2}
     assert health.json()["status"] == "ok"  # other admin paths are left to the gateway
+
+
+def test_every_public_name_of_the_sdk_is_documented():
+    import bascule_sdk
+
+    text = (DOCS / "plugins.md").read_text(encoding="utf-8")
+    reference = text.split("\n## SDK reference\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"\*\*`(\w+)[`(]", reference))
+    missing = sorted(set(bascule_sdk.__all__) - documented)
+    assert not missing, f"docs/plugins.md, SDK reference: no **`name`** entry for {', '.join(missing)}"
 
 
 # -- docs/config.md ----------------------------------------------------------------
