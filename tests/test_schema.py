@@ -117,7 +117,8 @@ def test_required_plugin_keys_are_left_to_the_gateway():
 def test_the_schema_is_a_valid_json_schema_with_docs_and_defaults():
     schema = config_schema(discover([Sample], entry_points=False))
     jsonschema.Draft202012Validator.check_schema(schema)
-    sample = schema["properties"]["plugins"]["properties"]["sample"]
+    assert schema["properties"]["plugins"]["properties"]["sample"] == {"$ref": "#/$defs/plugin.sample"}
+    sample = schema["$defs"]["plugin.sample"]
     assert sample["properties"]["timeout"]["description"] == "A duration."
     assert sample["properties"]["timeout"]["default"] == 5.0
     assert sample["properties"]["window"]["properties"]["length"]["description"] == "Window length."

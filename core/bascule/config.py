@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from bascule_sdk import Consumer
 from bascule_sdk.settings import (
@@ -61,7 +60,12 @@ __all__ = [
 ]
 
 RESERVED_PLUGIN_KEYS = ("plugin", "priority")
-HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+# Declared rules (``setting(pattern=...)``), so that ``bascule schema`` states them too.
+_PORT = r"([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+ADDRESS = rf"^[^\s]+:{_PORT}$"
+TARGET_URL = rf"^https?://(\[[0-9A-Fa-f:.]+\]|[^\s/?#@:\[\]]+)(:{_PORT})?(/[^\s?#]*)?$"
+_URL = "an http(s)://host[:port][/path] URL"
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 
 @dataclass(frozen=True)
@@ -118,10 +122,14 @@ class ConfigError(Exception):
 class GatewaySettings:
     """``[gateway]``: listeners and limits of the gateway itself."""
 
-    listen: str = setting("127.0.0.1:8080", "Address the public listener binds (host:port).")
-    admin: str | None = setting(None, "Address of the admin listener (health, routes); off if unset.")
+    listen: str = setting(
+        "127.0.0.1:8080", "Address the public listener binds (host:port).", pattern=ADDRESS, expected="host:port"
+    )
+    admin: str | None = setting(
+        None, "Address of the admin listener (health, routes); off if unset.", pattern=ADDRESS, expected="host:port"
+    )
     admin_token: Secret | None = setting(None, "Bearer token required on the admin listener, if set (env:/file: too).")
-    workers: int = setting(1, "Worker processes sharing the public port.")
+    workers: int = setting(1, "Worker processes sharing the public port.", min=1)
     tls_cert: str | None = setting(None, "PEM certificate file; enables TLS (and HTTP/2 via ALPN).")
     tls_key: str | None = setting(None, "PEM private key file for tls_cert.")
     trusted_proxies: list[str] = setting([], "CIDRs whose X-Forwarded-*/Forwarded/X-Request-ID are believed.")
@@ -137,22 +145,10 @@ class GatewaySettings:
     def __post_init__(self) -> None:
         bad_cidrs = [c for c in self.trusted_proxies if not _is_network(c)]
         check(
-            (self.workers < 1, "workers", "must be at least 1"),
             ((self.tls_cert is None) != (self.tls_key is None), "tls_key", "tls_cert and tls_key go together"),
-            (not _is_address(self.listen), "listen", f"expected host:port, got {self.listen!r}"),
-            (
-                self.admin is not None and not _is_address(self.admin),
-                "admin",
-                f"expected host:port, got {self.admin!r}",
-            ),
             (self.admin is not None and self.admin == self.listen, "admin", "must differ from listen"),
             (bool(bad_cidrs), "trusted_proxies", f"not CIDRs: {', '.join(map(repr, bad_cidrs))}"),
         )
-
-
-def _is_address(value: str) -> bool:
-    host, _, port = value.rpartition(":")
-    return bool(host) and port.isdigit() and int(port) < 65536
 
 
 def _is_network(cidr: str) -> bool:
@@ -167,19 +163,23 @@ def _is_network(cidr: str) -> bool:
 class TargetSettings:
     """One target of a service, written as a table: ``{ url = "...", weight = 2 }``."""
 
-    url: str = setting(doc="Base URL of the target: http(s)://host:port[/base/path].")
-    weight: int = setting(1, "Relative share of requests (and of hash-ring slots).")
+    url: str = setting(
+        doc="Base URL of the target: http(s)://host:port[/base/path].", pattern=TARGET_URL, expected=_URL
+    )
+    weight: int = setting(1, "Relative share of requests (and of hash-ring slots).", min=1)
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
     """``[services.NAME]``: an upstream service, how to reach it, and how to survive its faults."""
 
-    targets: list[str | TargetSettings] = setting(doc="Target URLs (strings) or {url, weight} tables.")
+    targets: list[str | TargetSettings] = setting(
+        doc="Target URLs (strings) or {url, weight} tables.", min_items=1, pattern=TARGET_URL, expected=_URL
+    )
     timeout: Duration = setting(30.0, "Total time for a target to start answering (504 beyond).")
     connect_timeout: Duration = setting(5.0, "Time to open a connection to a target.")
     read_timeout: Duration = setting(30.0, "Longest wait between two reads from the upstream.")
-    max_connections: int = setting(100, "Connections per target; requests queue beyond it.")
+    max_connections: int = setting(100, "Connections per target; requests queue beyond it.", min=1)
     pool_timeout: Duration = setting(5.0, "Longest wait for a free connection (503 beyond).")
     keepalive_expiry: Duration = setting(60.0, "Idle upstream connections are closed after this.")
     balance: Literal["round-robin", "least-requests", "hash"] = setting(
@@ -188,104 +188,75 @@ class ServiceSettings:
         "per weight, or consistent hashing on hash_on (sticky).",
     )
     hash_on: str = setting(
-        "ip", 'Key of balance = "hash": "ip", "consumer" or "header:NAME" (falls back to the client IP when absent).'
+        "ip",
+        'Key of balance = "hash": "ip", "consumer" or "header:NAME" (falls back to the client IP when absent).',
+        pattern=r"^(ip|consumer|header:.+)$",
+        expected='"ip", "consumer" or "header:NAME"',
     )
-    retries: int = setting(2, "Further attempts, each on another target, after a failed one.")
+    retries: int = setting(2, "Further attempts, each on another target, after a failed one.", min=0)
     retry_on: list[int] = setting(
-        [502, 503, 504], "Upstream statuses that are retried (connection failures always are)."
+        [502, 503, 504], "Upstream statuses that are retried (connection failures always are).", min=100, max=599
     )
     retry_non_idempotent: bool = setting(
         False, "Also retry POST/PATCH after the request was sent (a refused connection is retried for every method)."
     )
-    retry_budget: float = setting(0.2, "Retries allowed, as a share of the requests of the last 10 s.")
-    retry_budget_min: int = setting(10, "Retries per second allowed whatever the budget.")
+    retry_budget: float = setting(0.2, "Retries allowed, as a share of the requests of the last 10 s.", min=0)
+    retry_budget_min: int = setting(10, "Retries per second allowed whatever the budget.", min=0)
     max_failures: int = setting(
-        5, "Consecutive failures that eject a target (0: never eject; a service's only target never is)."
+        5, "Consecutive failures that eject a target (0: never eject; a service's only target never is).", min=0
     )
     fail_on: list[int] = setting(
-        [502, 503, 504], "Upstream statuses counted as failures (connection errors and timeouts always are)."
+        [502, 503, 504],
+        "Upstream statuses counted as failures (connection errors and timeouts always are).",
+        min=100,
+        max=599,
     )
     cool_off: Duration = setting(10.0, "How long an ejected target rests before one trial request.")
-    health_path: str | None = setting(None, 'Path probed by active health checks, e.g. "/healthz" (off if unset).')
-    health_interval: Duration = setting(10.0, "Time between two probes of a target.")
+    health_path: str | None = setting(
+        None,
+        'Path probed by active health checks, e.g. "/healthz" (off if unset).',
+        pattern="^/",
+        expected="a path starting with '/'",
+    )
+    health_interval: Duration = setting(10.0, "Time between two probes of a target.", min=0.001)
     health_timeout: Duration = setting(2.0, "A probe without a 2xx/3xx answer within this fails.")
-    healthy_threshold: int = setting(2, "Consecutive passed probes that bring a target back.")
-    unhealthy_threshold: int = setting(3, "Consecutive failed probes that take a target out.")
+    healthy_threshold: int = setting(2, "Consecutive passed probes that bring a target back.", min=1)
+    unhealthy_threshold: int = setting(3, "Consecutive failed probes that take a target out.", min=1)
     panic_threshold: float = setting(
         0.5,
         "Panic mode below this share of healthy targets (exactly at it: "
         "not): requests go to every target, held out or not (0: never).",
+        min=0,
+        max=1,
     )
-    max_requests: int = setting(0, "Requests in flight to this service at once (0: no limit).")
-    max_queue: int = setting(100, "Requests waiting beyond max_requests; more get 503 + Retry-After.")
+    max_requests: int = setting(0, "Requests in flight to this service at once (0: no limit).", min=0)
+    max_queue: int = setting(100, "Requests waiting beyond max_requests; more get 503 + Retry-After.", min=0)
     queue_timeout: Duration = setting(5.0, "Longest wait in that queue (503 + Retry-After beyond).")
-
-    def __post_init__(self) -> None:
-        if not self.targets:
-            raise ValueError("targets: a service needs at least one target")
-        for t in self.targets:
-            url = t if isinstance(t, str) else t.url
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"targets: {url!r} is not an http(s)://host:port URL")
-            if parts.query or parts.fragment:
-                raise ValueError(f"targets: {url!r} must not have a query or fragment")
-            if not isinstance(t, str) and t.weight < 1:
-                raise ValueError(f"targets: weight of {url!r} must be at least 1")
-        at_least = {
-            "max_connections": 1,
-            "retries": 0,
-            "retry_budget_min": 0,
-            "max_failures": 0,
-            "healthy_threshold": 1,
-            "unhealthy_threshold": 1,
-            "max_requests": 0,
-            "max_queue": 0,
-        }
-        for key, low in at_least.items():
-            if getattr(self, key) < low:
-                raise ValueError(f"{key}: must be at least {low}")
-        if self.retry_budget < 0:
-            raise ValueError("retry_budget: must not be negative")
-        if not 0 <= self.panic_threshold <= 1:
-            raise ValueError("panic_threshold: must be between 0 and 1")
-        for key in ("retry_on", "fail_on"):
-            bad = [s for s in getattr(self, key) if not 100 <= s <= 599]
-            if bad:
-                raise ValueError(f"{key}: {bad[0]} is not an HTTP status")
-        if self.hash_on not in ("ip", "consumer") and not (
-            self.hash_on.startswith("header:") and len(self.hash_on) > 7
-        ):
-            raise ValueError(f'hash_on: expected "ip", "consumer" or "header:NAME", got {self.hash_on!r}')
-        if self.health_path is not None and not self.health_path.startswith("/"):
-            raise ValueError(f"health_path: {self.health_path!r} must start with '/'")
-        if self.health_interval <= 0:
-            raise ValueError("health_interval: must be positive")
 
 
 @dataclass(frozen=True)
 class RouteSettings:
     """``[[routes]]``: what requests a route matches and where they go."""
 
-    name: str = setting(doc="Unique name, used in logs, metrics and errors.")
-    paths: list[str] = setting(doc='Paths matched, e.g. "/api/users" or "/rides/{id}".')
+    name: str = setting(doc="Unique name, used in logs, metrics and errors.", pattern=".", expected="a name")
+    paths: list[str] = setting(
+        doc='Paths matched, e.g. "/api/users" or "/rides/{id}".',
+        min_items=1,
+        pattern="^/",
+        expected="a path starting with '/'",
+    )
     match: Literal["prefix", "exact"] = setting("prefix", "prefix: the path and below; exact: the path only.")
-    methods: list[str] = setting([], "Methods matched (all if empty); GET implies HEAD.")
+    methods: list[str] = setting(
+        [],
+        "Methods matched (all if empty); GET implies HEAD.",
+        pattern=f"^({'|'.join(HTTP_METHODS)})$",
+        expected=f"a method ({', '.join(HTTP_METHODS)})",
+    )
     hosts: list[str] = setting([], 'Host names matched, "*.example.com" allowed (all if empty).')
     service: str | None = setting(None, "Service to proxy to (optional when a plugin handles the route).")
     strip_path: bool = setting(False, "Remove the matched path prefix before forwarding.")
     preserve_host: bool = setting(False, "Send the client's Host upstream instead of the target's.")
     plugins: dict[str, Any] = setting({}, "Plugins on this route: tables layered over [plugins.X], or X = false.")
-
-    def __post_init__(self) -> None:
-        relative = [p for p in self.paths if not p.startswith("/")]
-        unknown = [m for m in self.methods if m not in HTTP_METHODS]
-        check(
-            (not self.paths, "paths", "a route needs at least one path"),
-            (bool(relative), "paths", f"{', '.join(map(repr, relative))} must start with '/'"),
-            (bool(unknown), "methods", f"unknown method(s): {', '.join(unknown)}"),
-            (not self.name, "name", "must not be empty"),
-        )
 
 
 @dataclass(frozen=True)
@@ -370,7 +341,7 @@ def _syntax_error(text: str, filename: str, message: str) -> ConfigProblem:
     else:
         line, column = int(at[1]), int(at[2])
         message = message[: at.start()]
-    source = (text.splitlines() + [""])[line - 1].expandtabs(1)
+    source = [*text.splitlines(), ""][line - 1].expandtabs(1)
     shown = f"\n    {source}\n    {' ' * (column - 1)}^"
     return ConfigProblem(filename, None, None, f"invalid TOML: {message}{shown}", line=line, column=column)
 

@@ -224,6 +224,6 @@ def not_installed_message(name: str, available: Mapping[str, Available]) -> str:
     installed = sorted(n for n in available if not n.startswith("_"))
     hint = install_hint(name)
     return (
-        f"plugin {name!r} is not installed{did_you_mean(name, [*installed, *broken])}"
-        f"{f' ({hint})' if hint else ''}; installed plugins: {', '.join(installed) or 'none'}"
+        f"plugin {name!r} is not installed{f' ({hint})' if hint else ''}; "
+        f"installed plugins: {', '.join(installed) or 'none'}{did_you_mean(name, [*installed, *broken])}"
     )

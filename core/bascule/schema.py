@@ -7,18 +7,28 @@ plugins.toml against, and ``reference_table`` into the Markdown tables of
 ``docs/config.md``. A field's description is its ``setting(..., doc)`` text.
 
 Keys accept ``-`` or ``_`` alike (``strip-path`` = ``strip_path``), so both
-spellings are in the schema.
+spellings are in the schema. The rules declared on a field (``setting(min=,
+max=, pattern=, min_items=)``) become ``minimum``, ``maximum``, ``pattern`` and
+``minItems``, for a duration's or a size's string form too. Each plugin's
+table is defined once, under ``$defs``, and referenced wherever it may appear.
+
+What a schema cannot see, ``bascule validate`` alone checks: rules written in
+a model's ``__post_init__``, and references across tables (a route's
+service, a route's table layered over ``[plugins.X]``, unique route names).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from bascule_sdk import settings
 from bascule_sdk.settings import Converter, parse_byte_size, parse_duration, resolve_secret
 
 from .config import (
@@ -33,6 +43,13 @@ __all__ = ["config_schema", "reference_table", "settings_schema", "type_label", 
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
+# The units of the string forms and their sizes (seconds, bytes): those ``bascule_sdk.settings`` parses.
+_DURATION_UNITS = {unit: Fraction(str(size)) for unit, size in settings._DURATION_UNITS.items() if unit}
+_SIZE_UNITS = {unit: Fraction(size) for unit, size in settings._SIZE_UNITS.items() if unit}
+_UNITS: dict[Callable[[Any], Any], dict[str, Fraction]] = {
+    parse_duration: _DURATION_UNITS,
+    parse_byte_size: _SIZE_UNITS,
+}
 _DURATION = {
     "anyOf": [
         {"type": "number", "minimum": 0},
@@ -106,6 +123,103 @@ def type_schema(tp: Any) -> dict[str, Any]:
     return {}  # Any
 
 
+def _digits_at_least(n: int) -> str:
+    """A regex of the digit strings (leading zeros allowed) whose value is at least ``n``."""
+    if n <= 0:
+        return r"\d+"
+    text = str(n)
+    longer = rf"0*[1-9]\d{{{len(text)},}}"
+    same = [text] + [
+        f"{text[:k]}[{int(d) + 1}-9]" + (rf"\d{{{len(text) - k - 1}}}" if k < len(text) - 1 else "")
+        for k, d in enumerate(text)
+        if d != "9"
+    ]
+    return f"(?:{longer}|0*(?:{'|'.join(same)}))"
+
+
+def _decimal_at_least(bound: Fraction) -> str:
+    """A regex of the decimals ``D[.F]`` whose value is at least ``bound`` (exact to 1e-12)."""
+    if bound <= 0:
+        return r"\d+(?:\.\d+)?"
+    whole = math.floor(bound)
+    rest = bound - whole
+    above = rf"{_digits_at_least(whole + 1)}(?:\.\d+)?"
+    equal = "0+" if whole == 0 else f"0*{whole}"
+    if rest == 0:
+        return rf"(?:{above}|{equal}(?:\.\d+)?)"
+    digits = str(math.ceil(rest * 10**12)).rjust(12, "0").rstrip("0")
+    fraction = [f"{digits[:k]}[{int(d) + 1}-9]\\d*" for k, d in enumerate(digits) if d != "9"]
+    fraction.append(rf"{digits}\d*")
+    return rf"(?:{above}|{equal}\.(?:{'|'.join(fraction)}))"
+
+
+def _at_least(schema: dict[str, Any], low: float, units: Mapping[str, Fraction] | None) -> dict[str, Any]:
+    """``schema`` (a number, or a duration or size with ``units``) with values below ``low`` refused."""
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [_at_least(a, low, units) for a in schema["anyOf"]]}
+    if schema.get("type") in ("integer", "number"):
+        return {**schema, "minimum": max(low, schema.get("minimum", low))}
+    if schema.get("type") == "string" and units is not None:
+        decimals = units is _DURATION_UNITS
+        forms = []
+        for unit, size in units.items():
+            bound = Fraction(str(low)) / size
+            number = _decimal_at_least(bound) if decimals else _digits_at_least(math.ceil(bound))
+            forms.append(rf"{number}\s*{unit}")
+        if decimals:  # a bare number is seconds
+            forms.append(_decimal_at_least(Fraction(str(low))))
+        else:
+            forms.append(_digits_at_least(math.ceil(low)))
+        return {**schema, "pattern": rf"^\s*(?:{'|'.join(forms)})\s*$"}
+    return schema
+
+
+def _constrained(schema: dict[str, Any], tp: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` of a field of type ``tp`` with the rules of its ``setting(...)`` (``meta``)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        alternatives = [a for a in get_args(tp) if a is not type(None)]
+        tp = alternatives[0] if len(alternatives) == 1 else tp
+    if schema.get("type") == "array":
+        (item,) = get_args(tp)[:1] or (Any,)
+        if "min_items" in meta:
+            schema = {**schema, "minItems": meta["min_items"]}
+        return {**schema, "items": _constrained(schema.get("items", {}), item, {**meta, "min_items": None})}
+    converter = _converter(tp)
+    units = _UNITS.get(converter) if converter else None
+    if meta.get("min") is not None:
+        schema = _at_least(schema, meta["min"], units)
+    if meta.get("max") is not None:
+        schema = _at_most(schema, meta["max"])
+    if meta.get("pattern") is not None and converter is None:  # a secret's pattern is for its value, not its reference
+        schema = _with_pattern(schema, meta["pattern"])
+    return schema
+
+
+def _with_pattern(schema: dict[str, Any], pattern: str) -> dict[str, Any]:
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [_with_pattern(a, pattern) for a in schema["anyOf"]]}
+    return {**schema, "pattern": pattern} if schema.get("type") == "string" else schema
+
+
+def _at_most(schema: dict[str, Any], high: float) -> dict[str, Any]:
+    """``schema`` with numbers above ``high`` refused (a duration's or size's string form is not bounded)."""
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [_at_most(a, high) for a in schema["anyOf"]]}
+    if schema.get("type") in ("integer", "number"):
+        return {**schema, "maximum": high}
+    return schema
+
+
+def _converter(tp: Any) -> Callable[[Any], Any] | None:
+    """The converter of a field type (``Duration``, ``ByteSize``, ``Secret``...), or ``None``."""
+    for arg in (tp, *get_args(tp)):
+        if get_origin(arg) is Annotated:
+            for extra in get_args(arg)[1:]:
+                if isinstance(extra, Converter):
+                    return extra.fn
+    return None
+
+
 def settings_schema(model: type, *, require: bool = True) -> dict[str, Any]:
     """The JSON Schema of a settings dataclass: an object with exactly its fields.
 
@@ -115,7 +229,7 @@ def settings_schema(model: type, *, require: bool = True) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required = []
     for f in _fields(model):
-        schema = type_schema(hints[f.name])
+        schema = _constrained(type_schema(hints[f.name]), hints[f.name], f.metadata)
         if f.metadata.get("doc"):
             schema["description"] = f.metadata["doc"]
         default = _default(f)
@@ -134,32 +248,31 @@ def settings_schema(model: type, *, require: bool = True) -> dict[str, Any]:
     return result
 
 
-def _plugin_table(available: Available, *, named: bool) -> dict[str, Any]:
-    """An instance table of ``available``; ``named``: the instance's name is the plugin's."""
+def _plugin_def(available: Available) -> dict[str, Any]:
+    """The table of one instance of ``available``, as ``$defs`` holds it (``plugin`` optional)."""
     schema = settings_schema(available.cls.Settings, require=False)
-    schema["properties"] = dict(schema["properties"])
-    schema["properties"]["priority"] = {"type": "integer", "description": "Overrides the plugin's priority."}
-    if named:
-        schema["properties"]["plugin"] = {"const": available.name}
-    else:
-        schema["properties"]["plugin"] = {"const": available.name, "description": "The plugin this instance runs."}
-        schema["required"] = ["plugin"]
+    schema["properties"] = {
+        **schema["properties"],
+        "plugin": {"const": available.name, "description": "The plugin this instance runs."},
+        "priority": {"type": "integer", "description": "Overrides the plugin's priority."},
+    }
     schema["description"] = f"{available.name} ({available.distribution} {available.version})"
     return schema
 
 
-def _plugins_schema(available: Mapping[str, Available], *, route: bool) -> dict[str, Any]:
-    visible = {n: a for n, a in sorted(available.items()) if not n.startswith("_")}
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/$defs/plugin.{name}"}
+
+
+def _plugins_schema(visible: Mapping[str, Available], *, route: bool) -> dict[str, Any]:
+    """``[plugins]``, or a route's ``plugins`` table (``route``: ``X = true/false`` too).
+
+    Under the name of an installed plugin, its table; under any other name, a
+    table that names its plugin with ``plugin = "..."``.
+    """
     switch = [{"type": "boolean"}] if route else []
-    properties = {
-        name: {"anyOf": [_plugin_table(a, named=True), *switch]} if route else _plugin_table(a, named=True)
-        for name, a in visible.items()
-    }
-    aliases = [_plugin_table(a, named=False) for a in visible.values()]
-    if route:  # the `plugin` key may come from the global table this one is layered over
-        for schema in aliases:
-            schema.pop("required")
-    aliases += switch
+    properties = {name: {"anyOf": [_ref(name), *switch]} if route else _ref(name) for name in visible}
+    aliases = [{**_ref(name), "required": ["plugin"]} for name in visible] + switch
     description = "Plugin instances by name; any other name runs the plugin named by its `plugin` key."
     if route:
         description += " `X = false` switches a global plugin off on this route."
@@ -173,16 +286,15 @@ def _plugins_schema(available: Mapping[str, Available], *, route: bool) -> dict[
 
 def config_schema(available: Mapping[str, Available]) -> dict[str, Any]:
     """The JSON Schema of a whole plugins.toml, with ``available`` plugins' settings."""
+    visible = {n: a for n, a in sorted(available.items()) if not n.startswith("_")}
     route = settings_schema(RouteSettings)
-    route["properties"]["plugins"] = _plugins_schema(available, route=True)
+    route["properties"]["plugins"] = _plugins_schema(visible, route=True)
     consumer = settings_schema(ConsumerSettings)
     consumer["properties"]["credentials"] = {
         "type": "object",
         "description": "Per auth plugin: [consumers.NAME.credentials.<plugin>].",
         "properties": {
-            name: settings_schema(a.cls.Credentials)
-            for name, a in sorted(available.items())
-            if a.cls.Credentials is not None
+            name: settings_schema(a.cls.Credentials) for name, a in visible.items() if a.cls.Credentials is not None
         },
         "additionalProperties": False,
     }
@@ -203,9 +315,10 @@ def config_schema(available: Mapping[str, Available]) -> dict[str, Any]:
                 "description": "Known API clients by name.",
                 "additionalProperties": consumer,
             },
-            "plugins": _plugins_schema(available, route=False),
+            "plugins": _plugins_schema(visible, route=False),
         },
         "additionalProperties": False,
+        "$defs": {f"plugin.{name}": _plugin_def(a) for name, a in visible.items()},
     }
 
 

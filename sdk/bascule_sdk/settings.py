@@ -110,19 +110,22 @@ def setting(
     min: float | None = None,
     max: float | None = None,
     pattern: str | None = None,
+    expected: str | None = None,
+    min_items: int | None = None,
     **kwargs: Any,
 ) -> Any:
     """A dataclass field with a one-line description (used by docs and schema).
 
-    ``min``/``max``: inclusive bounds of a number (a duration's seconds, a
-    size's bytes); ``pattern``: a regular expression (``re.search``) a string
-    must match. ``parse`` enforces them and ``bascule schema`` states them.
+    Declared rules, which ``parse`` enforces and ``bascule schema`` states:
+    ``min``/``max``, inclusive bounds of a number (a duration's seconds, a
+    size's bytes); ``pattern``, a regular expression (``re.search``) a string
+    must match, ``expected`` saying what it is in messages (``"host:port"``);
+    for a list, these apply to each item, and ``min_items`` is its least length.
     Mutable defaults (lists, dicts) are copied per instance.
     """
     metadata: dict[str, Any] = {"doc": doc}
-    for key, bound in (("min", min), ("max", max), ("pattern", pattern)):
-        if bound is not None:
-            metadata[key] = bound
+    rules = {"min": min, "max": max, "pattern": pattern, "expected": expected, "min_items": min_items}
+    metadata.update({key: rule for key, rule in rules.items() if rule is not None})
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
@@ -368,8 +371,21 @@ def _keyed(model: type, prefix: str, message: str) -> Problem:
 def _check_bounds(
     field: dataclasses.Field[Any], tp: Any, value: Any, raw: Any, key: str, problems: list[Problem]
 ) -> None:
-    """The declared ``min``, ``max`` and ``pattern`` of ``field`` (of type ``tp``; see ``setting``)."""
+    """The rules declared on ``field`` (of type ``tp``; see ``setting``), on ``value`` or each of its items."""
     meta = field.metadata
+    if isinstance(value, list) and isinstance(raw, list):
+        least = meta.get("min_items", 0)
+        if len(value) < least:
+            need = "must not be empty" if least == 1 else f"must have at least {least} items, got {len(value)}"
+            problems.append(Problem(key, need))
+        (tp,) = get_args(tp)[:1] or (Any,)
+        for i, (item, raw_item) in enumerate(zip(value, raw, strict=True)):
+            _check_value(meta, tp, item, raw_item, f"{key}[{i}]", problems)
+    else:
+        _check_value(meta, tp, value, raw, key, problems)
+
+
+def _check_value(meta: Mapping[str, Any], tp: Any, value: Any, raw: Any, key: str, problems: list[Problem]) -> None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high = meta.get("min"), meta.get("max")
         unit = _unit(tp)
@@ -379,7 +395,7 @@ def _check_bounds(
             problems.append(Problem(key, f"must be at most {high:g}{unit}, got {raw!r}"))
     if isinstance(value, str) and "pattern" in meta and not re.search(meta["pattern"], value):
         shown = "[secret]" if _is_secret(tp) else repr(value)
-        problems.append(Problem(key, f"{shown} does not match {meta['pattern']}"))
+        problems.append(Problem(key, f"expected {meta.get('expected', 'a match of ' + meta['pattern'])}, got {shown}"))
 
 
 def _unit(tp: Any) -> str:
