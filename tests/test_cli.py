@@ -179,8 +179,8 @@ def test_validate_offline_checks_all_but_the_secrets_values(tmp_path):
                 "file": str(config),
                 "where": 'route "api"',
                 "route": "api",
-                "key": "paths",
-                "message": "'api' must start with '/'",
+                "key": "paths[0]",
+                "message": "expected a path starting with '/', got 'api'",
             },
             {
                 "file": str(config),

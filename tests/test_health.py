@@ -263,4 +263,4 @@ async def test_exactly_at_the_panic_threshold_is_not_panic(nursery, threshold, p
 async def test_a_panic_threshold_outside_0_to_1_is_rejected(nursery, value):
     with pytest.raises(ConfigError) as e:
         await start_gateway(nursery, config("http://127.0.0.1:1", panic_threshold=value))
-    assert e.value.lines == ["plugins.toml: services.api: panic_threshold: must be between 0 and 1"]
+    assert e.value.lines == [f"plugins.toml: services.api: panic_threshold: must be between 0 and 1, got {value!r}"]

@@ -161,7 +161,7 @@ async def test_a_full_connection_pool_is_503_with_retry_after(nursery):
 def test_limit_settings_are_validated():
     with pytest.raises(ConfigError) as e:
         parse_config(textwrap.dedent(config("http://127.0.0.1:1", service="max_requests = -1")), "plugins.toml", {})
-    assert e.value.lines == ["plugins.toml: services.api: max_requests: must be at least 0"]
+    assert e.value.lines == ["plugins.toml: services.api: max_requests: must be at least 0, got -1"]
 
 
 # Append to tests/test_limits.py once gateway.diff is applied (the exact 431 limit needs it).

@@ -65,7 +65,9 @@ async def test_an_invalid_reload_keeps_the_old_config_serving(nursery):
     runtime = gw.gateway.runtime
     with pytest.raises(ConfigError) as e:
         await gw.reload(config(upstream.url, "old", "new") + '\n[services.other]\ntargets = ["ftp://x"]\n')
-    assert e.value.lines == ["plugins.toml: services.other: targets: 'ftp://x' is not an http(s)://host:port URL"]
+    assert e.value.lines == [
+        "plugins.toml: services.other: targets[0]: expected an http(s)://host[:port][/path] URL, got 'ftp://x'"
+    ]
     assert gw.gateway.runtime is runtime
     async with gw.client(timeout=30) as client:
         assert (await client.get("/old")).status_code == 200

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pytest
 from bascule.cli import main
-from bascule.config import ConfigError, parse_config
+from bascule.config import (
+    TARGET_URL,
+    ConfigError,
+    ConsumerSettings,
+    GatewaySettings,
+    RouteSettings,
+    ServiceSettings,
+    compile_config,
+    parse_config,
+)
+from bascule.gateway import Runtime
 from bascule.registry import discover
 from bascule.schema import config_schema
 from bascule_sdk import ByteSize, Duration, Plugin, Secret, hookimpl, setting
+from bascule_sdk.settings import Converter, parse_byte_size, parse_duration, resolve_secret
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -200,3 +217,202 @@ def test_the_default_config_matches_the_schema():
         e.message for e in jsonschema.Draft202012Validator(config_schema(available)).iter_errors(tomllib.loads(text))
     ]
     assert errors == []
+
+
+# -- property: the schema and `bascule validate` accept and reject the same configs ------------------
+
+# Values of each kind, the valid next to the invalid; a declared pattern also draws strings that match it.
+VOCABULARY: dict[Any, list[Any]] = {
+    bool: [True, False, "yes"],
+    int: [-5, -1, 0, 1, 2, 99, 100, 599, 600, 10**6, "3", 1.5],
+    float: [-0.5, 0, 0.25, 1, 1.5, "0.5"],
+    str: ["", "x", "/x", "api/x", "ip", "header:x-id", "GET", "FETCH", "127.0.0.1:80", "h:99999", True],
+    "duration": [
+        "0s",
+        "250ms",
+        "999ms",
+        "1000ms",
+        "1s",
+        "0.5",
+        "1.0",
+        "0.01m",
+        "0.02m",
+        "1m",
+        "2h",
+        "1d",
+        0,
+        0.5,
+        1,
+        90,
+        -1,
+        "soon",
+    ],
+    "size": ["0", "1", "1000", "1024", "1KB", "1KiB", "64KiB", "1MB", 0, 1023, 1024, -1, "lots"],
+    "secret": ["a-literal-secret", 7],
+    "url": [
+        "http://127.0.0.1:1",
+        "https://svc.internal/base",
+        "http://[::1]:8080/",
+        "ftp://x",
+        "http://:80",
+        "http://h:1?q=1",
+        "http://h:70000",
+    ],
+}
+# Keys whose rules span several keys or tables, which no per-table schema can state (left to `validate`).
+CROSS_CHECKED = {
+    GatewaySettings: {"admin", "tls_cert", "tls_key", "trusted_proxies"},  # admin != listen; cert with key; CIDRs
+    RouteSettings: {"name", "paths", "service", "plugins"},  # unique; path patterns; a declared service; below
+    ConsumerSettings: {"credentials"},  # per plugin
+}
+
+
+@dataclass(frozen=True)
+class Bounded:
+    limit: int = setting(10, "At least 1.", min=1)
+    window: Duration = setting(60.0, "Sub-second windows refused.", min=1)
+    burst: ByteSize = setting(4096, "At least 1 KiB.", min=1024)
+    ratio: float = setting(0.5, "Between 0 and 1.", min=0, max=1)
+    mode: Literal["fast", "safe"] = setting("safe", "One of two.")
+    path: str = setting("/", "A path.", pattern="^/", expected="a path")
+    codes: list[int] = setting([429], "Statuses.", min=400, max=599, min_items=1)
+
+
+class BoundedPlugin(Plugin[Bounded]):
+    name = "bounded"
+    Settings = Bounded
+
+    @hookimpl
+    async def on_request(self, ctx):
+        return None
+
+
+def values(tp: Any, meta: Mapping[str, Any]) -> st.SearchStrategy[Any]:
+    """Values for a field of type ``tp`` (declared rules ``meta``), valid and not."""
+    if get_origin(tp) in (Union, types.UnionType):
+        return st.one_of([values(a, meta) for a in get_args(tp) if a is not type(None)])
+    if get_origin(tp) is Annotated:
+        fn = next(e.fn for e in get_args(tp)[1:] if isinstance(e, Converter))
+        kind = {parse_duration: "duration", parse_byte_size: "size", resolve_secret: "secret"}[fn]
+        return st.sampled_from(VOCABULARY[kind])
+    if get_origin(tp) is Literal:
+        return st.sampled_from([*get_args(tp), "bogus"])
+    if get_origin(tp) is list:
+        return st.lists(values(get_args(tp)[0], meta), max_size=3) | st.just("not a list")
+    if get_origin(tp) is dict:
+        return st.dictionaries(st.sampled_from(["a", "b"]), values(get_args(tp)[1], meta), max_size=2)
+    if dataclasses.is_dataclass(tp):
+        return tables(tp)
+    if tp is str and meta.get("pattern") == TARGET_URL:
+        return st.sampled_from(VOCABULARY["url"])
+    if tp is str and "pattern" in meta:
+        return st.sampled_from(VOCABULARY[str]) | st.from_regex(meta["pattern"])
+    return st.sampled_from(VOCABULARY[tp])
+
+
+def sometimes(n: int) -> st.SearchStrategy[bool]:
+    """True once in ``n`` draws (``st.integers`` would favour its bounds)."""
+    return st.sampled_from([False] * (n - 1) + [True])
+
+
+# Valid values of the required keys that have no default.
+REQUIRED = {"targets": ["http://127.0.0.1:1"], "url": "http://127.0.0.1:2"}
+
+
+def tables(model: type) -> st.SearchStrategy[dict[str, Any]]:
+    """Tables of ``model``: its required keys, mostly a few optional ones, rarely a misspelt one."""
+    hints = typing.get_type_hints(model, include_extras=True)
+    fields = [f for f in dataclasses.fields(model) if f.init and f.name not in CROSS_CHECKED.get(model, set())]
+    required = [f for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    optional = [f for f in fields if f not in required]
+
+    @st.composite
+    def table(draw: st.DrawFn) -> dict[str, Any]:
+        result = {f.name: REQUIRED[f.name] for f in required}
+        if required and draw(sometimes(4)):
+            result[required[0].name] = draw(values(hints[required[0].name], required[0].metadata))
+        count = min(len(optional), draw(st.sampled_from([0, 0, 1, 1, 2])))
+        for f in draw(st.lists(st.sampled_from(optional), unique=True, min_size=count, max_size=count)):
+            key = f.name.replace("_", "-") if draw(st.booleans()) else f.name
+            result[key] = draw(values(hints[f.name], f.metadata))
+        if draw(sometimes(20)):
+            result[fields[0].name + "x"] = 1  # a misspelt key
+        return result
+
+    return table()
+
+
+@st.composite
+def plugin_tables(draw: st.DrawFn, *, route: bool) -> dict[str, Any]:
+    """``[plugins]`` or a route's ``plugins``: the plugin by its name, a second instance, a misspelt name."""
+    result: dict[str, Any] = {}
+    for name in draw(st.lists(st.sampled_from(["bounded", "second", "bounde"]), unique=True, max_size=2)):
+        table = draw(tables(Bounded))
+        if name != "bounded" and not draw(sometimes(4)):
+            table["plugin"] = draw(st.sampled_from(["bounded", "bounded", "absent"]))
+        if draw(sometimes(6)):
+            table["priority"] = draw(st.sampled_from([5, "high"]))
+        # `X = true/false` under a name no plugin has: only `validate` can look for a [plugins.X] it refers to.
+        switch = route and name == "bounded" and draw(st.booleans())
+        result[name] = draw(st.booleans()) if switch else table
+    return result
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> dict[str, Any]:
+    config: dict[str, Any] = {"services": {"svc": draw(tables(ServiceSettings))}}
+    if draw(st.booleans()):
+        config["gateway"] = draw(tables(GatewaySettings))
+    if draw(st.booleans()):
+        config["plugins"] = draw(plugin_tables(route=False))
+    if draw(st.booleans()):
+        config["consumers"] = {"alice": draw(tables(ConsumerSettings))}
+    routes = []
+    for i in range(draw(st.integers(0, 2))):
+        route = draw(tables(RouteSettings)) | {"name": f"r{i}", "paths": [f"/r{i}"], "service": "svc"}
+        if draw(st.booleans()):
+            route["plugins"] = draw(plugin_tables(route=True))
+        routes.append(route)
+    config["routes"] = routes
+    if draw(sometimes(20)):
+        config["servces"] = {}
+    return config
+
+
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_the_schema_and_validate_accept_and_reject_the_same_configs(config):
+    available = discover([BoundedPlugin], entry_points=False)
+    try:
+        Runtime(compile_config(config, "plugins.toml", available))
+        errors = []
+    except ConfigError as e:
+        errors = e.lines
+    schema_errors = [e.message for e in jsonschema.Draft202012Validator(config_schema(available)).iter_errors(config)]
+    assert (not schema_errors) == (not errors), f"schema: {schema_errors}\nvalidate: {errors}"
+
+
+@pytest.mark.parametrize(
+    ("table", "valid"),
+    [
+        ('window = "1s"', True),
+        ('window = "999ms"', False),
+        ('window = "1000ms"', True),
+        ('window = "0.01m"', False),
+        ('window = "0.0167m"', True),
+        ("window = 0.5", False),
+        ('burst = "1KiB"', True),
+        ('burst = "1KB"', False),
+        ("burst = 1023", False),
+        ("ratio = 1.5", False),
+        ("limit = -5", False),
+        ('path = "x"', False),
+        ("codes = []", False),
+        ("codes = [399]", False),
+    ],
+)
+def test_declared_rules_agree_in_their_string_forms(table, valid):
+    available = discover([BoundedPlugin], entry_points=False)
+    text = f'[plugins.bounded]\n{table}\n[services.a]\ntargets = ["http://127.0.0.1:1"]\n'
+    assert gateway_accepts(available, text) is valid
+    assert schema_accepts(config_schema(available), text) is valid

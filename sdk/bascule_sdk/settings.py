@@ -389,9 +389,13 @@ def _check_value(meta: Mapping[str, Any], tp: Any, value: Any, raw: Any, key: st
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high = meta.get("min"), meta.get("max")
         unit = _unit(tp)
-        if low is not None and value < low:
+        too_low = low is not None and not value >= low  # not >=: NaN is out of every range
+        too_high = high is not None and not value <= high
+        if low is not None and high is not None and (too_low or too_high):
+            problems.append(Problem(key, f"must be between {low:g} and {high:g}{unit}, got {raw!r}"))
+        elif too_low:
             problems.append(Problem(key, f"must be at least {low:g}{unit}, got {raw!r}"))
-        elif high is not None and value > high:
+        elif too_high:
             problems.append(Problem(key, f"must be at most {high:g}{unit}, got {raw!r}"))
     if isinstance(value, str) and "pattern" in meta and not re.search(meta["pattern"], value):
         shown = "[secret]" if _is_secret(tp) else repr(value)
