@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class LimitSettings:
-    limit: int = setting(10, "Requests per window.")
-    window: Duration = setting(60.0, "Window length.")
+    limit: int = setting(10, "Requests per window.", min=1)
+    window: Duration = setting(60.0, "Window length.", min=1)
 
 
 class Limit(Plugin):
@@ -195,6 +195,21 @@ def test_invalid_toml_is_file_line_column_with_the_line_shown():
             "gateway: listen: expected a string, got a date (datetime.date(1979, 5, 27))",
         ),
         ("routes = 3\n", "routes: expected an array of tables, got an integer (3)"),
+        # Rules declared on the settings (setting(min=..., pattern=...)): each item under its own key.
+        (
+            "[services.more]\ntargets = ['http://a:1', 'http://b:1?x=1']\n",
+            "services.more: targets[1]: expected an http(s)://host[:port][/path] URL, got 'http://b:1?x=1'",
+        ),
+        ("[plugins.limit]\nlimit = -5\n", "plugins.limit: limit: must be at least 1, got -5"),
+        ("[plugins.limit]\nwindow = '500ms'\n", "plugins.limit: window: must be at least 1s, got '500ms'"),
+        (
+            "[services.more]\ntargets = ['http://a:1']\nhealth_interval = '0s'\n",
+            "services.more: health_interval: must be at least 0.001s, got '0s'",
+        ),
+        (
+            "[services.more]\ntargets = ['http://a:1']\nretry_on = [502, 700]\n",
+            "services.more: retry_on[1]: must be between 100 and 599, got 700",
+        ),
     ],
 )
 def test_messages_suggest_and_name_toml_types(snippet, message):

@@ -273,8 +273,7 @@ def test_a_sync_hook_is_rejected_at_load():
         def on_request(self, ctx):
             return None
 
-    config = parse_config(
-        """
+    config = """
         [services.api]
         targets = ["http://127.0.0.1:1"]
         [[routes]]
@@ -282,12 +281,9 @@ def test_a_sync_hook_is_rejected_at_load():
         paths = ["/"]
         service = "api"
         [routes.plugins.sync]
-    """,
-        "plugins.toml",
-        discover([Sync], entry_points=False),
-    )
-    with pytest.raises(ConfigError, match="plugin 'sync': hook on_request must be 'async def'"):
-        Runtime(config)
+    """
+    with pytest.raises(ConfigError, match=r"plugin 'sync' \(.*Sync\): hook on_request must be 'async def'"):
+        Runtime(parse_config(config, "plugins.toml", discover([Sync], entry_points=False)))
 
 
 async def test_unmatched_requests_still_meet_global_plugins(nursery):

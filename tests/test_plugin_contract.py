@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 from bascule.cli import main
-from bascule.registry import PluginLoadError, discover
+from bascule.config import ConfigError, parse_config
+from bascule.registry import discover
 from bascule.testing import start_gateway, start_upstream
 from bascule_sdk import Context, NoSettings, Plugin, Response, hookimpl, setting
 
@@ -33,9 +34,16 @@ service = "api"
 
 
 def refusal(cls: type[Plugin[Any]]) -> str:
-    with pytest.raises(PluginLoadError) as info:
-        discover([cls], entry_points=False)
-    return str(info.value)
+    """Why ``cls`` is refused: the one line of the config error of a route that enables it."""
+    found = discover([cls], entry_points=False)
+    assert cls.name not in found
+    with pytest.raises(ConfigError) as info:
+        parse_config(ROUTE.format(url="http://127.0.0.1:9", plugin=cls.name), "plugins.toml", found)
+    (line,) = info.value.lines
+    prefix = f'plugins.toml: route "api": plugins.{cls.name}: '
+    assert line.startswith(prefix)
+    assert line.removeprefix(prefix) == found.broken[cls.name]
+    return found.broken[cls.name]
 
 
 # -- hook signatures and markers ---------------------------------------------------
@@ -75,7 +83,7 @@ class NotAsync(Plugin[NoSettings]):
 def test_a_wrong_argument_name_shows_pluggys_message_and_the_allowed_arguments():
     assert refusal(WrongArgument) == (
         f"plugin 'wrong-argument' ({__name__}.WrongArgument): hook on_request: "
-        "hookimpl definition: on_request(self, context: 'Context') -> 'None'; "
+        "hookimpl definition: on_request(context: 'Context') -> 'None'; "
         "Argument(s) {'context'} are declared in the hookimpl but can not be found in the hookspec; "
         "on_request accepts any of these arguments: ctx"
     )

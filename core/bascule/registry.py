@@ -97,8 +97,7 @@ def discover(extra: Iterable[type[Plugin[Any]]] = (), entry_points: bool = True)
     An entry point that fails to import or breaks the contract is logged and
     refused, not fatal (it would otherwise stop every gateway on the machine): a
     config that names it gets the reason as its error. So is a name declared by
-    two distributions, naming both. An ``extra`` class that breaks the
-    contract raises ``PluginLoadError``.
+    two distributions, naming both, and an ``extra`` class that breaks the contract.
     """
     found = Discovered()
     declared: dict[str, list[str]] = {}
@@ -131,8 +130,13 @@ def discover(extra: Iterable[type[Plugin[Any]]] = (), entry_points: bool = True)
             name, version = (ep.dist.name, ep.dist.version) if ep.dist else ("?", "?")
             found[ep.name] = Available(ep.name, cls, name, version)
     for cls in extra:
-        check_contract(cls)
+        found.pop(cls.name, None)
         found.broken.pop(cls.name, None)
+        try:
+            check_contract(cls)
+        except PluginLoadError as e:
+            found.broken[cls.name] = str(e)
+            continue
         found[cls.name] = Available(cls.name, cls, cls.__module__.split(".")[0], "local")
     return found
 
@@ -147,11 +151,12 @@ def check_contract(cls: type[Plugin[Any]], name: str | None = None) -> None:
     label = f"plugin {name or getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}.{cls.__qualname__})"
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    probe = cls.__new__(cls)  # an instance, unconfigured: pluggy sees bound methods, as in PluginSet
     try:
-        pm.register(cls, name=label)
+        pm.register(probe, name=label)
     except pluggy.PluginValidationError as e:
         raise PluginLoadError(f"{label}: {_explain(str(e))}") from None
-    for hook in pm.get_hookcallers(cls) or ():
+    for hook in pm.get_hookcallers(probe) or ():
         if not hook.has_spec():
             hint = did_you_mean(hook.name, HOOKS)
             raise PluginLoadError(
