@@ -176,7 +176,7 @@ async def test_buckets_survive_a_config_reload(nursery):
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ('limit = 10\nwindow = "1.5s"', "plugins.rate-limit: window: must be a whole number of seconds"),
+        ('limit = 10\nwindow = "1.5s"', "plugins.rate-limit.window: must be a whole number of seconds"),
         (
             'limit = 10\nwindow = "1s"\nburst = 5\nalgorithm = "fixed-window"',
             "burst: only the gcra algorithm has a burst",
