@@ -146,7 +146,7 @@ def check_contract(cls: type[Plugin[Any]], name: str | None = None) -> None:
 
     The checks: pluggy's own validation (hook names, argument names), every
     hook ``async def``, no method named like a hook without ``@hookimpl``
-    (it would silently never run), ``Settings`` a dataclass matching ``Plugin[...]``.
+    (it would silently never run), ``Settings`` the model of ``Plugin[...]``.
     """
     label = f"plugin {name or getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}.{cls.__qualname__})"
     pm = pluggy.PluginManager(hookspecs.PROJECT)

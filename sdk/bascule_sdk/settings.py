@@ -12,10 +12,12 @@ problem with the dotted key it belongs to. Supported field types: ``str``,
         limit: int = setting(100, "Requests admitted per window.")
         window: Duration = setting(60.0, 'Window length, e.g. "1m".')
 
-Bounds are declared on the field, so that ``bascule schema`` states them too:
-``setting(100, "doc", min=1)`` (``min``/``max``, inclusive, for numbers,
-durations in seconds and sizes in bytes) and ``pattern=`` (a regular
-expression a string must match). Other rules go in ``__post_init__``: raise
+Rules of one value are declared on the field, so that ``bascule schema``
+states them too: ``setting(100, "doc", min=1)`` (``min``/``max``, inclusive,
+for numbers, durations in seconds and sizes in bytes), ``pattern=`` (a
+regular expression a string must match, ``expected=`` naming it in
+messages) and ``min_items=`` (for a list, whose items the others then
+apply to). Other rules go in ``__post_init__``: raise
 ``ValueError("key: message")`` for one problem (reported under ``key``), or
 ``SettingsError`` with ``Problem(key, message)`` items to report several at
 once, each under its own key (``check`` builds one).
@@ -360,10 +362,12 @@ def _build(model: type, values: dict[str, Any], prefix: str, problems: list[Prob
 
 
 def _keyed(model: type, prefix: str, message: str) -> Problem:
-    """A check's ``"key: message"`` as a problem under ``key`` when ``key`` is a field of ``model``."""
+    """A check's ``"key: message"`` as a problem under ``key`` when ``key`` (``name``,
+    ``name[1]``, ``name.sub``) starts with a field of ``model``."""
     key, sep, rest = message.partition(": ")
     names = {f.name for f in dataclasses.fields(model)}
-    if sep and key.replace("-", "_") in names:
+    base = re.match(r"[A-Za-z_][\w-]*(?=$|[\[.])", key)
+    if sep and base is not None and base[0].replace("-", "_") in names:
         return Problem(_join(prefix, key), rest)
     return Problem(prefix, message)
 
