@@ -198,3 +198,18 @@ def test_validate_json_on_the_default_config():
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["valid"] is True and result["errors"] == [] and result["routes"] > 0
+
+
+def test_validate_a_toml_syntax_error_is_file_line_column(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[services.a]\ntargets = ["http://127.0.0.1:9/"\n')
+    r = bascule("validate", str(config))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [  # the end of the file: just after its last character
+        f"{config}:2:33: invalid TOML: Unclosed array at the end of the file",
+        '    targets = ["http://127.0.0.1:9/"',
+        "                                    ^",
+    ]
+    r = bascule("validate", "--format", "json", str(config))
+    (error,) = json.loads(r.stdout)["errors"]
+    assert (error["file"], error["line"], error["column"]) == (str(config), 2, 33)
