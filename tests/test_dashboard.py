@@ -9,8 +9,9 @@ reads the rendered DOM and every console message and uncaught exception. (Chromi
 the page are apart by no real time, so no traffic falls between them; Playwright would
 be a 40 MB dependency for the same few commands.)
 
-``BASCULE_DASHBOARD_SCREENSHOT=docs/dashboard.png`` makes the demo test save its
-screenshot there (how the README's screenshot is made).
+``BASCULE_DASHBOARD_SCREENSHOT=FILE.png`` makes the demo test save a screenshot of the
+whole page (a few seconds of traffic; docs/dashboard.png was taken the same way, with
+``DevTools.screenshot``, after 100 s of mixed traffic on the demo).
 """
 
 from __future__ import annotations
@@ -551,6 +552,27 @@ def test_the_demo_s_dashboard_shows_routes_pipelines_and_live_traffic_of_every_w
     assert shown["plugins"]["jwt"] == shown["plugins"]["prometheus"] == "0.1.0"
 
 
+#: Metrics as another version of the prometheus plugin may export them: a status ``code`` instead of
+#: ``status_class``, labels the page does not use (summed over), escapes, comments, a timestamp.
+METRICS = r"""# HELP bascule_requests_total Requests answered.
+# TYPE bascule_requests_total counter
+bascule_requests_total{route="api",code="200",method="GET"} 7.0
+bascule_requests_total{method="POST",route="api",code="201"} 3
+bascule_requests_total{route="api",code="503",method="GET"} 1 1700000000000
+bascule_requests_total{route="we\"ird",status_class="4xx"} 2.0
+bascule_request_duration_seconds_bucket{route="api",le="0.1",method="GET"} 4.0
+bascule_request_duration_seconds_bucket{route="api",le="0.1",method="POST"} 1.0
+bascule_request_duration_seconds_bucket{route="api",le="+Inf",method="GET"} 8.0
+bascule_request_duration_seconds_bucket{route="api",le="+Inf",method="POST"} 3.0
+bascule_request_duration_seconds_count{route="api"} 11.0
+bascule_cache_total{route="api",result="hit",backend="memory"} 5.0
+bascule_rate_limit_total{route="api",outcome="rejected",limit="per-second"} 2.0
+bascule_rate_limit_total{route="api",outcome="rejected",limit="per-hour"} 1.0
+not a metric line
+# EOF
+"""
+
+
 @pytest.mark.slow
 @needs_chromium
 def test_without_prometheus_the_traffic_panel_says_so(tmp_path, upstream):
@@ -565,8 +587,18 @@ def test_without_prometheus_the_traffic_panel_says_so(tmp_path, upstream):
             )
             shown = until(lambda: (d := browser.evaluate(READ_DOM))["polls"] >= 1 and d, "the first poll shown")
             errors = browser.errors()
+            parsed = browser.evaluate(f"BasculeDashboard.sample({json.dumps(METRICS)})")
+            quantiles = browser.evaluate(
+                "[0.25, 0.7, 0.99, 1].map((q) => BasculeDashboard.quantile({0.1: 50, 0.5: 90, Infinity: 100}, q))"
+            )
     assert [e for e in errors if "401" not in e] == []  # the first fetches, before the token, were refused
     assert "the prometheus plugin is not enabled" in shown["trafficNote"]
     assert shown["trafficShown"] is False and shown["charts"] == 0
     assert set(shown["routes"]) == {"api", "v2"} and shown["routes"]["api"]["pipeline"] == []
     assert shown["live"].startswith("live")
+    # Summed over every label but route and status class (read from `code` or `status_class`).
+    assert parsed["requests"] == {"api": {"2xx": 10, "5xx": 1}, 'we"ird': {"4xx": 2}}
+    assert parsed["duration"] == {"api": {"0.1": 5, "Infinity": 11}}
+    assert parsed["cache"] == {"api": {"hit": 5}} and parsed["rateLimit"] == {"api": {"rejected": 3}}
+    # As Prometheus' histogram_quantile: linear within a bucket, the last finite bound beyond it.
+    assert quantiles == [pytest.approx(0.05), pytest.approx(0.3), 0.5, 0.5]

@@ -132,13 +132,13 @@ class Admin:
         available: Mapping[str, Available],
         *,
         signal_supervisor: bool = False,
-        status: ConfigStatus | None = None,
+        config_status: ConfigStatus | None = None,
     ) -> None:
         self.gateway = gateway
         self.path = path
         self.available = available
         self.signal_supervisor = signal_supervisor  # a worker: every worker must reload
-        self.status = status or ConfigStatus()  # shared with serve(), which reloads on SIGHUP
+        self.config_status = config_status or ConfigStatus()  # shared with serve(), which reloads on SIGHUP
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -204,7 +204,7 @@ class Admin:
             "/routes": lambda: describe_routes(rt.config),
             "/plugins": lambda: describe_plugins(self.available),
             "/upstreams": lambda: {name: svc.describe() for name, svc in rt.upstreams.services.items()},
-            "/config/status": lambda: self.status.describe(rt.config, _version()),
+            "/config/status": lambda: self.config_status.describe(rt.config, _version()),
         }
         if path == "/reload":
             if method != "POST":
@@ -227,7 +227,7 @@ class Admin:
                 return 202, {"reloaded": True, "workers": "signalled"}
             await self.gateway.reload(config)
         except ConfigError as e:
-            self.status.rejected("POST /reload", e.lines)
+            self.config_status.rejected("POST /reload", e.lines)
             raise HTTPError(400, "The new config is invalid; the old one stays.", extra={"errors": e.lines}) from None
-        self.status.reloaded("POST /reload")
+        self.config_status.reloaded("POST /reload")
         return 200, {"reloaded": True}

@@ -106,7 +106,7 @@ async def serve(
             if admin and config.gateway.admin:
                 from .admin import Admin
 
-                admin_app = Admin(gateway, path, available, signal_supervisor=supervised, status=status)
+                admin_app = Admin(gateway, path, available, signal_supervisor=supervised, config_status=status)
                 binds += await servers.start(
                     partial(
                         listen,

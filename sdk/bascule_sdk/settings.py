@@ -23,6 +23,7 @@ import base64
 import contextlib
 import contextvars
 import dataclasses
+import math
 import os
 import re
 import types
@@ -377,8 +378,12 @@ def masked(value: Any, tp: Any = None) -> Any:
         }
     if isinstance(value, Mapping):
         return {str(k): masked(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, (list, tuple)):
         return [masked(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((masked(v) for v in value), key=str)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf or nan
     if isinstance(value, (str, int, float, bool)):
         return value
     return str(value)

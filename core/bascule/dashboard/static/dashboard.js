@@ -490,5 +490,7 @@
     state.timer = setTimeout(poll, POLL_MS);
   }
 
+  // The metrics arithmetic, for tests (tests/test_dashboard.py) and the browser's console.
+  window.BasculeDashboard = Object.freeze({ parseMetrics, sample, quantile });
   poll();
 })();
