@@ -153,15 +153,22 @@ def test_config_status_reports_the_file_in_force_and_each_reload(tmp_path, upstr
     port, admin_port = free_ports(2)
     text = config(port, admin_port, upstream)
     with running(tmp_path, text, "--workers", str(workers)) as (admin, path, proc):
-        first = httpx.get(admin + "/config/status", headers=AUTH).json()
+        first = until(
+            lambda: len((s := httpx.get(admin + "/config/status", headers=AUTH).json())["workers"]) == workers and s,
+            "every worker started",
+        )
         anonymous = httpx.get(admin + "/config/status")
 
         path.write_text(config(port, admin_port, upstream, routes="api v2"))
         reload = httpx.post(admin + "/reload", headers=AUTH)
         assert reload.status_code == (200 if workers == 1 else 202)
         second = until(
-            lambda: (s := httpx.get(admin + "/config/status", headers=AUTH).json())["last_reload"] and s,
-            "the reload recorded",
+            lambda: (
+                (s := httpx.get(admin + "/config/status", headers=AUTH).json())["last_reload"]
+                and all(w["last_reload"] for w in s["workers"])
+                and s
+            ),
+            "the reload recorded by every worker",
         )
         path.write_text(config(port, admin_port, upstream, routes="api v3").replace("graceful_timeout", "graceful"))
         rejected = httpx.post(admin + "/reload", headers=AUTH)
@@ -182,6 +189,9 @@ def test_config_status_reports_the_file_in_force_and_each_reload(tmp_path, upstr
     assert first["sha256"] == hashlib.sha256(text.encode()).hexdigest()  # what sha256sum prints
     assert first["path"] == str(path) and first["version"] == "0.1.0"
     assert (first["routes"], first["services"], first["last_reload"]) == (1, 1, None)
+    assert len(first["workers"]) == workers and first["consistent"] is True
+    assert {w["sha256"] for w in first["workers"]} == {first["sha256"]}
+    assert first["pid"] in {w["pid"] for w in first["workers"]}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["loaded_at"])
 
     new_hash = hashlib.sha256(config(port, admin_port, upstream, routes="api v2").encode()).hexdigest()
@@ -189,6 +199,8 @@ def test_config_status_reports_the_file_in_force_and_each_reload(tmp_path, upstr
     assert second["loaded_at"] > first["loaded_at"]
     trigger = "POST /reload" if workers == 1 else "SIGHUP"  # with workers: validated, then every worker reloads
     assert second["last_reload"] == {"at": second["loaded_at"], "trigger": trigger, "ok": True, "errors": []}
+    assert {w["sha256"] for w in second["workers"]} == {new_hash} and second["consistent"] is True
+    assert [w["pid"] for w in second["workers"]] == [w["pid"] for w in first["workers"]]
 
     assert rejected.status_code == 400
     assert third["sha256"] == new_hash and third["loaded_at"] == second["loaded_at"]  # the old config stays
@@ -199,6 +211,34 @@ def test_config_status_reports_the_file_in_force_and_each_reload(tmp_path, upstr
     assert fourth["sha256"] == new_hash and fourth["last_reload"]["ok"] is False
     assert "gracefu: unknown key" in fourth["last_reload"]["errors"][0]
     assert served == 200
+
+
+def test_config_status_shows_a_replaced_worker_that_serves_another_file(tmp_path, upstream):
+    """A worker that died is replaced by one reading the file as it is now: the admin
+    listener says the workers disagree until a reload brings them together again."""
+    port, admin_port = free_ports(2)
+    text = config(port, admin_port, upstream)
+    with running(tmp_path, text, "--workers", "2") as (admin, path, _proc):
+
+        def status() -> dict[str, Any]:
+            return httpx.get(admin + "/config/status", headers=AUTH).json()
+
+        before = until(lambda: (s := status()) and len(s["workers"]) == 2 and s, "both workers published")
+        other = next(w["pid"] for w in before["workers"] if w["pid"] != before["pid"])
+        changed = config(port, admin_port, upstream, routes="api v2")
+        path.write_text(changed)  # not reloaded
+        os.kill(other, signal.SIGKILL)
+        split = until(
+            lambda: (s := status()) and len(s["workers"]) == 2 and other not in {w["pid"] for w in s["workers"]} and s,
+            "the replacement published",
+        )
+        os.kill(_proc.pid, signal.SIGHUP)
+        together = until(lambda: (s := status()) and s["consistent"] and s, "every worker on the new file")
+    old_hash, new_hash = (hashlib.sha256(t.encode()).hexdigest() for t in (text, changed))
+    assert split["consistent"] is False and split["sha256"] == old_hash  # the admin worker's own
+    assert {w["pid"]: w["sha256"] for w in split["workers"]}[before["pid"]] == old_hash
+    assert sorted(w["sha256"] for w in split["workers"]) == sorted([old_hash, new_hash])
+    assert {w["sha256"] for w in together["workers"]} == {new_hash} and together["sha256"] == new_hash
 
 
 # -- /routes: effective settings, secrets masked ----------------------------------------------
@@ -549,6 +589,7 @@ def test_the_demo_s_dashboard_shows_routes_pipelines_and_live_traffic_of_every_w
     assert "healthy" in shown["services"]["users"][0]
     assert shown["config"]["sha256"][1] == hashlib.sha256(text.encode()).hexdigest()
     assert shown["config"]["last reload"][0] == "none since start"
+    assert shown["config"]["workers"][0] == "2"  # both on this config
     assert shown["plugins"]["jwt"] == shown["plugins"]["prometheus"] == "0.1.0"
 
 

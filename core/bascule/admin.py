@@ -9,8 +9,9 @@
     GET  /plugins    installed plugins: name, version, distribution, hooks
     GET  /upstreams  services: balancing, retries, admission, and each target
                      with its health state and counters
-    GET  /config/status  the config in force (path, SHA-256, when loaded)
-                     and the last reload's outcome (see ``bascule.configstatus``)
+    GET  /config/status  the config in force (path, SHA-256, when loaded),
+                     the last reload's outcome, and each worker's (see
+                     ``bascule.configstatus``)
     POST /reload     re-read the config file; 400 with the errors if invalid
                      (with several workers: validated here, then every
                      worker reloads on the SIGHUP the supervisor forwards)
@@ -229,5 +230,5 @@ class Admin:
         except ConfigError as e:
             self.config_status.rejected("POST /reload", e.lines)
             raise HTTPError(400, "The new config is invalid; the old one stays.", extra={"errors": e.lines}) from None
-        self.config_status.reloaded("POST /reload")
+        self.config_status.reloaded("POST /reload", config)
         return 200, {"reloaded": True}

@@ -89,7 +89,7 @@ async def serve(
     """
     config = load_config(path, available)
     gateway = Gateway(Runtime(config))
-    status = ConfigStatus()
+    status = ConfigStatus(config)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals, gateway, path, available, stop, status)
@@ -133,8 +133,9 @@ async def _signals(
                 stop.set()
             elif not stop.is_set():
                 try:
-                    await gateway.reload(load_config(path, available))
-                    status.reloaded("SIGHUP")
+                    config = load_config(path, available)
+                    await gateway.reload(config)
+                    status.reloaded("SIGHUP", config)
                     log.info("reloaded %s", path)
                 except ConfigError as e:
                     status.rejected("SIGHUP", e.lines)

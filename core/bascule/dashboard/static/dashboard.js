@@ -244,11 +244,13 @@
       ["sha256", status.sha256 ? status.sha256.slice(0, 12) : "—", status.sha256],
       ["loaded", ago(status.loaded_at), status.loaded_at],
       ["last reload", reload, r && r.errors.length ? r.errors.join("\n") : null],
+      ["workers", status.workers.length + (status.consistent ? "" : ", not all on this config"),
+        status.workers.map((w) => "pid " + w.pid + ": " + (w.sha256 || "").slice(0, 12) + ", loaded " + w.loaded_at).join("\n")],
       ["bascule", status.version, null],
     ];
     const children = [];
     for (const [k, v, title] of items) {
-      children.push(h("dt", null, k), h("dd", { title, class: k === "last reload" ? cls : null, "data-key": k }, v));
+      children.push(h("dt", null, k), h("dd", { title, class: k === "last reload" ? cls : k === "workers" && !status.consistent ? "bad" : null, "data-key": k }, v));
     }
     $("config").replaceChildren(...children);
     const errors = r && !r.ok ? r.errors : [];
