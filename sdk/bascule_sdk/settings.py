@@ -23,6 +23,7 @@ import base64
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -362,6 +363,11 @@ _REDACTED = "[secret]"
 _FRAGMENT = 8  # a run of this many characters of a secret is never shown
 
 
+@functools.cache
+def _hints(model: type) -> dict[str, Any]:
+    return typing.get_type_hints(model, include_extras=True)
+
+
 def masked(value: Any, tp: Any = None) -> Any:
     """A JSON-ready view of a settings instance (``tp``: the type of a field's value):
     a dataclass becomes a table of its settings (``init`` fields), and every value of
@@ -372,7 +378,7 @@ def masked(value: Any, tp: Any = None) -> Any:
     if (tp is not None and _is_secret(tp)) or isinstance(value, (BinarySecret, UnresolvedSecret)):
         return _REDACTED
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        hints = typing.get_type_hints(type(value), include_extras=True)
+        hints = _hints(type(value))
         return {
             f.name: masked(getattr(value, f.name, None), hints.get(f.name)) for f in dataclasses.fields(value) if f.init
         }

@@ -404,7 +404,7 @@
       legend: { live: false },
       axes: [
         { stroke: "#667", grid: { stroke: "#eef0f3" }, space: 70, values: (u, vals) => vals.map((v) => clock(new Date(v * 1000))) },
-        { stroke: "#667", grid: { stroke: "#eef0f3" }, size: 56, values: (u, vals) => vals.map((v) => +v.toFixed(2) + (unit ? " " + unit : "")) },
+        { stroke: "#667", grid: { stroke: "#eef0f3" }, size: 66, values: (u, vals) => vals.map((v) => +v.toFixed(2) + (unit ? " " + unit : "")) },
       ],
       series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 2, points: { show: false }, spanGaps: false,
         value: (u, v) => (v === null || v === undefined ? "—" : v.toFixed(2) + (unit ? " " + unit : "")) }))],
