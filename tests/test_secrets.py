@@ -374,7 +374,7 @@ async def test_a_running_gateway_never_shows_a_secret(nursery, tmp_path, monkeyp
             r = await client.get("/b")  # Redis unreachable: errors logged (the URL holds a password)
             seen.append(f"{r.status_code} {r.headers} {r.text}")
     async with httpx.AsyncClient(base_url=gw.admin_url) as client:
-        for path in ("/routes", "/plugins", "/upstreams", "/readyz", "/healthz"):
+        for path in ("/routes", "/plugins", "/upstreams", "/readyz", "/healthz", "/config/status"):
             r = await client.get(path, headers={"authorization": f"Bearer {admin}"})
             assert r.status_code == 200, path
             seen.append(f"{path} {r.headers} {r.text}")

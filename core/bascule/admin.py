@@ -5,14 +5,21 @@
                      services without an available target and the failing
                      background tasks (see ``readiness``)
     GET  /routes     each route: matcher, service, plugin pipeline in order
+                     with each instance's effective settings (secrets masked)
     GET  /plugins    installed plugins: name, version, distribution, hooks
     GET  /upstreams  services: balancing, retries, admission, and each target
                      with its health state and counters
+    GET  /config/status  the config in force (path, SHA-256, when loaded),
+                     the last reload's outcome, and each worker's (see
+                     ``bascule.configstatus``)
     POST /reload     re-read the config file; 400 with the errors if invalid
                      (with several workers: validated here, then every
                      worker reloads on the SIGHUP the supervisor forwards)
+    GET  /dashboard  the live dashboard page (``bascule.dashboard``)
 
-With ``admin_token`` set, every request needs ``Authorization: Bearer TOKEN``.
+With ``admin_token`` set, every request needs ``Authorization: Bearer TOKEN``,
+except the dashboard's static files (they hold no data; the page sends the
+token on its requests for the JSON pages).
 """
 
 from __future__ import annotations
@@ -22,23 +29,33 @@ import json
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bascule_sdk import Headers, HTTPError, Request, Response, TaskState
 from bascule_sdk.http import iterate
+from bascule_sdk.settings import masked
 
 from .asgi import accept_lifespan
 from .config import Config, ConfigError, load_config
+from .configstatus import ConfigStatus, iso
+from .dashboard import dashboard_page
 from .gateway import Gateway, Runtime
 from .registry import Available
 
 __all__ = ["Admin", "describe_plugins", "describe_routes", "readiness"]
 
 
+def _version() -> str:
+    from .server import _version
+
+    return _version()
+
+
 def describe_routes(config: Config) -> list[dict[str, Any]]:
-    """Each route with its matcher and its plugin pipeline, highest priority first."""
+    """Each route with its matcher and its plugin pipeline, highest priority first
+    (the order of ``on_request``), each instance with its effective settings, secrets
+    masked (``bascule_sdk.settings.masked``)."""
     return [
         {
             "name": r.name,
@@ -47,7 +64,16 @@ def describe_routes(config: Config) -> list[dict[str, Any]]:
             "methods": r.settings.methods or ["*"],
             "hosts": r.settings.hosts or ["*"],
             "service": r.settings.service,
-            "plugins": [{"instance": p.instance, "plugin": p.plugin.name, "priority": p.priority} for p in r.plugins],
+            "plugins": [
+                {
+                    "instance": p.instance,
+                    "plugin": p.plugin.name,
+                    "priority": p.priority,
+                    "global": p.instance in config.global_plugins,
+                    "settings": masked(p.settings),
+                }
+                for p in r.plugins
+            ],
         }
         for r in config.routes
     ]
@@ -87,7 +113,7 @@ def readiness(rt: Runtime, tasks: Sequence[TaskState]) -> tuple[int, dict[str, A
             "consecutive_failures": t.consecutive_failures,
             "failures": t.failures,
             "last_error": t.last_error,
-            "failing_since": _iso(t.failing_since),
+            "failing_since": iso(t.failing_since),
         }
         for t in tasks
         if t.failing
@@ -95,12 +121,6 @@ def readiness(rt: Runtime, tasks: Sequence[TaskState]) -> tuple[int, dict[str, A
     down = sorted(name for name, svc in rt.upstreams.services.items() if not svc.ready())
     body = {"status": "ready", "config": str(rt.config.path), "without_healthy_target": down, "degraded": degraded}
     return 200, body
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Admin:
@@ -113,11 +133,13 @@ class Admin:
         available: Mapping[str, Available],
         *,
         signal_supervisor: bool = False,
+        config_status: ConfigStatus | None = None,
     ) -> None:
         self.gateway = gateway
         self.path = path
         self.available = available
         self.signal_supervisor = signal_supervisor  # a worker: every worker must reload
+        self.config_status = config_status or ConfigStatus()  # shared with serve(), which reloads on SIGHUP
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -126,8 +148,12 @@ class Admin:
         if scope["type"] != "http":
             return
         try:
-            self._authorise(scope)
-            response = await self._plugin_page(scope, receive)
+            # The dashboard's static files hold no data: a browser loads them without the
+            # token, and the page sends it on each fetch of the JSON pages (bascule.dashboard).
+            response = dashboard_page(scope["method"], scope["path"])
+            if response is None:
+                self._authorise(scope)
+                response = await self._plugin_page(scope, receive)
             if response is None:
                 status, body = await self._route(scope)
         except HTTPError as e:
@@ -179,6 +205,7 @@ class Admin:
             "/routes": lambda: describe_routes(rt.config),
             "/plugins": lambda: describe_plugins(self.available),
             "/upstreams": lambda: {name: svc.describe() for name, svc in rt.upstreams.services.items()},
+            "/config/status": lambda: self.config_status.describe(rt.config, _version()),
         }
         if path == "/reload":
             if method != "POST":
@@ -197,9 +224,11 @@ class Admin:
             config = load_config(self.path, self.available)
             if self.signal_supervisor:
                 Runtime(config)  # plugins accept their settings: the workers will too
-                os.kill(os.getppid(), signal.SIGHUP)
+                os.kill(os.getppid(), signal.SIGHUP)  # each worker records its reload (serve's SIGHUP)
                 return 202, {"reloaded": True, "workers": "signalled"}
             await self.gateway.reload(config)
         except ConfigError as e:
+            self.config_status.rejected("POST /reload", e.lines)
             raise HTTPError(400, "The new config is invalid; the old one stays.", extra={"errors": e.lines}) from None
+        self.config_status.reloaded("POST /reload", config)
         return 200, {"reloaded": True}

@@ -16,6 +16,7 @@ Nothing here opens a socket: a config is valid or not before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import json
 import re
@@ -305,6 +306,8 @@ class Config:
     global_plugins: tuple[str, ...]
     #: Offline (``offline=True``): the checks skipped because they need a secret's value.
     unchecked: tuple[ConfigProblem, ...] = ()
+    #: SHA-256 of the file's bytes (``sha256sum FILE``), set by ``load_config``.
+    sha256: str = ""
 
 
 def load_config(path: str | Path, available: Mapping[str, Available], *, offline: bool = False) -> Config:
@@ -316,10 +319,15 @@ def load_config(path: str | Path, available: Mapping[str, Available], *, offline
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError.of([ConfigProblem(str(path), None, None, f"cannot read: {e.strerror}")]) from None
-    return parse_config(text, str(path), available, offline=offline)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError.of([ConfigProblem(str(path), None, None, f"not UTF-8 text (byte {e.start})")]) from None
+    config = parse_config(text, str(path), available, offline=offline)
+    return dataclasses.replace(config, sha256=hashlib.sha256(data).hexdigest())
 
 
 def parse_config(text: str, filename: str, available: Mapping[str, Available], *, offline: bool = False) -> Config:

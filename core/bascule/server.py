@@ -37,6 +37,7 @@ from hypercorn.config import Sockets
 from hypercorn.utils import LifespanFailureError, repr_socket_addr
 
 from .config import Config, ConfigError, GatewaySettings, load_config
+from .configstatus import ConfigStatus
 from .gateway import Gateway, Runtime
 from .registry import Available, discover
 from .worker import listen
@@ -88,9 +89,10 @@ async def serve(
     """
     config = load_config(path, available)
     gateway = Gateway(Runtime(config))
+    status = ConfigStatus(config)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signals, gateway, path, available, stop)
+        nursery.start_soon(_signals, gateway, path, available, stop, status)
         async with trio.open_nursery() as servers:
             binds = await servers.start(
                 partial(
@@ -104,7 +106,7 @@ async def serve(
             if admin and config.gateway.admin:
                 from .admin import Admin
 
-                admin_app = Admin(gateway, path, available, signal_supervisor=supervised)
+                admin_app = Admin(gateway, path, available, signal_supervisor=supervised, config_status=status)
                 binds += await servers.start(
                     partial(
                         listen,
@@ -120,7 +122,9 @@ async def serve(
         nursery.cancel_scope.cancel()  # drained: stop listening for signals
 
 
-async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, Available], stop: trio.Event) -> None:
+async def _signals(
+    gateway: Gateway, path: str | Path, available: Mapping[str, Available], stop: trio.Event, status: ConfigStatus
+) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if signum != signal.SIGHUP:
@@ -129,9 +133,12 @@ async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, A
                 stop.set()
             elif not stop.is_set():
                 try:
-                    await gateway.reload(load_config(path, available))
+                    config = load_config(path, available)
+                    await gateway.reload(config)
+                    status.reloaded("SIGHUP", config)
                     log.info("reloaded %s", path)
                 except ConfigError as e:
+                    status.rejected("SIGHUP", e.lines)
                     log.error("reload rejected, the old config stays:\n%s", e)
 
 

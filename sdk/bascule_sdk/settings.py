@@ -31,6 +31,8 @@ import contextvars
 import dataclasses
 import datetime
 import difflib
+import functools
+import math
 import os
 import re
 import types
@@ -51,6 +53,7 @@ __all__ = [
     "check",
     "describe",
     "did_you_mean",
+    "masked",
     "offline_secrets",
     "parse",
     "parse_byte_size",
@@ -450,6 +453,38 @@ def _strings(value: Any) -> Iterator[str]:
 
 _REDACTED = "[secret]"
 _FRAGMENT = 8  # a run of this many characters of a secret is never shown
+
+
+@functools.cache
+def _hints(model: type) -> dict[str, Any]:
+    return typing.get_type_hints(model, include_extras=True)
+
+
+def masked(value: Any, tp: Any = None) -> Any:
+    """A JSON-ready view of a settings instance (``tp``: the type of a field's value):
+    a dataclass becomes a table of its settings (``init`` fields), and every value of
+    a ``Secret``-typed field reads ``[secret]`` (``None`` while unset), in lists and
+    tables too. What admin pages show of a plugin's effective settings."""
+    if value is None:
+        return None
+    if (tp is not None and _is_secret(tp)) or isinstance(value, (BinarySecret, UnresolvedSecret)):
+        return _REDACTED
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        hints = _hints(type(value))
+        return {
+            f.name: masked(getattr(value, f.name, None), hints.get(f.name)) for f in dataclasses.fields(value) if f.init
+        }
+    if isinstance(value, Mapping):
+        return {str(k): masked(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [masked(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((masked(v) for v in value), key=str)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf or nan
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def _redact(message: str, secrets: list[str]) -> str:
