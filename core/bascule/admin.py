@@ -178,7 +178,7 @@ class Admin:
             "/healthz": lambda: {"status": "ok", "pid": os.getpid()},
             "/routes": lambda: describe_routes(rt.config),
             "/plugins": lambda: describe_plugins(self.available),
-            "/upstreams": lambda: {name: svc.describe() for name, svc in rt.upstreams.services.items()},
+            "/upstreams": self.gateway.describe_upstreams,
         }
         if path == "/reload":
             if method != "POST":
@@ -201,5 +201,7 @@ class Admin:
                 return 202, {"reloaded": True, "workers": "signalled"}
             await self.gateway.reload(config)
         except ConfigError as e:
+            self.gateway.reloaded(self.path, e)
             raise HTTPError(400, "The new config is invalid; the old one stays.", extra={"errors": e.lines}) from None
+        self.gateway.reloaded(self.path)
         return 200, {"reloaded": True}

@@ -130,9 +130,10 @@ async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, A
             elif not stop.is_set():
                 try:
                     await gateway.reload(load_config(path, available))
-                    log.info("reloaded %s", path)
                 except ConfigError as e:
-                    log.error("reload rejected, the old config stays:\n%s", e)
+                    gateway.reloaded(path, e)
+                else:
+                    gateway.reloaded(path)
 
 
 class StartupError(Exception):

@@ -32,6 +32,7 @@ FIELDS = {
     "client_ip",
     "consumer",
     "upstream",
+    "upstreams",
     "latency_ms",
     "upstream_latency_ms",
     "gateway_latency_ms",
@@ -190,6 +191,15 @@ async def test_proxied_request_is_logged_field_by_field(nursery):
     assert line["client_ip"] == "127.0.0.1"
     assert line["consumer"] == "alice"
     assert line["upstream"] == upstream.url
+    ((call,),) = [line["upstreams"]]
+    assert (call["service"], call["target"], call["attempt"], call["status"], call["error"]) == (
+        "users",
+        upstream.url,
+        0,
+        200,
+        None,
+    )
+    assert 0 <= call["latency_ms"] <= line["upstream_latency_ms"]
     assert 0 <= line["upstream_latency_ms"] <= line["latency_ms"]
     assert line["gateway_latency_ms"] == pytest.approx(line["latency_ms"] - line["upstream_latency_ms"], abs=0.002)
     assert (line["cache"], line["rate_limit"], line["error"]) == ("MISS", "allowed", None)
@@ -499,5 +509,8 @@ async def test_request_aggregated_by_the_aggregate_plugin_is_logged(nursery):
     assert hops[0][2] != hops[1][2] and line["span_id"] in {hops[0][2], hops[1][2]}
     assert (line["route"], line["status"], line["error"]) == ("agg", 200, None)
     assert line["upstream"] in {a.url, b.url}
+    calls = sorted(line["upstreams"], key=lambda c: c["service"])
+    assert [(c["service"], c["target"], c["status"]) for c in calls] == [("a", a.url, 200), ("b", b.url, 200)]
+    assert all(0 <= c["latency_ms"] <= line["latency_ms"] for c in calls)
     assert line["upstream_latency_ms"] is not None and line["bytes_out"] == len(r.content)
     assert line["request_id"] == r.headers["x-request-id"] == a.requests[0].header("x-request-id")
