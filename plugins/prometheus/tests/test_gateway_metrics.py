@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from bascule.testing import Received, start_gateway, start_upstream
+from bascule.testing import Received, eventually, start_gateway, start_upstream
 from bascule_prometheus.metrics import metrics
 from bascule_sdk import Consumer, Context, Plugin, Response, hookimpl
 from prometheus_client.parser import text_string_to_metric_families
@@ -107,8 +107,7 @@ async def test_upstream_retries_ejections_budget_and_admission(nursery):
 
         async with trio.open_nursery() as holding:
             holding.start_soon(hold)
-            while not slow.requests:
-                await trio.sleep(0.01)
+            await eventually(lambda: bool(slow.requests))
             statuses.append((await client.get("/tight/refused")).status_code)  # no slot, no queue
             release.set()
     assert sorted(statuses) == [200, 200, 200, 200, 503, 503]
