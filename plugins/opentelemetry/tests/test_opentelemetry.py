@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import httpx
 import pytest
 import trio
 import trio.lowlevel
@@ -263,3 +264,50 @@ async def test_invalid_settings_are_rejected(nursery, setting, message):
     with pytest.raises(ConfigError) as e:
         await start_gateway(nursery, f"[plugins.opentelemetry]\n{setting}\n[[routes]]\nname='r'\npaths=['/r']\n")
     assert message in str(e.value)
+
+
+async def test_a_plugin_speaks_to_traces_logs_and_metrics(nursery, collector, tmp_path):
+    """The rate-limit plugin as the model: its Redis round trip is a span (ctx.phase), the quota
+    left an access-log field (ctx.log_fields), a violated policy a counter (ctx.count)."""
+    pytest.importorskip("bascule_ratelimit")
+    from bascule.testing import RedisServer
+
+    upstream = await start_upstream(nursery)
+    log_file = tmp_path / "access.log"
+    with RedisServer() as redis:
+        gw = await start_gateway(
+            nursery,
+            otel(collector.endpoint)
+            + f"""
+            [plugins.logging]
+            output = "{log_file}"
+            [plugins.prometheus]
+            [services.api]
+            targets = ["{upstream.url}"]
+            [[routes]]
+            name = "limited"
+            paths = ["/limited"]
+            service = "api"
+            [routes.plugins.rate-limit]
+            backend = "redis"
+            redis_url = "{redis.url}"
+            limit = 1
+            window = "1h"
+            """,
+            admin=True,
+        )
+        async with gw.client() as client:
+            assert (await client.get("/limited")).status_code == 200
+            assert (await client.get("/limited")).status_code == 429
+        async with httpx.AsyncClient(base_url=gw.admin_url) as admin:
+            metrics = (await admin.get("/metrics")).text
+    await eventually(lambda: len([s for s in collector.spans if s.name == "redis"]) == 2)
+    for span in [s for s in collector.spans if s.name == "redis"]:
+        (server,) = [s for s in collector.trace(span.trace_id) if s.kind == "server"]
+        assert span.parent_id == server.span_id and span.kind == "internal"
+        assert span.attributes == {"bascule.plugin": "rate-limit", "db.system": "redis"}
+        assert server.start <= span.start <= span.end <= server.end
+    await eventually(lambda: log_file.exists() and log_file.read_text().count("\n") == 2)
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [(line["status"], line["rate_limit_remaining"]) for line in lines] == [(200, 0), (429, 0)]
+    assert 'bascule_plugin_rate_limit_violations_total{policy="1-per-1h",route="limited"} 1.0' in metrics
