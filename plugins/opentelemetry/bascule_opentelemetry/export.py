@@ -3,9 +3,12 @@
 Spans of finished requests go into the ``BatchSpanProcessor``'s bounded queue
 (O(1), never blocks); its own thread sends them to the collector in batches.
 A collector that is down or slow only fills that queue (new spans are dropped
-when it is full): the request path never waits for it. A failing collector is
-logged once when exports start failing and once when they succeed again, not
-per batch (the exporter's own per-batch messages are silenced).
+when it is full): the request path never waits for it. While it fails, one
+export is tried per ``retry_interval`` and the batches in between are dropped
+unencoded, so a dead collector does not cost the encoding of every span
+either. A failing collector is logged once when exports start failing and once
+when they succeed again, not per batch (the exporter's own per-batch messages
+are silenced).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
@@ -49,19 +53,28 @@ class PresetIds(RandomIdGenerator):
 
 
 class ReportingExporter(SpanExporter):
-    """Wraps an exporter to log once when exports start failing and once when they recover.
+    """Wraps an exporter: logs once when exports start failing and once when they
+    recover; while failing, tries one export per ``retry_interval`` seconds and
+    drops the batches in between without sending (or encoding) them.
 
-    ``failures`` counts failed exports (batches); ``exported`` spans sent.
+    ``failures`` counts failed exports (batches), ``exported`` spans sent,
+    ``dropped`` spans dropped unsent while failing.
     """
 
-    def __init__(self, exporter: SpanExporter, endpoint: str) -> None:
+    def __init__(self, exporter: SpanExporter, endpoint: str, retry_interval: float) -> None:
         self.exporter = exporter
         self.endpoint = endpoint
+        self.retry_interval = retry_interval
         self.failing = False
         self.failures = 0
         self.exported = 0
+        self.dropped = 0
+        self._failed_at = 0.0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.failing and time.monotonic() - self._failed_at < self.retry_interval:
+            self.dropped += len(spans)
+            return SpanExportResult.FAILURE
         try:
             result = self.exporter.export(spans)
         except Exception as e:  # an exporter bug must not end the export thread
@@ -74,6 +87,7 @@ class ReportingExporter(SpanExporter):
                 log.info("traces: the collector at %s accepts spans again", self.endpoint)
         else:
             self.failures += 1
+            self._failed_at = time.monotonic()
             if not self.failing:
                 self.failing = True
                 log.warning(
@@ -105,7 +119,9 @@ def make_provider(settings: OpenTelemetrySettings) -> tuple[TracerProvider, Pres
         shutdown_on_exit=True,  # spans still queued are sent at exit
     )
     exporter = ReportingExporter(
-        OTLPSpanExporter(endpoint=settings.endpoint, timeout=settings.export_timeout), settings.endpoint
+        OTLPSpanExporter(endpoint=settings.endpoint, timeout=settings.export_timeout),
+        settings.endpoint,
+        settings.retry_interval,
     )
     provider.add_span_processor(
         BatchSpanProcessor(

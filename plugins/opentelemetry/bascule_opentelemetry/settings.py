@@ -24,6 +24,9 @@ class OpenTelemetrySettings:
         True, "Continue a valid incoming traceparent; false: every request starts its own trace (untrusted clients)."
     )
     export_timeout: Duration = setting(10.0, "How long one export (a batch) may take, retries included.")
+    retry_interval: Duration = setting(
+        5.0, "While the collector fails, how often an export is tried; spans in between are dropped unsent."
+    )
     schedule_delay: Duration = setting(5.0, "Longest wait before queued spans are exported.")
     max_queue_size: int = setting(2048, "Spans queued for export; when full, new spans are dropped.")
     max_export_batch_size: int = setting(512, "Spans sent in one export request.")
@@ -38,5 +41,7 @@ class OpenTelemetrySettings:
             raise ValueError("max_queue_size: must be at least 1")
         if not 1 <= self.max_export_batch_size <= self.max_queue_size:
             raise ValueError("max_export_batch_size: must be between 1 and max_queue_size")
+        if self.retry_interval <= 0:
+            raise ValueError("retry_interval: must be positive")
         if not self.service_name:
             raise ValueError("service_name: must not be empty")

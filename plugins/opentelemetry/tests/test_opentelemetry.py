@@ -227,7 +227,7 @@ async def test_a_stopped_collector_costs_requests_nothing_and_is_logged_once(nur
     collector.upstream.stop.set()  # the collector is down: its port refuses connections
     gw = await start_gateway(
         nursery,
-        otel(endpoint, 'export_timeout = "200ms"')
+        otel(endpoint, 'export_timeout = "200ms"\nretry_interval = "50ms"')
         + f"""
         [services.api]
         targets = ["{upstream.url}"]
