@@ -192,7 +192,7 @@ class Context:
     def count(self, metric: str, **labels: str) -> None:
         """Count one event of ``metric`` for this request, with ``labels``.
 
-        The prometheus plugin exports it as the counter ``bascule_<metric>_total``
+        The prometheus plugin exports it as the counter ``bascule_plugin_<metric>_total``
         with a ``route`` label and ``labels``. Keep label values to a small fixed
         set: the plugin caps the series of each metric (``max_plugin_series``)
         and counts the overflow under the value ``"other"``. ``metric``: lower
