@@ -195,11 +195,15 @@ class Context:
         The prometheus plugin exports it as the counter ``bascule_plugin_<metric>_total``
         with a ``route`` label and ``labels``. Keep label values to a small fixed
         set: the plugin caps the series of each metric (``max_plugin_series``)
-        and counts the overflow under the value ``"other"``. ``metric``: lower
-        case letters, digits and ``_``; always the same label names.
+        and counts the overflow under the value ``"other"``. ``metric`` and the
+        label names: lower-case letters, digits and ``_`` (``ValueError``
+        otherwise; ``route`` is the gateway's); always the same label names.
         """
         if not _METRIC_NAME.match(metric):
             raise ValueError(f"metric name {metric!r}: use lower-case letters, digits and _")
+        for name in labels:
+            if not _METRIC_NAME.match(name) or name == "route":
+                raise ValueError(f"label {name!r} of {metric!r}: use lower-case letters, digits and _, not 'route'")
         self.counts.append((metric, tuple(sorted((k, str(v)) for k, v in labels.items()))))
 
     async def forward(self, request: Request, service: str | None = None) -> Response:

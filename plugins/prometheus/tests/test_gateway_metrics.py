@@ -8,10 +8,11 @@ import textwrap
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from bascule.testing import Received, eventually, start_gateway, start_upstream
 from bascule_prometheus.metrics import metrics
-from bascule_sdk import Consumer, Context, Plugin, Response, hookimpl
+from bascule_sdk import Consumer, Context, Headers, Plugin, Request, Response, RouteInfo, hookimpl
 from prometheus_client.parser import text_string_to_metric_families
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -238,3 +239,13 @@ async def test_documented_metrics_are_exactly_the_served_ones(nursery):
     # Families are named without the counter's _total; the table names the series as PromQL sees them.
     documented = {re.sub(r"_total$", "", n) for n in documented_metrics()}
     assert documented == served
+
+
+@pytest.mark.parametrize(
+    ("metric", "labels"), [("Bad-Name", {}), ("ok", {"route": "x"}), ("ok", {"Bad": "x"}), ("", {})]
+)
+def test_ctx_count_refuses_names_that_cannot_be_series(metric, labels):
+    ctx = Context(Request("GET", "/", "", Headers(), b""), request_id="r", route=RouteInfo("r", None))
+    with pytest.raises(ValueError, match="lower-case letters"):
+        ctx.count(metric, **labels)
+    assert ctx.counts == []
