@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 import httpx
 import pytest
@@ -324,6 +326,15 @@ async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
             # The standard process metrics of each live worker, told apart by pid.
             pids = {dict(labels)["pid"] for (name, labels) in samples if name == "process_resident_memory_bytes"}
             assert len(pids) == 2
+            # The upstream state each worker mirrors: both see the target healthy, none ejected.
+            target = {"service": "api", "target": upstream.url}
+            samples = await scrape_until(
+                scraper, lambda s: value(s, "bascule_upstream_target_state", **target, state="healthy") == 2
+            )
+            assert value(samples, "bascule_upstream_target_state", **target, state="ejected") == 0
+            assert (
+                value(samples, "bascule_build_info", version=version("bascule"), python=platform.python_version()) == 1
+            )
 
 
 async def test_contained_connection_errors_are_counted(nursery):
