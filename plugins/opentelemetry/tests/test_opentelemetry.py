@@ -313,3 +313,16 @@ async def test_a_plugin_speaks_to_traces_logs_and_metrics(nursery, collector, tm
     await eventually(lambda: log_file.exists() and log_file.read_text().count("\n") == 2)
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert [(line["status"], line["rate_limit_remaining"]) for line in lines] == [(200, 0), (429, 0)]
+
+
+def test_readme_lists_every_setting():
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from bascule_opentelemetry import OpenTelemetrySettings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("\n## Settings\n", 1)[1]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.M)
+    assert listed == [f.name for f in dataclasses.fields(OpenTelemetrySettings)]

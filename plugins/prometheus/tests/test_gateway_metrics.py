@@ -249,3 +249,13 @@ def test_ctx_count_refuses_names_that_cannot_be_series(metric, labels):
     with pytest.raises(ValueError, match="lower-case letters"):
         ctx.count(metric, **labels)
     assert ctx.counts == []
+
+
+def test_readme_lists_every_setting():
+    import dataclasses
+
+    from bascule_prometheus import PrometheusSettings
+
+    table = README.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.M)
+    assert listed == [f.name for f in dataclasses.fields(PrometheusSettings)]
