@@ -326,3 +326,50 @@ def test_readme_lists_every_setting():
     table = readme.split("\n## Settings\n", 1)[1]
     listed = re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.M)
     assert listed == [f.name for f in dataclasses.fields(OpenTelemetrySettings)]
+
+
+async def test_a_key_set_fetched_during_a_request_is_a_span(nursery, collector):
+    """The jwt plugin refetches its JWKS for an unknown kid inside the request: a "jwks fetch" span."""
+    pytest.importorskip("bascule_jwt")
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    key_set: dict[str, list[dict]] = {"keys": [{**public, "kid": "old", "alg": "RS256"}]}
+
+    async def jwks(request: Received) -> Response:
+        return Response.json(key_set)
+
+    idp = await start_upstream(nursery, jwks)
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(
+        nursery,
+        otel(collector.endpoint)
+        + f"""
+        [services.api]
+        targets = ["{upstream.url}"]
+        [[routes]]
+        name = "api"
+        paths = ["/api"]
+        service = "api"
+        [routes.plugins.jwt]
+        jwks = [{{ url = "{idp.url}/jwks" }}]
+        jwks_refetch_interval = "0s"
+        """,
+    )
+    key_set["keys"] = [{**public, "kid": "new", "alg": "RS256"}]  # the identity provider rotates
+    now = int(time.time())
+    token = jwt.encode({"sub": "alice", "iat": now, "exp": now + 60}, key, algorithm="RS256", headers={"kid": "new"})
+    async with gw.client() as client:
+        r = await client.get("/api/x", headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    assert len(idp.requests) == 2  # at start-up, and for the unknown kid
+    trace_id = sent_span(upstream.requests[0])[0]
+    await eventually(lambda: len(collector.trace(trace_id)) == 3)
+    spans = {s.kind: s for s in collector.trace(trace_id)}
+    fetch, server = spans["internal"], spans["server"]
+    assert (fetch.name, fetch.parent_id, fetch.attributes) == ("jwks fetch", server.span_id, {"bascule.plugin": "jwt"})
+    assert server.start <= fetch.start <= fetch.end <= spans["client"].start
