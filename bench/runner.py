@@ -569,6 +569,19 @@ def plugin_cases(b: Bench) -> list[GatewayCase]:
         ),
         one("logging", "(6) logging (JSON lines to a file)", ("logging",), {"logging": logging_settings}),
         one("prometheus", "(6) metrics (prometheus)", ("prometheus",), {"prometheus": {}}),
+        # The upstream nginx stands in for a collector that accepts every export (200), on core 0.
+        one(
+            "otel-collector-up",
+            "(6) opentelemetry, every request traced, collector up",
+            ("opentelemetry",),
+            {"opentelemetry": {"endpoint": f"{up}/v1/traces"}},
+        ),
+        one(
+            "otel-collector-down",
+            "(6) opentelemetry, every request traced, collector down",
+            ("opentelemetry",),
+            {"opentelemetry": {"endpoint": "http://127.0.0.1:9/v1/traces", "export_timeout": "1s"}},
+        ),
         one(
             "full",
             "(6) full default stack: jwt + rate-limit Redis + logging + metrics",

@@ -204,7 +204,7 @@ class Admin:
             "/healthz": lambda: {"status": "ok", "pid": os.getpid()},
             "/routes": lambda: describe_routes(rt.config),
             "/plugins": lambda: describe_plugins(self.available),
-            "/upstreams": lambda: {name: svc.describe() for name, svc in rt.upstreams.services.items()},
+            "/upstreams": self.gateway.describe_upstreams,
             "/config/status": lambda: self.config_status.describe(rt.config, _version()),
         }
         if path == "/reload":
@@ -229,6 +229,8 @@ class Admin:
             await self.gateway.reload(config)
         except ConfigError as e:
             self.config_status.rejected("POST /reload", e.lines)
+            self.gateway.reloaded(self.path, e)
             raise HTTPError(400, "The new config is invalid; the old one stays.", extra={"errors": e.lines}) from None
         self.config_status.reloaded("POST /reload", config)
+        self.gateway.reloaded(self.path)
         return 200, {"reloaded": True}

@@ -159,7 +159,7 @@ class Runtime:
         when it is started for a reload, before it is swapped in."""
 
         def view(plugin: Plugin) -> PluginGateway:
-            return PluginGateway(self.config.consumers, gateway.shared, plugin.instance, gateway.supervisor)
+            return PluginGateway(self.config.consumers, gateway.shared, plugin.instance, gateway.supervisor, gateway)
 
         await self.plugins.startup(view)
         self.upstreams.start(gateway.start_soon)  # active health checks; kept services go on
@@ -193,6 +193,7 @@ class PluginGateway:
     shared: dict[str, Any]
     plugin: str
     supervisor: Supervisor
+    gateway: Gateway
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
         self.supervisor.start_soon(fn, *args, name=name, plugin=self.plugin)
@@ -202,6 +203,12 @@ class PluginGateway:
 
     def connection_errors(self) -> int:
         return contained_errors()
+
+    def upstreams(self) -> Mapping[str, Mapping[str, Any]]:
+        return self.gateway.describe_upstreams()
+
+    def reloads(self) -> Mapping[str, int]:
+        return self.gateway.reload_results
 
 
 class Gateway:
@@ -215,7 +222,12 @@ class Gateway:
         self.runtime = runtime
         self.shared: dict[str, Any] = {}  # plugins' state that outlives a config
         self.supervisor = Supervisor(backoff)
+        self.reload_results = {"success": 0, "failure": 0}  # counted by whoever reloads (SIGHUP, admin)
         self._date = (0, b"")
+
+    def describe_upstreams(self) -> dict[str, Any]:
+        """The admin listener's ``/upstreams`` document: each service of the current config."""
+        return {name: svc.describe() for name, svc in self.runtime.upstreams.services.items()}
 
     async def reload(self, config: Config) -> None:
         """Compile and start ``config``, then swap it in atomically.
@@ -234,6 +246,15 @@ class Gateway:
             raise ConfigError([f"{config.path}: a plugin failed to start: {e}"]) from e
         old, self.runtime = self.runtime, new
         self.start_soon(self._retire, old, new)
+
+    def reloaded(self, path: object, error: ConfigError | None = None) -> None:
+        """Log and count a reload of ``path`` that succeeded, or was refused with ``error``."""
+        if error is None:
+            self.reload_results["success"] += 1
+            log.info("reloaded %s", path)
+        else:
+            self.reload_results["failure"] += 1
+            log.error("reload rejected, the old config stays:\n%s", error)
 
     async def _retire(self, old: Runtime, new: Runtime) -> None:
         """Close ``old`` once its requests are done. Supervised, so restarted

@@ -58,6 +58,7 @@ KNOWN_PACKAGES = {
     "prometheus": "bascule-prometheus",
     "cors": "bascule-cors",
     "request-transformer": "bascule-request-transformer",
+    "opentelemetry": "bascule-opentelemetry",
 }
 
 log = logging.getLogger("bascule")

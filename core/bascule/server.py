@@ -135,11 +135,12 @@ async def _signals(
                 try:
                     config = load_config(path, available)
                     await gateway.reload(config)
-                    status.reloaded("SIGHUP", config)
-                    log.info("reloaded %s", path)
                 except ConfigError as e:
                     status.rejected("SIGHUP", e.lines)
-                    log.error("reload rejected, the old config stays:\n%s", e)
+                    gateway.reloaded(path, e)
+                else:
+                    status.reloaded("SIGHUP", config)
+                    gateway.reloaded(path)
 
 
 class StartupError(Exception):

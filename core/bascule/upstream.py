@@ -39,7 +39,8 @@ from urllib.parse import urlsplit
 
 import httpcore
 import trio
-from bascule_sdk import Context, Headers, HTTPError, Request, Response
+from bascule_sdk import Context, Headers, HTTPError, Request, Response, UpstreamCall
+from bascule_sdk.tracecontext import new_span_id
 
 from .admission import Admission
 from .balancing import make_balancer
@@ -401,36 +402,44 @@ class Service:
             tried.append(pool)
             health = pool.health
             health.begin(now)
+            call = self._record(request, ctx, pool, settings.retries - retries)
             response: Response | None = None
             try:
                 with trio.fail_after(settings.timeout):
                     response = await pool.send(request, self.buffer_size, informational)
             except (httpcore.ConnectError, OSError) as e:
                 log.warning("service %s: cannot connect to %s: %s", self.name, pool.url, e)
+                _end(call, error="connect")
                 health.failed_once(trio.current_time())
                 error = HTTPError(502, f"The service {self.name!r} is unreachable.")
                 retry = True  # nothing was sent
             except httpcore.ConnectTimeout:
                 log.warning("service %s: connecting to %s timed out", self.name, pool.url)
+                _end(call, error="timeout")
                 health.failed_once(trio.current_time())
                 error = HTTPError(504, f"The service {self.name!r} did not answer in time.")
                 retry = True  # nothing was sent
             except PoolFull:
+                _end(call, error="busy")
                 health.abandoned()
                 raise HTTPError(503, f"The service {self.name!r} is busy.", {"retry-after": "1"}) from None
             except (trio.TooSlowError, httpcore.TimeoutException):
+                _end(call, error="timeout")
                 health.failed_once(trio.current_time())
                 raise HTTPError(504, f"The service {self.name!r} did not answer in time.") from None
             except (httpcore.ProtocolError, httpcore.NetworkError) as e:
                 log.warning("service %s: %s failed: %r", self.name, pool.url, e)
+                _end(call, error="protocol")
                 health.failed_once(trio.current_time())
                 error = HTTPError(502, f"The service {self.name!r} sent an invalid response.")
                 retry = repeatable
             except BaseException:
+                _end(call, error="cancelled")
                 health.abandoned()
                 raise
             else:
                 status = response.status
+                _end(call, status=status)
                 if status in self._fail_on:
                     health.failed_once(trio.current_time())
                 else:
@@ -448,6 +457,22 @@ class Service:
             if response is None:
                 raise error
             return response, pool, time.perf_counter() - start
+
+    def _record(self, request: Request, ctx: Context | None, pool: Pool, attempt: int) -> UpstreamCall | None:
+        """Record the attempt in ``ctx.upstream_calls``; with ``ctx.trace``, send a
+        ``traceparent`` naming the attempt's own span (every retry is a new span)."""
+        if ctx is None:
+            return None
+        call = UpstreamCall(self.name, pool.url, request.method, request.path, attempt, time.perf_counter())
+        ctx.upstream_calls.append(call)
+        if (trace := ctx.trace) is not None:
+            call.span_id = new_span_id()
+            request.headers.set("traceparent", trace.traceparent(call.span_id))
+            if trace.tracestate:
+                request.headers.set("tracestate", trace.tracestate)
+            else:
+                request.headers.remove("tracestate")
+        return call
 
     def _pick(self, now: float, key: str | None, tried: Collection[Pool]) -> Pool | None:
         panic = self.health.panic
@@ -537,6 +562,11 @@ class Service:
             self._checks.cancel()
         for pool in self.pools:
             await pool.aclose()
+
+
+def _end(call: UpstreamCall | None, status: int | None = None, error: str | None = None) -> None:
+    if call is not None:
+        call.end(status, error)
 
 
 def _then(close: Callable[[], Awaitable[None]], after: Callable[[], None]) -> Callable[[], Awaitable[None]]:

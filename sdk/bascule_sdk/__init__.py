@@ -5,7 +5,7 @@
 See ``hookspecs`` for the phases and ``settings`` for settings models.
 """
 
-from .context import Consumer, Context, Gateway, RouteInfo, TaskState
+from .context import Consumer, Context, Gateway, Phase, RouteInfo, TaskState, UpstreamCall
 from .hookspecs import hookimpl, hookspec
 from .http import Headers, HTTPError, Request, Response
 from .plugin import NoSettings, Plugin
@@ -20,6 +20,7 @@ __all__ = [
     "HTTPError",
     "Headers",
     "NoSettings",
+    "Phase",
     "Plugin",
     "Request",
     "Response",
@@ -27,6 +28,7 @@ __all__ = [
     "Secret",
     "SettingsError",
     "TaskState",
+    "UpstreamCall",
     "hookimpl",
     "hookspec",
     "secret_bytes",

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .http import Request, Response
+from .tracecontext import Trace
 
-__all__ = ["Consumer", "Context", "Gateway", "RouteInfo", "TaskState"]
+__all__ = ["Consumer", "Context", "Gateway", "Phase", "RouteInfo", "TaskState", "UpstreamCall"]
+
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,51 @@ class RouteInfo:
     plugins: tuple[str, ...] = ()
 
 
+@dataclass(slots=True)
+class UpstreamCall:
+    """One attempt to send a request to a target, recorded by the gateway in ``ctx.upstream_calls``.
+
+    One per attempt: a proxied request makes one, an aggregated one one per
+    backend, and every retry one more (``attempt`` 0 is the first try).
+    ``started`` is ``time.perf_counter()`` when the attempt began; ``seconds``
+    runs until the response head arrived or the attempt failed (``None`` while
+    in flight). It ends with a ``status`` or an ``error``: ``"connect"``
+    (refused or unreachable), ``"timeout"``, ``"protocol"`` (broken answer),
+    ``"busy"`` (no free connection), ``"cancelled"``. ``span_id`` is the span
+    the gateway named in the ``traceparent`` it sent (``None`` without
+    ``ctx.trace``).
+    """
+
+    service: str
+    target: str
+    method: str
+    path: str
+    attempt: int
+    started: float
+    span_id: str | None = None
+    seconds: float | None = None
+    status: int | None = None
+    error: str | None = None
+
+    def end(self, status: int | None = None, error: str | None = None) -> None:
+        """Record how the attempt ended (the gateway calls it)."""
+        self.seconds = time.perf_counter() - self.started
+        self.status = status
+        self.error = error
+
+
+@dataclass(slots=True)
+class Phase:
+    """A timed piece of a plugin's work for one request, recorded with ``ctx.phase``."""
+
+    name: str
+    plugin: str
+    started: float
+    seconds: float | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
 Forwarder = Callable[["Context", Request, "str | None"], Awaitable[Response]]
 
 
@@ -49,8 +100,16 @@ class Context:
     Set by plugins: ``consumer`` (auth), ``state`` (anything, keyed by your
     plugin's name), ``tags`` (short facts for logs and metrics, e.g.
     ``tags["cache"] = "HIT"``).
-    Set by the upstream client: ``upstream`` (the target URL last called) and
-    ``upstream_seconds``. ``error`` holds the text of a gateway-made error.
+    Set by the upstream client: ``upstream`` (the target URL last called),
+    ``upstream_seconds`` and ``upstream_calls`` (every attempt, an
+    ``UpstreamCall`` each). ``error`` holds the text of a gateway-made error.
+    ``trace``: the request's W3C trace (``bascule_sdk.tracecontext``), set in
+    ``on_request`` by the first plugin that handles trace context; when set,
+    each upstream call is sent a ``traceparent`` naming its own span.
+
+    Observability for plugins: ``log_fields`` (fields added to the access-log
+    line), ``phase(...)`` (time a piece of work: a span in traces) and
+    ``count(...)`` (a bounded counter in ``/metrics``).
     Set by the core after sending: ``bytes_sent`` (response body bytes the
     client was sent; ``on_log`` reads it).
     """
@@ -70,6 +129,11 @@ class Context:
         "upstream_seconds",
         "error",
         "bytes_sent",
+        "trace",
+        "upstream_calls",
+        "log_fields",
+        "phases",
+        "counts",
         "_forward",
     )
 
@@ -99,7 +163,48 @@ class Context:
         self.upstream_seconds: float | None = None
         self.error: str | None = None
         self.bytes_sent: int | None = None
+        self.trace: Trace | None = None
+        self.upstream_calls: list[UpstreamCall] = []
+        self.log_fields: dict[str, Any] = {}
+        self.phases: list[Phase] = []
+        self.counts: list[tuple[str, tuple[tuple[str, str], ...]]] = []
         self._forward = forward
+
+    @contextmanager
+    def phase(self, name: str, plugin: str, **attributes: Any) -> Iterator[Phase]:
+        """Time the work in the ``with`` block as a phase of this request.
+
+        ``with ctx.phase("redis", self.instance, command="EVALSHA"):`` records a
+        ``Phase`` in ``ctx.phases`` (its ``error`` is the exception's type name if
+        the block raised; the exception propagates). The opentelemetry plugin
+        exports each phase as a child span of the request's span.
+        """
+        record = Phase(name, plugin, time.perf_counter(), attributes=attributes)
+        self.phases.append(record)
+        try:
+            yield record
+        except BaseException as e:
+            record.error = type(e).__name__
+            raise
+        finally:
+            record.seconds = time.perf_counter() - record.started
+
+    def count(self, metric: str, **labels: str) -> None:
+        """Count one event of ``metric`` for this request, with ``labels``.
+
+        The prometheus plugin exports it as the counter ``bascule_plugin_<metric>_total``
+        with a ``route`` label and ``labels``. Keep label values to a small fixed
+        set: the plugin caps the series of each metric (``max_plugin_series``)
+        and counts the overflow under the value ``"other"``. ``metric`` and the
+        label names: lower-case letters, digits and ``_`` (``ValueError``
+        otherwise; ``route`` is the gateway's); always the same label names.
+        """
+        if not _METRIC_NAME.match(metric):
+            raise ValueError(f"metric name {metric!r}: use lower-case letters, digits and _")
+        for name in labels:
+            if not _METRIC_NAME.match(name) or name == "route":
+                raise ValueError(f"label {name!r} of {metric!r}: use lower-case letters, digits and _, not 'route'")
+        self.counts.append((metric, tuple(sorted((k, str(v)) for k, v in labels.items()))))
 
     async def forward(self, request: Request, service: str | None = None) -> Response:
         """Send ``request`` to ``service`` (default: the route's) and return its response.
@@ -173,4 +278,20 @@ class Gateway(Protocol):
         Each was logged ("connection error from PEER") and ended that connection
         only; a rising count is a bug to report, never an outage.
         """
+        ...
+
+    def upstreams(self) -> Mapping[str, Mapping[str, Any]]:
+        """The services of the running config as this process sees them, by name.
+
+        The document of the admin listener's ``/upstreams``: per service
+        ``retries``, ``retries_refused`` (retry budget exhausted), ``refused``
+        (admission), ``queued``, ``in_flight``, ``panic``, and per target
+        ``url``, ``state`` (healthy, ejected, half-open, unhealthy),
+        ``ejections``, ``requests``, ``failures``. Counters count since the
+        service was created (a reload keeps an unchanged service).
+        """
+        ...
+
+    def reloads(self) -> Mapping[str, int]:
+        """Config reloads this process attempted, by result: ``{"success": n, "failure": m}``."""
         ...

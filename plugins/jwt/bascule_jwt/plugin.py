@@ -84,7 +84,7 @@ class JWTPlugin(Plugin[JWTSettings]):
         if len(token) > s.max_token_size:
             raise self._invalid(f"The token is longer than {s.max_token_size} bytes.")
         try:
-            verified = await self.verifier.verify(token)
+            verified = await self.verifier.verify(token, lambda: ctx.phase("jwks fetch", self.instance))
         except TokenError as e:
             raise self._invalid(str(e)) from None
         if verified.consumer is None:

@@ -6,7 +6,8 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from jwt.types import Options
 
 __all__ = ["TokenError", "Verified", "Verifier"]
+
+Timed = Callable[[], AbstractContextManager[Any]]  # wraps timed work: ctx.phase(...), or nothing
 
 _JWS_COMPACT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
@@ -109,8 +112,11 @@ class Verifier:
         if self._client is not None:
             await self._client.aclose()
 
-    async def verify(self, token: str) -> Verified:
-        """The ``Verified`` for ``token``, from the cache when seen before; else ``TokenError``."""
+    async def verify(self, token: str, timed: Timed = nullcontext) -> Verified:
+        """The ``Verified`` for ``token``, from the cache when seen before; else ``TokenError``.
+
+        ``timed()`` wraps a key-set refetch the token triggers (``ctx.phase``: a span in traces).
+        """
         now = time.time()
         key = hashlib.sha256(token.encode("utf-8", "replace")).digest()
         if self._cache is not None:
@@ -120,12 +126,12 @@ class Verifier:
                     return hit
                 self._cache.pop(key, None)
                 raise TokenError("The token has expired.")
-        verified = await self._verify(token, now)
+        verified = await self._verify(token, now, timed)
         if self._cache is not None:
             self._cache[key] = verified
         return verified
 
-    async def _verify(self, token: str, now: float) -> Verified:
+    async def _verify(self, token: str, now: float, timed: Timed) -> Verified:
         if not _JWS_COMPACT.match(token):  # only well-formed (ASCII) tokens are ever cached
             raise TokenError("The token is malformed.")
         try:
@@ -142,7 +148,8 @@ class Verifier:
             raise TokenError("The token's issuer is not accepted.")
         keys = self._candidates(alg, kid, iss)
         if not keys and kid is not None and self.sources:
-            await self._refetch(alg, iss)
+            with timed():
+                await self._refetch(alg, iss)
             keys = self._candidates(alg, kid, iss)
         if not keys:
             raise TokenError("No known key can verify the token.")

@@ -1,4 +1,4 @@
-"""The ``logging`` plugin: a JSON access log and W3C trace-context propagation."""
+"""The ``logging`` plugin: a JSON access log, W3C trace context, a JSON operational log."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import random
 import time
 from collections.abc import Callable
 
-from bascule_sdk import Context, Gateway, Plugin, Request, Response, hookimpl
+from bascule_sdk import Context, Gateway, Plugin, Response, hookimpl
+from bascule_sdk.tracecontext import Trace
 
+from .operational import use_format
 from .record import access_record
 from .settings import LoggingSettings
-from .tracecontext import Trace, new_span_id
 from .writer import LineWriter, Sink, open_sink
 
 __all__ = ["AccessLog"]
@@ -22,19 +23,13 @@ log = logging.getLogger("bascule.logging")
 _DROP_WARNING_INTERVAL = 10.0  # seconds between "lines dropped" warnings
 
 
-class _RequestState:
-    """What the plugin remembers about one request (in ``ctx.state["logging"]``)."""
-
-    __slots__ = ("trace", "sampled", "span_id")
-
-    def __init__(self, trace: Trace | None, sampled: bool) -> None:
-        self.trace = trace  # None when trace_context is off
-        self.sampled = sampled
-        self.span_id: str | None = None  # of the last upstream call
-
-
 class AccessLog(Plugin[LoggingSettings]):
     """One JSON line per request, written off the request path; W3C trace context upstream.
+
+    Trace context: in ``on_request`` the plugin sets ``ctx.trace`` from the
+    client's ``traceparent`` (or a new trace) unless a plugin before it (the
+    opentelemetry plugin) did; the gateway then sends each upstream attempt a
+    ``traceparent`` naming that attempt's span.
 
     ``writer.dropped`` counts lines lost because the sink could not keep up.
     """
@@ -59,6 +54,7 @@ class AccessLog(Plugin[LoggingSettings]):
         sink, close = self.open_sink()
         self.writer = LineWriter(sink, self.settings.buffer, close=close)
         gateway.start_soon(self.writer.run)
+        use_format(self.settings.operational_format, gateway.shared)
 
     @hookimpl
     async def shutdown(self) -> None:
@@ -66,44 +62,31 @@ class AccessLog(Plugin[LoggingSettings]):
             await self.writer.aclose(self.settings.flush_timeout)
 
     @hookimpl
-    async def on_upstream_request(self, ctx: Context, request: Request) -> None:
-        state = self._state(ctx)
-        if state.trace is None:
-            return
-        state.span_id = new_span_id()
-        request.headers.set("traceparent", state.trace.traceparent(state.span_id))
-        if state.trace.tracestate:
-            request.headers.set("tracestate", state.trace.tracestate)
-        else:
-            request.headers.remove("tracestate")
+    async def on_request(self, ctx: Context) -> None:
+        self._sampled(ctx)
 
     @hookimpl
     async def on_log(self, ctx: Context, response: Response) -> None:
         if self.writer is None or self._excluded(ctx.request.path):
             return
-        state = self._state(ctx)
-        if not state.sampled and response.status < 500:
+        if not self._sampled(ctx) and response.status < 500:
             return
-        trace_id = state.trace.trace_id if state.trace else None
-        record = access_record(
-            ctx, response, trace_id=trace_id, span_id=state.span_id, redact=self.redact, headers=self.headers
-        )
+        record = access_record(ctx, response, redact=self.redact, headers=self.headers)
         line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
         if not self.writer.put(line.encode()):
             self._warn_dropped(self.writer.dropped)
 
-    def _state(self, ctx: Context) -> _RequestState:
-        """The request's sampling decision and trace, made once (by the first hook that asks)."""
-        state = ctx.state.get(self.name)
-        if state is None:
+    def _sampled(self, ctx: Context) -> bool:
+        """Whether the request is logged, decided once (by the first hook that asks);
+        sets ``ctx.trace`` then, unless trace context is off or a plugin already did."""
+        sampled = ctx.state.get(self.name)
+        if sampled is None:
             rate = self.settings.sample_rate
-            sampled = rate >= 1.0 or random.random() < rate
-            trace = None
-            if self.settings.trace_context:
+            sampled = ctx.state[self.name] = rate >= 1.0 or random.random() < rate
+            if self.settings.trace_context and ctx.trace is None:
                 headers = ctx.request.headers
-                trace = Trace.from_headers(headers.get_all("traceparent"), headers.get_all("tracestate"), sampled)
-            state = ctx.state[self.name] = _RequestState(trace, sampled)
-        return state
+                ctx.trace = Trace.from_headers(headers.get_all("traceparent"), headers.get_all("tracestate"), sampled)
+        return bool(sampled)
 
     def _excluded(self, path: str) -> bool:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.settings.exclude_paths)

@@ -7,9 +7,9 @@ from collections.abc import Collection
 from typing import Any
 from urllib.parse import unquote_plus
 
-from bascule_sdk import Context, Response
+from bascule_sdk import Context, Response, UpstreamCall
 
-__all__ = ["REDACTED", "access_record", "bytes_in", "bytes_out", "redact_query", "rfc3339"]
+__all__ = ["REDACTED", "access_record", "bytes_in", "bytes_out", "redact_query", "rfc3339", "upstream_calls"]
 
 REDACTED = "REDACTED"
 _NO_BODY = frozenset({204, 304})
@@ -19,12 +19,15 @@ def access_record(
     ctx: Context,
     response: Response,
     *,
-    trace_id: str | None,
-    span_id: str | None,
     redact: Collection[str],
     headers: Collection[str],
 ) -> dict[str, Any]:
     """The access-log fields of ``ctx``, as JSON-ready values.
+
+    ``upstreams`` lists every upstream attempt (each aggregation backend, each
+    retry) with its own latency; ``upstream`` and ``span_id`` are the last one's.
+    Fields plugins added to ``ctx.log_fields`` follow; a name the line already
+    has keeps the gateway's value.
 
     Latencies are milliseconds: ``latency_ms`` from arrival until the response
     was sent, ``upstream_latency_ms`` waiting for upstream heads (summed over
@@ -35,11 +38,12 @@ def access_record(
     elapsed = time.perf_counter() - ctx.started
     upstream = ctx.upstream_seconds
     request = ctx.request
-    return {
+    calls = ctx.upstream_calls
+    record = {
         "time": rfc3339(time.time() - elapsed),
         "request_id": ctx.request_id,
-        "trace_id": trace_id,
-        "span_id": span_id,
+        "trace_id": ctx.trace.trace_id if ctx.trace else None,
+        "span_id": calls[-1].span_id if calls else None,
         "route": ctx.route.name or None,
         "method": request.method,
         "path": request.path,
@@ -50,6 +54,7 @@ def access_record(
         "client_ip": ctx.client_ip,
         "consumer": ctx.consumer.name if ctx.consumer else None,
         "upstream": ctx.upstream,
+        "upstreams": upstream_calls(calls),
         "latency_ms": _ms(elapsed),
         "upstream_latency_ms": _ms(upstream) if upstream is not None else None,
         "gateway_latency_ms": _ms(max(0.0, elapsed - (upstream or 0.0))),
@@ -58,6 +63,24 @@ def access_record(
         "error": ctx.error,
         "headers": {name: value for name in headers if (value := request.headers.get(name)) is not None},
     }
+    if ctx.log_fields:
+        return {**ctx.log_fields, **record}
+    return record
+
+
+def upstream_calls(calls: list[UpstreamCall]) -> list[dict[str, Any]]:
+    """Each upstream attempt: service, target, attempt (0: first try), status or error, latency."""
+    return [
+        {
+            "service": c.service,
+            "target": c.target,
+            "attempt": c.attempt,
+            "status": c.status,
+            "error": c.error,
+            "latency_ms": _ms(c.seconds) if c.seconds is not None else None,
+        }
+        for c in calls
+    ]
 
 
 _second: tuple[int, str] = (0, "")

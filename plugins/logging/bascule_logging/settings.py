@@ -53,6 +53,9 @@ class LoggingSettings:
         list(SENSITIVE_HEADERS), "Headers that may never be logged (add your API-key header here)."
     )
     trace_context: bool = setting(True, "Propagate W3C traceparent/tracestate upstream, a new span per hop.")
+    operational_format: Literal["text", "json"] = setting(
+        "text", 'The gateway\'s own log: "text", or "json" with the access log\'s field names (time, level...).'
+    )
 
     def __post_init__(self) -> None:
         if self.output not in ("stdout", "stderr"):

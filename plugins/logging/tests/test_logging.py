@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -11,7 +13,7 @@ from datetime import datetime
 import pytest
 import trio
 from bascule.config import ConfigError
-from bascule.testing import start_gateway, start_upstream
+from bascule.testing import Received, start_gateway, start_upstream
 from bascule_logging import AccessLog
 from bascule_sdk import Consumer, Context, HTTPError, Plugin, Request, Response, hookimpl
 
@@ -32,6 +34,7 @@ FIELDS = {
     "client_ip",
     "consumer",
     "upstream",
+    "upstreams",
     "latency_ms",
     "upstream_latency_ms",
     "gateway_latency_ms",
@@ -190,6 +193,15 @@ async def test_proxied_request_is_logged_field_by_field(nursery):
     assert line["client_ip"] == "127.0.0.1"
     assert line["consumer"] == "alice"
     assert line["upstream"] == upstream.url
+    ((call,),) = [line["upstreams"]]
+    assert (call["service"], call["target"], call["attempt"], call["status"], call["error"]) == (
+        "users",
+        upstream.url,
+        0,
+        200,
+        None,
+    )
+    assert 0 <= call["latency_ms"] <= line["upstream_latency_ms"]
     assert 0 <= line["upstream_latency_ms"] <= line["latency_ms"]
     assert line["gateway_latency_ms"] == pytest.approx(line["latency_ms"] - line["upstream_latency_ms"], abs=0.002)
     assert (line["cache"], line["rate_limit"], line["error"]) == ("MISS", "allowed", None)
@@ -499,5 +511,114 @@ async def test_request_aggregated_by_the_aggregate_plugin_is_logged(nursery):
     assert hops[0][2] != hops[1][2] and line["span_id"] in {hops[0][2], hops[1][2]}
     assert (line["route"], line["status"], line["error"]) == ("agg", 200, None)
     assert line["upstream"] in {a.url, b.url}
+    calls = sorted(line["upstreams"], key=lambda c: c["service"])
+    assert [(c["service"], c["target"], c["status"]) for c in calls] == [("a", a.url, 200), ("b", b.url, 200)]
+    assert all(0 <= c["latency_ms"] <= line["latency_ms"] for c in calls)
     assert line["upstream_latency_ms"] is not None and line["bytes_out"] == len(r.content)
     assert line["request_id"] == r.headers["x-request-id"] == a.requests[0].header("x-request-id")
+
+
+async def test_a_retried_request_logs_every_attempt(nursery):
+    async def busy(request: Received) -> Response:
+        return Response(503)
+
+    sink = MemorySink()
+    bad = await start_upstream(nursery, busy)
+    good = await start_upstream(nursery)
+    gw = await start_gateway(
+        nursery,
+        f"""
+        [plugins.logging]
+        [services.api]
+        targets = ["{bad.url}", "{good.url}"]
+        max_failures = 0
+        [[routes]]
+        name = "api"
+        paths = ["/api"]
+        service = "api"
+        """,
+        plugins=[logging_into(sink)],
+    )
+    async with gw.client() as client:
+        for _ in range(2):  # round-robin: one of the two starts on the busy target
+            assert (await client.get("/api/x")).status_code == 200
+    lines = await sink.wait_for(2)
+    retried = next(line for line in lines if len(line["upstreams"]) == 2)
+    first, second = retried["upstreams"]
+    assert (first["target"], first["attempt"], first["status"]) == (bad.url, 0, 503)
+    assert (second["target"], second["attempt"], second["status"]) == (good.url, 1, 200)
+    assert retried["upstream"] == good.url and retried["status"] == 200
+    sent = {r.header("traceparent").split("-")[2] for r in [*bad.requests, *good.requests]}
+    assert len(sent) == len(bad.requests) + len(good.requests)  # every attempt its own span
+    assert retried["span_id"] in {r.header("traceparent").split("-")[2] for r in good.requests}  # the last attempt
+
+
+class Fields(Plugin):
+    """Adds access-log fields, one of which tries to replace the gateway's status."""
+
+    name = "fields"
+
+    @hookimpl
+    async def on_request(self, ctx: Context) -> None:
+        ctx.log_fields["tenant"] = "acme"
+        ctx.log_fields["status"] = 999
+
+
+async def test_plugins_add_fields_but_cannot_replace_the_gateways(nursery):
+    sink = MemorySink()
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(
+        nursery, config(upstream.url, "[routes.plugins.fields]"), plugins=[logging_into(sink), Fields, FakeAuth]
+    )
+    async with gw.client() as client:
+        await client.get("/broken")
+        await client.get("/api/users")
+    broken, users = await sink.wait_for(2)
+    assert (broken["tenant"], broken["status"]) == ("acme", 502)
+    assert "tenant" not in users  # only the route the plugin is on
+    assert set(broken) == FIELDS | {"tenant"}
+
+
+async def test_operational_log_can_be_json_with_the_access_log_names(nursery):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        upstream = await start_upstream(nursery)
+        gw = await start_gateway(
+            nursery,
+            config(upstream.url, logging='operational_format = "json"'),
+            plugins=[logging_into(MemorySink()), FakeAuth],
+        )
+        logging.getLogger("bascule").warning("service %s: something", "users")
+        try:
+            raise OSError("boom")
+        except OSError:
+            logging.getLogger("bascule").exception("it failed", extra={"request_id": "r-1"})
+        await gw.reload(config(upstream.url, logging='operational_format = "text"'))  # testing: no "reloaded" line
+        logging.getLogger("bascule").info("back to text")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    lines = stream.getvalue().splitlines()
+    records = {r["message"]: r for r in (json.loads(line) for line in lines if line.startswith("{"))}
+    warning, failure = records["service users: something"], records["it failed"]
+    assert set(warning) == {"time", "level", "logger", "message"}
+    assert (warning["level"], warning["logger"], warning["message"]) == (
+        "warning",
+        "bascule",
+        "service users: something",
+    )
+    assert datetime.fromisoformat(warning["time"]).utcoffset().total_seconds() == 0
+    assert (failure["request_id"], failure["message"]) == ("r-1", "it failed")
+    assert "OSError: boom" in failure["error"]
+    assert "INFO back to text" in lines  # the reload restored the formatter it replaced
+
+
+async def test_invalid_operational_format_is_rejected(nursery):
+    with pytest.raises(ConfigError, match="operational_format"):
+        await start_gateway(nursery, config("http://127.0.0.1:9", logging='operational_format = "xml"'))

@@ -1,7 +1,7 @@
 """W3C Trace Context parsing, at the limits the spec sets."""
 
 import pytest
-from bascule_logging.tracecontext import MAX_TRACESTATE_MEMBERS, Trace, parse_traceparent, parse_tracestate
+from bascule_sdk.tracecontext import MAX_TRACESTATE_MEMBERS, Trace, parse_traceparent, parse_tracestate
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["configure_environment", "multiprocess_dir", "sweep_dead_workers"]
+__all__ = ["configure_environment", "live_workers", "multiprocess_dir", "sweep_dead_workers"]
 
 _LIVE_GAUGE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+_ANY_FILE = re.compile(r"^\w+?_(\d+)\.db$")
 
 
 def configure_environment() -> str | None:
@@ -41,6 +42,14 @@ def sweep_dead_workers(path: str) -> None:
     for name in os.listdir(path) if os.path.isdir(path) else ():
         if (m := _LIVE_GAUGE.match(name)) and not _alive(int(m.group(1))):
             multiprocess.mark_process_dead(int(m.group(1)), path)
+
+
+def live_workers(path: str) -> list[int]:
+    """The process ids that wrote metrics under ``path`` and are still running."""
+    pids = (
+        {int(m.group(1)) for name in os.listdir(path) if (m := _ANY_FILE.match(name))} if os.path.isdir(path) else set()
+    )
+    return sorted(pid for pid in pids if _alive(pid))
 
 
 def _alive(pid: int) -> bool:

@@ -1,15 +1,19 @@
-"""The ``prometheus`` plugin: request metrics, served on the admin listener."""
+"""The ``prometheus`` plugin: the gateway's metrics, served on the admin listener."""
 
 from __future__ import annotations
 
+import logging
 import time
 
+import trio
 from bascule_sdk import Context, Gateway, HTTPError, Plugin, Request, Response, hookimpl
 
-from .metrics import CACHE_RESULTS, RATE_LIMIT_OUTCOMES, metrics
+from .metrics import CACHE_RESULTS, METHODS, OTHER, RATE_LIMIT_OUTCOMES, Bounded, GatewayState, Metrics, metrics
 from .settings import PrometheusSettings
 
 __all__ = ["Prometheus"]
+
+log = logging.getLogger("bascule.prometheus")
 
 _UPSTREAM_FAILURES = frozenset({502, 503, 504})
 _COUNTED = "prometheus"  # ctx.state key: this request is counted in bascule_requests_in_flight
@@ -19,11 +23,11 @@ class Prometheus(Plugin[PrometheusSettings]):
     """Counts every request of the routes it is enabled on; answers ``GET /metrics`` on the admin port.
 
     The metrics belong to the process, not to the plugin instance: they keep
-    counting across config reloads (and are created on first use, so merely
-    validating a config creates none). Under ``--workers N`` they are summed over
-    the workers (see ``bascule_prometheus.multiprocess``), except the health of
-    background tasks, read from the gateway at each scrape: the tasks of the
-    process answering it.
+    counting across config reloads (and are created at start-up, so merely
+    validating a config creates none). Under ``--workers N`` they are summed
+    over the workers (see ``bascule_prometheus.multiprocess``). Each gateway
+    process runs one task that mirrors its upstream state and reloads into
+    the metrics every ``sync_interval`` (and the scraped process at each scrape).
     """
 
     name = "prometheus"
@@ -31,9 +35,32 @@ class Prometheus(Plugin[PrometheusSettings]):
     Settings = PrometheusSettings
     gateway: Gateway | None = None
 
+    def __init__(self, settings: PrometheusSettings, *, instance: str | None = None) -> None:
+        super().__init__(settings, instance=instance)
+        self.consumers = Bounded(settings.max_consumers)
+        self.plugin_series: dict[str, Bounded] = {}
+        self.plugin_labels: dict[str, tuple[str, ...]] = {}
+
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
-        self.gateway = gateway  # background tasks' health, read at each scrape
+        self.gateway = gateway  # upstream state, reloads and background tasks' health, read from it
+        shared = gateway.shared.setdefault(self.name, {})
+        if "state" not in shared:  # one mirror per gateway process, kept across reloads
+            shared["state"] = GatewayState(metrics())
+            gateway.start_soon(self._mirror, shared["state"], name="prometheus: upstream state")
+        # Per process: the cap holds in each worker. Across reloads, the consumers already seen stay counted.
+        self.consumers = shared.setdefault("consumers", self.consumers)
+        self.plugin_series = shared.setdefault("plugin_series", self.plugin_series)
+        self.plugin_labels = shared.setdefault("plugin_labels", self.plugin_labels)
+
+    async def _mirror(self, state: GatewayState) -> None:
+        while True:
+            self._sync(state)
+            await trio.sleep(self.settings.sync_interval)
+
+    def _sync(self, state: GatewayState) -> None:
+        if self.gateway is not None:
+            state.sync(self.gateway.upstreams(), self.gateway.reloads())
 
     @hookimpl
     async def on_request(self, ctx: Context) -> None:
@@ -48,18 +75,43 @@ class Prometheus(Plugin[PrometheusSettings]):
             m.in_flight.dec()
         route = ctx.route.name or "(none)"
         status = response.status
-        m.requests.labels(route, f"{status // 100}xx").inc()
-        m.duration.labels(route).observe(time.perf_counter() - ctx.started)
-        if ctx.upstream_seconds is not None:
-            m.upstream_duration.labels(route).observe(ctx.upstream_seconds)
+        method = ctx.request.method if ctx.request.method in METHODS else OTHER
+        service = ctx.route.service or ""
+        m.requests.labels(route, method, str(status), service).inc()
+        m.duration.labels(route, method, service).observe(time.perf_counter() - ctx.started)
+        if self.settings.consumer_label:
+            m.consumer_requests.labels(route, self.consumers(ctx.consumer.name) if ctx.consumer else "").inc()
+        if received := _received(ctx):
+            m.received.labels(route).inc(received)
+        if ctx.bytes_sent:
+            m.sent.labels(route).inc(ctx.bytes_sent)
+        for call in ctx.upstream_calls:
+            if call.seconds is not None:
+                m.upstream_duration.labels(call.service, call.target).observe(call.seconds)
+            m.upstream_attempts.labels(call.service, call.target, call.error or str(call.status)).inc()
         if status in _UPSTREAM_FAILURES and ctx.error is not None:
             m.upstream_errors.labels(route, str(status)).inc()
         if (outcome := ctx.tags.get("rate_limit")) is not None:
             outcome = str(outcome).lower()
-            m.rate_limit.labels(route, outcome if outcome in RATE_LIMIT_OUTCOMES else "other").inc()
+            m.rate_limit.labels(route, outcome if outcome in RATE_LIMIT_OUTCOMES else OTHER).inc()
         if (result := ctx.tags.get("cache")) is not None:
             result = str(result).lower()
-            m.cache.labels(route, result if result in CACHE_RESULTS else "other").inc()
+            m.cache.labels(route, result if result in CACHE_RESULTS else OTHER).inc()
+        for metric, labels in ctx.counts:
+            self._count(m, route, metric, labels)
+
+    def _count(self, m: Metrics, route: str, metric: str, labels: tuple[tuple[str, str], ...]) -> None:
+        """One ``ctx.count``: label names fixed by the first use, label sets capped per metric."""
+        names = tuple(k for k, _ in labels)
+        expected = self.plugin_labels.setdefault(metric, names)
+        if names != expected:
+            log.warning("ctx.count(%r): labels %s, expected %s; not counted", metric, names, expected)
+            return
+        series = self.plugin_series.setdefault(metric, Bounded(self.settings.max_plugin_series))
+        values = [v for _, v in labels]
+        if values and series("\0".join([route, *values])) == OTHER:
+            values = [OTHER] * len(values)
+        m.plugin_counter(metric, names).labels(route, *values).inc()
 
     @hookimpl
     async def on_admin_request(self, request: Request) -> Response | None:
@@ -68,6 +120,8 @@ class Prometheus(Plugin[PrometheusSettings]):
         if request.method not in ("GET", "HEAD"):
             raise HTTPError(405, "Use GET.", {"allow": "GET, HEAD"})
         gw = self.gateway
+        if gw is not None and (state := gw.shared.get(self.name, {}).get("state")) is not None:
+            self._sync(state)  # the scraped process: its state as of now
         body, content_type = metrics().exposition(
             request.headers.get("accept"), gw.tasks() if gw else (), gw.connection_errors() if gw else 0
         )
@@ -76,3 +130,12 @@ class Prometheus(Plugin[PrometheusSettings]):
             {"content-type": content_type, "content-length": str(len(body))},
             b"" if request.method == "HEAD" else body,
         )
+
+
+def _received(ctx: Context) -> int:
+    """Request body bytes: a read body's size, else its ``Content-Length``."""
+    body = ctx.request.body
+    if isinstance(body, bytes):
+        return len(body)
+    length = ctx.request.headers.get("content-length")
+    return int(length) if length and length.isdigit() else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 import httpx
 import pytest
@@ -94,15 +96,18 @@ async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
         # Metrics belong to the process: other tests in it may have counted too, so compare with a baseline.
         before = await scrape_until(scraper, lambda s: True)
         async with gw.client() as client:
+            responses = []
             for query in ["cache=HIT"] * 3 + ["cache=MISS"] * 2 + ["limit=rejected", "cache=weird"]:
-                await client.get(f"/tagged?{query}")
-            assert (await client.get("/broken")).status_code == 502
+                responses.append((await client.get(f"/tagged?{query}")).content)
+            broken = await client.get("/broken")
+            assert broken.status_code == 502
+            responses.append(broken.content)
             assert (await client.get("/not-routed/x")).status_code == 404
         after = await scrape_until(
             scraper,
             lambda s: (
-                value(s, "bascule_requests_total", route="(none)", status_class="4xx")
-                > value(before, "bascule_requests_total", route="(none)", status_class="4xx")
+                value(s, "bascule_requests_total", route="(none)", method="GET", code="404", service="")
+                > value(before, "bascule_requests_total", route="(none)", method="GET", code="404", service="")
             ),
         )
         r = await scraper.get("/metrics")
@@ -117,20 +122,27 @@ async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
         return value(after, name, **labels) - value(before, name, **labels)
 
     requests = "bascule_requests_total"
-    assert counted(requests, route="tagged", status_class="2xx") == 6
-    assert counted(requests, route="tagged", status_class="4xx") == 1
-    assert counted(requests, route="broken", status_class="5xx") == 1
-    assert counted(requests, route="(none)", status_class="4xx") == 1
+    assert counted(requests, route="tagged", method="GET", code="200", service="api") == 6
+    assert counted(requests, route="tagged", method="GET", code="429", service="api") == 1
+    assert counted(requests, route="broken", method="GET", code="502", service="down") == 1
+    assert counted(requests, route="(none)", method="GET", code="404", service="") == 1
     assert counted("bascule_cache_total", route="tagged", result="hit") == 3
     assert counted("bascule_cache_total", route="tagged", result="miss") == 2
     assert counted("bascule_cache_total", route="tagged", result="other") == 1
     assert counted("bascule_rate_limit_total", route="tagged", outcome="rejected") == 1
     assert counted("bascule_rate_limit_total", route="tagged", outcome="allowed") == 6
     assert counted("bascule_upstream_errors_total", route="broken", status="502") == 1
-    assert counted("bascule_request_duration_seconds_count", route="tagged") == 7
-    assert counted("bascule_request_duration_seconds_bucket", route="tagged", le="+Inf") == 7
-    assert counted("bascule_upstream_duration_seconds_count", route="tagged") == 6  # not the 429
-    assert counted("bascule_upstream_duration_seconds_count", route="broken") == 0
+    duration = "bascule_request_duration_seconds"
+    assert counted(f"{duration}_count", route="tagged", method="GET", service="api") == 7
+    assert counted(f"{duration}_bucket", route="tagged", method="GET", service="api", le="+Inf") == 7
+    target = {"service": "api", "target": upstream.url}
+    assert counted("bascule_upstream_duration_seconds_count", **target) == 6  # not the 429
+    assert counted("bascule_upstream_attempts_total", **target, outcome="200") == 6
+    assert (
+        counted("bascule_upstream_attempts_total", service="down", target="http://127.0.0.1:9", outcome="connect") == 1
+    )
+    assert counted("bascule_response_body_bytes_total", route="tagged") == sum(len(r) for r in responses[:7])
+    assert counted("bascule_response_body_bytes_total", route="broken") == len(responses[7])
     assert value(after, "bascule_requests_in_flight") == 0
     assert len(upstream.requests) == 6
     routes = {dict(labels).get("route") for (_, labels) in after}
@@ -277,10 +289,9 @@ async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
                         assert (await client.get("/api/x")).status_code == 200
                     sent += 1
         async with httpx.AsyncClient(base_url=admin) as scraper:
-            samples = await scrape_until(
-                scraper, lambda s: value(s, "bascule_requests_total", route="api", status_class="2xx") >= sent
-            )
-            assert value(samples, "bascule_requests_total", route="api", status_class="2xx") == sent
+            ok = {"route": "api", "method": "GET", "code": "200", "service": "api"}
+            samples = await scrape_until(scraper, lambda s: value(s, "bascule_requests_total", **ok) >= sent)
+            assert value(samples, "bascule_requests_total", **ok) == sent
             assert sent == len(upstream.requests)
 
             # Requests in flight, summed over the workers: hold four at the upstream.
@@ -306,11 +317,24 @@ async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
             samples = await scrape_until(
                 scraper,
                 lambda s: (
-                    value(s, "bascule_requests_in_flight") == 0
-                    and value(s, "bascule_requests_total", route="api", status_class="2xx") == sent + 4
+                    value(s, "bascule_requests_in_flight") == 0 and value(s, "bascule_requests_total", **ok) == sent + 4
                 ),
             )
-            assert value(samples, "bascule_request_duration_seconds_count", route="api") == sent + 4
+            assert value(
+                samples, "bascule_request_duration_seconds_count", route="api", method="GET", service="api"
+            ) == (sent + 4)
+            # The standard process metrics of each live worker, told apart by pid.
+            pids = {dict(labels)["pid"] for (name, labels) in samples if name == "process_resident_memory_bytes"}
+            assert len(pids) == 2
+            # The upstream state each worker mirrors: both see the target healthy, none ejected.
+            target = {"service": "api", "target": upstream.url}
+            samples = await scrape_until(
+                scraper, lambda s: value(s, "bascule_upstream_target_state", **target, state="healthy") == 2
+            )
+            assert value(samples, "bascule_upstream_target_state", **target, state="ejected") == 0
+            assert (
+                value(samples, "bascule_build_info", version=version("bascule"), python=platform.python_version()) == 1
+            )
 
 
 async def test_contained_connection_errors_are_counted(nursery):

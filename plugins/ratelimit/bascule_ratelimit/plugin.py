@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import ClassVar
 from urllib.parse import quote
 
@@ -78,10 +79,13 @@ class RateLimit(Plugin[RateLimitSettings]):
         if decision is None:
             return
         ctx.state[self.instance] = decision
+        ctx.log_fields["rate_limit_remaining"] = decision.tightest.remaining  # an access-log field
         if decision.allowed:
             ctx.tags["rate_limit"] = "allowed"
             return
         ctx.tags["rate_limit"] = "rejected"
+        for policy in decision.violated:  # bascule_plugin_rate_limit_violations_total{route, policy}
+            ctx.count("rate_limit_violations", policy=policy)
         retry_after = max(1, delay_seconds(decision.tightest.grows_in))
         raise HTTPError(
             429,
@@ -98,8 +102,11 @@ class RateLimit(Plugin[RateLimitSettings]):
         scope = f"group={s.group}" if s.group else f"route={quote(ctx.route.name, safe='')}"
         bucket = f"{s.redis_prefix}{{{scope}/{self.instance}|{identity}}}:"
         assert self.backend is not None, "startup did not run"
+        # A Redis round trip is a span of the request's trace (the opentelemetry plugin).
+        timed = ctx.phase("redis", self.instance, **{"db.system": "redis"}) if s.backend == "redis" else nullcontext()
         try:
-            decision = await self.backend.decide([bucket + suffix for suffix in self._suffixes], self.policies)
+            with timed:
+                decision = await self.backend.decide([bucket + suffix for suffix in self._suffixes], self.policies)
         except BackendError as e:
             self.failures += 1
             ctx.tags["rate_limit"] = "error"

@@ -5,6 +5,11 @@
 A valid incoming ``traceparent`` continues the caller's trace; anything else
 starts a new one (and the incoming ``tracestate`` is dropped, as the spec
 requires). Each upstream call is a new span: a fresh parent-id per hop.
+
+The one place a request's trace context lives is ``ctx.trace``: the first
+plugin that handles trace context (opentelemetry, then logging) sets it in
+``on_request``, and the gateway's upstream client sends every attempt a
+``traceparent`` naming that attempt's span (``UpstreamCall.span_id``).
 """
 
 from __future__ import annotations
