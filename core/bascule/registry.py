@@ -28,6 +28,7 @@ HOOKS = (
     "handle",
     "on_response",
     "on_log",
+    "on_websocket_message",
     "on_admin_request",
 )
 
