@@ -9,6 +9,7 @@ servers: trio-websocket's, hypercorn's, or wsproto's by hand.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -308,7 +309,7 @@ async def test_the_services_refusal_is_passed_on(nursery):
 
 async def test_an_unreachable_target_is_retried_on_another_before_the_upgrade(nursery):
     service = await start_service(nursery)
-    with trio.socket.socket() as s:  # a port where nothing listens
+    with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     extra = 'balance = "round-robin"\nmax_failures = 0'
