@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -581,4 +582,33 @@ async def test_one_access_log_line_per_socket_says_who_closed(nursery):
     assert by_client[1]["messages_in"] == by_client[1]["messages_out"] == 1
     assert (by_client[1]["close_code"], by_client[1]["closed_by"]) == (1000, "client")
     assert (too_big[1]["close_code"], too_big[1]["closed_by"]) == (1009, "gateway")
-    assert refused == (403, None)
+    assert refused == (403, {})
+
+
+async def test_the_access_log_and_the_metrics_see_websockets(nursery, tmp_path):
+    service = await start_service(nursery)
+    log = tmp_path / "access.log"
+    text = config(service.url).replace(
+        "[gateway]", f'[plugins.logging]\noutput = "{log}"\n[plugins.prometheus]\n[gateway]'
+    )
+    gw = await start_gateway(nursery, text, admin=True)
+
+    async def metric(name: str) -> float:
+        async with httpx.AsyncClient(base_url=gw.admin_url) as client:
+            page = (await client.get("/metrics")).text
+        return sum(float(line.split()[-1]) for line in page.splitlines() if line.startswith(name))
+
+    async with open_websocket_url(ws_url(gw.url, "/live/feed?token=x")) as ws:
+        await ws.send_message("one")
+        assert await ws.get_message() == "one"
+        assert await metric("bascule_websockets_open") == 1
+    await eventually(lambda: log.exists() and log.read_text().count("\n") == 1)
+    assert await metric("bascule_websockets_open") == 0
+    assert await metric('bascule_websocket_messages_total{direction="in",route="live"}') == 1
+    assert await metric('bascule_websocket_messages_total{direction="out",route="live"}') == 1
+    line = json.loads(log.read_text())
+    assert (line["status"], line["route"], line["path"]) == (101, "live", "/live/feed")
+    facts = line["websocket"]
+    assert (facts["messages_in"], facts["bytes_in"], facts["messages_out"], facts["bytes_out"]) == (1, 3, 1, 3)
+    assert (facts["close_code"], facts["closed_by"]) == (1000, "client")
+    assert facts["duration_ms"] > 0

@@ -44,6 +44,7 @@ KNOWN_PACKAGES = {
     "prometheus": "bascule-prometheus",
     "cors": "bascule-cors",
     "request-transformer": "bascule-request-transformer",
+    "ws-rate-limit": "bascule-ws-ratelimit",
 }
 
 log = logging.getLogger("bascule")

@@ -146,6 +146,7 @@ class WebSockets:
             started=started,
             forward=route.forward if route else None,
         )
+        ctx.tags["websocket"] = {}  # a WebSocket handshake; the socket's facts once it closed
         pipeline = route.pipeline if route else rt.fallback
         if error is not None:
             ctx.error = error.detail
@@ -220,7 +221,7 @@ class WebSockets:
         finally:
             with trio.CancelScope(shield=True):
                 await upstream.aclose()
-                ctx.tags["websocket"] = relay.facts()
+                ctx.tags["websocket"].update(relay.facts())
                 current = gateway.runtime.routes.get(route.info.name) if rt.retiring else None
                 await (current.pipeline if current else pipeline).log(ctx, Response(101))
 

@@ -35,7 +35,7 @@ def access_record(
     elapsed = time.perf_counter() - ctx.started
     upstream = ctx.upstream_seconds
     request = ctx.request
-    return {
+    record = {
         "time": rfc3339(time.time() - elapsed),
         "request_id": ctx.request_id,
         "trace_id": trace_id,
@@ -58,6 +58,9 @@ def access_record(
         "error": ctx.error,
         "headers": {name: value for name in headers if (value := request.headers.get(name)) is not None},
     }
+    if (websocket := ctx.tags.get("websocket")) is not None:  # a proxied WebSocket, logged once closed
+        record["websocket"] = websocket
+    return record
 
 
 _second: tuple[int, str] = (0, "")
