@@ -8,10 +8,12 @@ servers: trio-websocket's, hypercorn's, or wsproto's by hand.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,6 +41,7 @@ from wsproto.events import (
 )
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- services ----------------------------------------------------------------------
@@ -612,3 +615,30 @@ async def test_the_access_log_and_the_metrics_see_websockets(nursery, tmp_path):
     assert (facts["messages_in"], facts["bytes_in"], facts["messages_out"], facts["bytes_out"]) == (1, 3, 1, 3)
     assert (facts["close_code"], facts["closed_by"]) == (1000, "client")
     assert facts["duration_ms"] > 0
+
+
+async def test_the_demo_streams_the_drivers_position_with_a_token(nursery):
+    """plugins.toml's ride-live route in front of examples/services.py's drivers service."""
+    from bascule_jwt.mint import mint
+
+    spec = importlib.util.spec_from_file_location("demo_services", ROOT / "examples" / "services.py")
+    assert spec is not None and spec.loader is not None
+    services = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(services)
+    port, routes = services.SERVICES["drivers"]
+    hc = HypercornConfig()
+    hc.bind = ["127.0.0.1:0"]
+    hc.accesslog = None
+    (drivers,) = await nursery.start(partial(listen, services.app(routes, "drivers"), hc))
+    text = (ROOT / "plugins.toml").read_text().replace(f"http://127.0.0.1:{port}", drivers)
+    text = text.replace("[plugins.logging]", "[plugins.logging]\nsample_rate = 0.0")  # quiet
+    gw = await start_gateway(nursery, text)
+    status, _, _ = await handshake(gw.url, "/api/rides/r1/live")
+    assert status == 401
+    token = mint("bascule-demo-secret-not-for-production!", sub="alice")
+    url = ws_url(gw.url, f"/api/rides/r1/live?access_token={token}")
+    async with open_websocket_url(url) as ws:
+        first, second = json.loads(await ws.get_message()), json.loads(await ws.get_message())
+    assert first["driver"] == second["driver"] == "Marie"
+    assert second["eta_minutes"] < first["eta_minutes"]
+    assert second["lat"] > first["lat"]  # moving toward the pickup point
