@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -642,3 +645,70 @@ async def test_the_demo_streams_the_drivers_position_with_a_token(nursery):
     assert first["driver"] == second["driver"] == "Marie"
     assert second["eta_minutes"] < first["eta_minutes"]
     assert second["lat"] > first["lat"]  # moving toward the pickup point
+
+
+async def test_bascule_run_keeps_sockets_over_sighup_and_drains_them_on_sigterm(nursery, tmp_path):
+    """The real process: SIGHUP reloads without cutting the socket; SIGTERM lets it go on for
+    graceful_timeout, then closes it with 1001, and the process exits 0."""
+    service = await start_service(nursery)
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        port, admin = a.getsockname()[1], b.getsockname()[1]
+    path = tmp_path / "plugins.toml"
+    text = config(service.url).replace(
+        'graceful_timeout = "1s"', f'graceful_timeout = "3s"\nlisten = "127.0.0.1:{port}"\nadmin = "127.0.0.1:{admin}"'
+    )
+    path.write_text(text)
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bascule.cli", "run", "-c", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await until(lambda: handshake_status(url, "/live"), 101)
+        async with open_websocket_url(ws_url(url, "/live")) as ws:
+            path.write_text(text.replace('paths = ["/live"]', 'paths = ["/moved"]'))
+            proc.send_signal(signal.SIGHUP)
+            await until(lambda: handshake_status(url, "/moved"), 101)
+            await ws.send_message("after SIGHUP")
+            assert await ws.get_message() == "after SIGHUP"
+            proc.send_signal(signal.SIGTERM)
+            await until(lambda: listening(port), False)  # draining: no new connections
+            await ws.send_message("while draining")
+            assert await ws.get_message() == "while draining"
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+        assert closed.value.reason.code == 1001
+        with trio.fail_after(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    # the probes' sockets too: their client vanished (1006), the service is told 1001
+    await eventually(lambda: len(service.closes) == len(service.requests) and set(service.closes) == {1001})
+
+
+async def until(probe: Callable[[], Awaitable[object]], value: object) -> None:
+    with trio.fail_after(30):  # a guard against a hang, not a measurement
+        while True:
+            if await probe() == value:
+                return
+            await trio.sleep(0.05)
+
+
+async def listening(port: int) -> bool:
+    try:
+        await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+    except OSError:
+        return False
+    return True
+
+
+async def handshake_status(gateway_url: str, path: str) -> int:
+    """The status of an upgrade request; 0 when the connection is refused."""
+    try:
+        return (await handshake(gateway_url, path))[0]
+    except OSError:
+        return 0
