@@ -26,6 +26,9 @@ import trio.testing
 from bascule.testing import eventually, parse_response, raw_exchange, start_gateway
 from bascule.worker import listen
 from bascule_sdk import DROP, Context, Plugin, Response, WebSocketClose, WebSocketMessage, hookimpl
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, RemoteSettingsChanged, ResponseReceived
 from hypercorn.config import Config as HypercornConfig
 from trio_websocket import (
     ConnectionClosed,
@@ -36,6 +39,7 @@ from trio_websocket import (
     serve_websocket,
 )
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection as WSProtoConnection
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -173,7 +177,7 @@ async def test_text_and_binary_messages_go_both_ways(nursery):
     assert request.path == "/echo?x=1"  # strip_path, the query kept
     headers = {k.decode().lower(): v.decode() for k, v in request.headers}
     assert headers["x-forwarded-for"] == "127.0.0.1"
-    assert headers["x-forwarded-proto"] == "ws"
+    assert headers["x-forwarded-proto"] == "http"  # the scheme of the handshake, as for any request
     assert len(headers["x-request-id"]) == 32
     assert list(request.proposed_subprotocols) == ["v1", "v2"]
     assert headers["sec-websocket-key"] != KEY  # the handshake to the service is the gateway's own
@@ -712,3 +716,54 @@ async def handshake_status(gateway_url: str, path: str) -> int:
         return (await handshake(gateway_url, path))[0]
     except OSError:
         return 0
+
+
+async def test_http2_extended_connect(nursery):
+    """RFC 8441: a WebSocket on an HTTP/2 stream (prior knowledge, cleartext), relayed to the service."""
+    service = await start_service(nursery)
+    gw = await start_gateway(nursery, config(service.url))
+    host, port = gw.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    h2.initiate_connection()
+    await stream.send_all(h2.data_to_send())
+
+    async def next_event(kind: type, stream_id: int | None = None) -> Any:
+        while True:
+            events = h2.receive_data(await stream.receive_some())
+            await stream.send_all(h2.data_to_send())
+            for event in events:
+                if isinstance(event, kind) and getattr(event, "stream_id", stream_id) == stream_id:
+                    return event
+
+    await next_event(RemoteSettingsChanged)
+    assert h2.remote_settings.enable_connect_protocol == 1  # the server offers RFC 8441
+    sid = h2.get_next_available_stream_id()
+    h2.send_headers(
+        sid,
+        [
+            (b":method", b"CONNECT"),
+            (b":protocol", b"websocket"),
+            (b":scheme", b"http"),
+            (b":path", b"/live/h2"),
+            (b":authority", b"gw"),
+            (b"sec-websocket-version", b"13"),
+        ],
+    )
+    await stream.send_all(h2.data_to_send())
+    response = await next_event(ResponseReceived, sid)
+    assert dict(response.headers)[b":status"] == b"200"
+    ws = WSProtoConnection(ConnectionType.CLIENT)
+    h2.send_data(sid, ws.send(TextMessage("over HTTP/2")))
+    await stream.send_all(h2.data_to_send())
+    while True:
+        data = await next_event(DataReceived, sid)
+        h2.acknowledge_received_data(data.flow_controlled_length, sid)
+        ws.receive_data(data.data)
+        messages = [e.data for e in ws.events() if isinstance(e, TextMessage)]
+        if messages:
+            break
+    assert messages == ["over HTTP/2"]
+    (request,) = service.requests
+    assert request.path == "/h2"
+    await stream.aclose()

@@ -80,6 +80,7 @@ __all__ = ["WebSockets"]
 log = logging.getLogger("bascule")
 
 _RECEIVE = 64 * 1024
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}
 _GOING_AWAY, _INTERNAL_ERROR, _TOO_BIG = 1001, 1011, 1009
 _NOT_SENDABLE = frozenset({1004, 1005, 1006, 1015})  # reserved, or only ever reported locally (RFC 6455 7.4.1)
 # The client's handshake fields that wsproto writes anew for the service.
@@ -125,8 +126,10 @@ class WebSockets:
         started = time.perf_counter()
         if (await receive())["type"] != "websocket.connect":
             return
-        try:  # the handshake as a GET (RFC 8441's CONNECT included), its body empty
-            request, request_id, client_ip, error = await _gateway._arrive(rt, {**scope, "method": "GET"}, receive)
+        # The handshake as the HTTP request it is: a GET (RFC 8441's CONNECT too), http(s) (ASGI says ws(s)).
+        http = {**scope, "method": "GET", "scheme": _HTTP_SCHEME.get(scope.get("scheme", "ws"), "http")}
+        try:
+            request, request_id, client_ip, error = await _gateway._arrive(rt, http, receive)
         except ClientDisconnected:
             return
         request.body = b""
