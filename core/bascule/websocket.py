@@ -43,13 +43,14 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpcore
 import trio
 from bascule_sdk import DROP, Context, Headers, HTTPError, Request, Response, WebSocketClose, WebSocketMessage
 from bascule_sdk.http import ClientDisconnected
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState as WebSocketState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -79,6 +80,7 @@ __all__ = ["WebSockets"]
 
 log = logging.getLogger("bascule")
 
+K = TypeVar("K")
 _RECEIVE = 64 * 1024
 _HTTP_SCHEME = {"ws": "http", "wss": "https"}
 _GOING_AWAY, _INTERNAL_ERROR, _TOO_BIG = 1001, 1011, 1009
@@ -116,10 +118,8 @@ class WebSockets:
         return None
 
     def _leave(self, route: str, who: str) -> None:
-        for counts, key in ((self.open, route), (self.by_consumer, (route, who))):
-            counts[key] -= 1  # type: ignore[index]
-            if not counts[key]:  # type: ignore[index]
-                del counts[key]  # type: ignore[arg-type]
+        _count_out(self.open, route)
+        _count_out(self.by_consumer, (route, who))
 
     async def serve(self, gateway: Gateway, rt: Runtime, scope: dict, receive: Callable, send: Callable) -> None:
         """Serve one ASGI ``websocket`` scope on runtime ``rt``."""
@@ -227,6 +227,12 @@ class WebSockets:
                 ctx.tags["websocket"].update(relay.facts())
                 current = gateway.runtime.routes.get(route.info.name) if rt.retiring else None
                 await (current.pipeline if current else pipeline).log(ctx, Response(101))
+
+
+def _count_out(counts: dict[K, int], key: K) -> None:
+    counts[key] -= 1
+    if not counts[key]:
+        del counts[key]
 
 
 def _close_code(code: int) -> int:
@@ -454,6 +460,16 @@ class _ServiceSocket:
                 raise _Lost() from None
 
     async def aclose(self) -> None:
+        """Close the connection; after a close frame of ours, once the service answered
+        it (RFC 6455 7.1.1), or a second passed."""
+        with trio.move_on_after(1.0):
+            try:
+                while self.ws.state is WebSocketState.LOCAL_CLOSING:
+                    self.ws.receive_data(bytes(await self.stream.receive_some(_RECEIVE)) or None)
+                    for _ in self.ws.events():
+                        pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, OSError):
+                pass
         await trio.aclose_forcefully(self.stream)
 
 
