@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,8 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from bascule.config import ConfigError, parse_config
+from bascule.registry import discover
 from bascule.testing import eventually, parse_response, raw_exchange, start_gateway
 from bascule.worker import listen
 from bascule_sdk import DROP, Context, Plugin, Response, WebSocketClose, WebSocketMessage, hookimpl
@@ -767,3 +770,56 @@ async def test_http2_extended_connect(nursery):
     (request,) = service.requests
     assert request.path == "/h2"
     await stream.aclose()
+
+
+def test_config_errors_name_the_file_the_route_and_the_key():
+    text = """
+        [services.live]
+        targets = ["http://127.0.0.1:9"]
+        [[routes]]
+        name = "live"
+        paths = ["/live"]
+        methods = ["POST"]
+        service = "live"
+        [routes.websocket]
+        idle_timeout = "0s"
+        max_connections = 0
+        max_connections_per_consumer = -1
+        [[routes]]
+        name = "typo"
+        paths = ["/typo"]
+        service = "live"
+        websocket = { max_message_size = "big", max_conections = 5 }
+        [[routes]]
+        name = "nowhere"
+        paths = ["/nowhere"]
+        websocket = {}
+        [routes.plugins.redact]
+    """
+    with pytest.raises(ConfigError) as e:
+        parse_config(textwrap.dedent(text), "plugins.toml", discover([Redact]))
+    assert e.value.lines == [
+        'plugins.toml: route "live": websocket.idle_timeout: must be positive',
+        'plugins.toml: route "live": websocket.max_connections: must be at least 1',
+        'plugins.toml: route "live": websocket.max_connections_per_consumer: must not be negative',
+        'plugins.toml: route "typo": websocket.max_message_size: expected a size like "64KiB" or "10MB", got \'big\'',
+        'plugins.toml: route "typo": websocket.max_conections: unknown key (known keys: idle_timeout, '
+        "max_connections, max_connections_per_consumer, max_message_size, ping_interval)",
+        'plugins.toml: route "nowhere": websocket: a route that accepts WebSockets needs a service to proxy them to',
+    ]
+    post_only = """
+        [services.live]
+        targets = ["http://127.0.0.1:9"]
+        [[routes]]
+        name = "live"
+        paths = ["/live"]
+        methods = ["POST"]
+        service = "live"
+        websocket = {}
+    """
+    with pytest.raises(ConfigError) as e:
+        parse_config(textwrap.dedent(post_only), "plugins.toml", discover())
+    assert e.value.lines == [
+        'plugins.toml: route "live": methods: must include GET on a route that accepts WebSockets '
+        "(the handshake is a GET)"
+    ]
