@@ -99,7 +99,7 @@ def test_every_problem_is_reported_once_with_its_location():
         " installed plugins: limit",
         "conf/plugins.toml: route \"users\": paths: 'api/users' must start with '/'",
         'conf/plugins.toml: route "users": colour: unknown key (known keys: hosts, match, methods, name, paths,'
-        " plugins, preserve_host, service, strip_path)",
+        " plugins, preserve_host, service, strip_path, websocket)",
         "conf/plugins.toml: route \"users\": service: unknown service 'userz' (services: users)",
         "conf/plugins.toml: route \"users\": plugins.limit.limit: expected an integer, got a string ('ten')",
         'conf/plugins.toml: route "users": plugins.burst.priority: expected an integer',

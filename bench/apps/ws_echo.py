@@ -1,6 +1,6 @@
 """The WebSocket service of bench/ws.py: trio-websocket's server, echoing every message.
 
-    python bench/apps/ws_echo.py PORT
+python bench/apps/ws_echo.py PORT
 """
 
 from __future__ import annotations
