@@ -281,11 +281,15 @@ class _Relay:
                 nursery.start_soon(self._from_client)
                 nursery.start_soon(self._from_service)
                 nursery.start_soon(self._watch_idle)
-        except BaseException:  # cancelled (shutdown, after graceful_timeout) or failed: going away
+        except BaseException as e:  # cancelled: shutdown, once graceful_timeout has passed; or a bug
             if self.close_code is None:
+                cancelled = isinstance(e, trio.Cancelled) or (
+                    isinstance(e, BaseExceptionGroup) and e.split(trio.Cancelled)[1] is None
+                )
+                code, reason = (_GOING_AWAY, "The gateway is shutting down.") if cancelled else (_INTERNAL_ERROR, "")
                 with trio.CancelScope(shield=True) as shielded:
                     shielded.deadline = trio.current_time() + 1.0
-                    await self._close_both(_GOING_AWAY, "The gateway is shutting down.", "gateway")
+                    await self._close_both(code, reason, "gateway")
             raise
 
     def _touch(self) -> None:
