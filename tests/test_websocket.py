@@ -46,6 +46,7 @@ from wsproto.connection import Connection as WSProtoConnection
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
+    Ping,
     Request,
     TextMessage,
 )
@@ -823,3 +824,18 @@ def test_config_errors_name_the_file_the_route_and_the_key():
         'plugins.toml: route "live": methods: must include GET on a route that accepts WebSockets '
         "(the handshake is a GET)"
     ]
+
+
+async def test_the_gateway_pings_a_quiet_client_and_read_timeout_does_not_cut_it(nursery):
+    service = await start_service(nursery)
+    text = config(service.url, 'ping_interval = "100ms"').replace("[gateway]", '[gateway]\nread_timeout = "200ms"')
+    gw = await start_gateway(nursery, text)
+    stream, client = await raw_client(gw.url, "/live")
+    pings = 0
+    while pings < 5:  # half a second, the client silent (no pong either): over twice read_timeout
+        data = await stream.receive_some()
+        assert data, "the gateway closed the connection"
+        client.receive_data(data)
+        pings += sum(isinstance(event, Ping) for event in client.events())
+    await stream.send_all(client.send(TextMessage("still open")))
+    assert await next_message(stream, client) == "still open"
