@@ -12,6 +12,7 @@ import importlib.util
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -24,9 +25,10 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from bascule import websocket as websocket_module
 from bascule.config import ConfigError, parse_config
 from bascule.registry import discover
-from bascule.testing import eventually, parse_response, raw_exchange, start_gateway
+from bascule.testing import eventually, parse_response, raw_exchange, self_signed_cert, start_gateway
 from bascule.worker import listen
 from bascule_sdk import DROP, Context, Plugin, Response, WebSocketClose, WebSocketMessage, hookimpl
 from h2.config import H2Configuration
@@ -839,3 +841,24 @@ async def test_the_gateway_pings_a_quiet_client_and_read_timeout_does_not_cut_it
         pings += sum(isinstance(event, Ping) for event in client.events())
     await stream.send_all(client.send(TextMessage("still open")))
     assert await next_message(stream, client) == "still open"
+
+
+async def test_an_https_target_is_reached_over_wss(nursery, tmp_path, monkeypatch):
+    """TLS to the service as the upstream pool does it (certificate and host name checked);
+    only the trust store is the test's: its CA is the service's self-signed certificate."""
+    cert, key = self_signed_cert(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    service = Service()
+    server = await nursery.start(partial(serve_websocket, service, "127.0.0.1", 0, server_tls))
+    trusted = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(websocket_module, "_TLS", [trusted])
+    gw = await start_gateway(nursery, config(f"https://localhost:{server.port}"))
+    async with open_websocket_url(ws_url(gw.url, "/live")) as ws:
+        await ws.send_message("over TLS")
+        assert await ws.get_message() == "over TLS"
+    assert len(service.requests) == 1
+    monkeypatch.setattr(websocket_module, "_TLS", [ssl.create_default_context()])  # the CA is not trusted
+    status, _, body = await handshake(gw.url, "/live")
+    assert status == 502
+    assert json.loads(body)["detail"] == "The service 'live' is unreachable."
