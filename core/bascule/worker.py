@@ -386,6 +386,7 @@ class _WSStream(WSStream):
     """
 
     _close: tuple[int, str] | None = None  # the first close frame: code, who sent it
+    _pinging: trio.CancelScope | None = None  # ended with the stream: its connection need not wait
 
     async def _accept(self, message: Any) -> None:
         options = message.get(WEBSOCKET_OPTIONS) or {}
@@ -398,10 +399,11 @@ class _WSStream(WSStream):
             self.task_group.spawn(self._ping_every, float(options["ping_interval"]))
 
     async def _ping_every(self, interval: float) -> None:
-        while self.state is ASGIWebsocketState.CONNECTED and not self.closed:
-            await trio.sleep(interval)
-            if self.state is ASGIWebsocketState.CONNECTED and not self.closed:
-                await self._send_wsproto_event(Ping())
+        with trio.CancelScope() as self._pinging:
+            while not self.closed:
+                await trio.sleep(interval)
+                if self.state is ASGIWebsocketState.CONNECTED and not self.closed:
+                    await self._send_wsproto_event(Ping())
 
     async def _send_wsproto_event(self, event: Any) -> None:
         if type(event) is CloseConnection and self._close is None and self.state is ASGIWebsocketState.CONNECTED:
@@ -411,6 +413,8 @@ class _WSStream(WSStream):
         await super()._send_wsproto_event(event)
 
     async def handle(self, event: Any) -> None:
+        if type(event) is StreamClosed and self._pinging is not None:
+            self._pinging.cancel()
         if (
             type(event) is StreamClosed
             and self._close is not None
