@@ -17,7 +17,14 @@ from pathlib import Path
 from bascule import config
 from bascule.schema import reference_table
 
-MODELS = ("GatewaySettings", "ServiceSettings", "TargetSettings", "RouteSettings", "ConsumerSettings")
+MODELS = (
+    "GatewaySettings",
+    "ServiceSettings",
+    "TargetSettings",
+    "RouteSettings",
+    "WebSocketSettings",
+    "ConsumerSettings",
+)
 DOC = Path(__file__).resolve().parent / "config.md"
 
 

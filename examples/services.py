@@ -1,7 +1,8 @@
 """Demo backend services for the default plugins.toml, the seed's two stories.
 
 E-commerce: users (9101), products (9102), orders (9103), payments (9104).
-Ride-hailing: drivers (9105, driver location) and payments (ride payment status).
+Ride-hailing: drivers (9105, driver location, and its live position over a
+WebSocket at /rides/{id}/live) and payments (ride payment status).
 
 Each is a tiny ASGI app serving JSON, run with hypercorn on 127.0.0.1.
 ``python examples/services.py`` starts them all and runs until Ctrl-C.
@@ -45,6 +46,9 @@ def app(routes: dict[str, Handler], name: str):
             await receive()
             await send({"type": "lifespan.shutdown.complete"})
             return
+        if scope["type"] == "websocket":
+            await live_position(scope, receive, send)
+            return
         body = b""
         while True:
             message = await receive()
@@ -64,6 +68,32 @@ def app(routes: dict[str, Handler], name: str):
         await send({"type": "http.response.body", "body": payload})
 
     return asgi
+
+
+async def live_position(scope: dict, receive: Callable, send: Callable) -> None:
+    """A WebSocket at /rides/{id}/live: the driver's position every half second until
+    arrival (close 1000), or until the client leaves. Other paths are refused (403)."""
+    await receive()  # websocket.connect
+    m = re.match(r"^/rides/(?P<id>[^/]+)/live$", scope["path"])
+    if m is None or m["id"] not in DRIVERS:
+        await send({"type": "websocket.close"})
+        return
+    await send({"type": "websocket.accept"})
+    ride = DRIVERS[m["id"]]
+    async with trio.open_nursery() as nursery:
+
+        async def until_the_client_leaves() -> None:
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(until_the_client_leaves)
+        for step in range(ride["eta_minutes"] * 5, -1, -1):  # toward the pickup point
+            position = {**ride, "lat": round(ride["lat"] - step * 0.0004, 5), "eta_minutes": round(step / 5, 1)}
+            await send({"type": "websocket.send", "text": json.dumps(position)})
+            await trio.sleep(0.5)
+        await send({"type": "websocket.close", "code": 1000, "reason": "arrived"})
+        nursery.cancel_scope.cancel()
 
 
 def found(table: dict, key: str) -> tuple[int, object]:

@@ -99,7 +99,7 @@ def test_every_problem_is_reported_once_with_its_location():
         " installed plugins: limit",
         "conf/plugins.toml: route \"users\": paths[0]: expected a path starting with '/', got 'api/users'",
         'conf/plugins.toml: route "users": colour: unknown key (known keys: hosts, match, methods, name, paths,'
-        " plugins, preserve_host, service, strip_path)",
+        " plugins, preserve_host, service, strip_path, websocket)",
         "conf/plugins.toml: route \"users\": service: unknown service 'userz'; did you mean 'users'? (services: users)",
         "conf/plugins.toml: route \"users\": plugins.limit.limit: expected an integer, got a string ('ten')",
         "conf/plugins.toml: route \"users\": plugins.burst.priority: expected an integer, got a string ('high')",
@@ -170,7 +170,7 @@ def test_invalid_toml_is_file_line_column_with_the_line_shown():
         (
             "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\nstrip-pth = true\n",
             "route \"a\": strip-pth: unknown key; did you mean 'strip_path'? (known keys: hosts, match, methods,"
-            " name, paths, plugins, preserve_host, service, strip_path)",
+            " name, paths, plugins, preserve_host, service, strip_path, websocket)",
         ),
         (
             "[[routes]]\nname = 'a'\npaths = ['/a']\nservice = 'users'\n[routes.plugins.limt]\nlimit = 1\n",

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio_websocket
 from bascule.admin import Admin
 from bascule.config import (
     ConfigError,
@@ -32,6 +33,7 @@ from bascule.config import (
     RouteSettings,
     ServiceSettings,
     TargetSettings,
+    WebSocketSettings,
     parse_config,
 )
 from bascule.registry import discover
@@ -44,7 +46,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-CONFIG_MODELS = (GatewaySettings, ServiceSettings, TargetSettings, RouteSettings, ConsumerSettings)
+CONFIG_MODELS = (GatewaySettings, ServiceSettings, TargetSettings, RouteSettings, WebSocketSettings, ConsumerSettings)
 
 
 # -- docs/plugins.md -------------------------------------------------------------
@@ -274,6 +276,33 @@ def test_every_public_name_of_the_sdk_is_documented():
     assert not missing, f"docs/plugins.md, SDK reference: no **`name`** entry for {', '.join(missing)}"
 
 
+async def test_on_websocket_message_example(nursery):
+    json_only = example("on_websocket_message")
+    server = await nursery.start(partial(trio_websocket.serve_websocket, _echo_websocket, "127.0.0.1", 0, None))
+    config = route(f"http://127.0.0.1:{server.port}", "json-only").replace(
+        'service = "api"\n', 'service = "api"\nwebsocket = {}\n', 1
+    )
+    gw = await start_gateway(nursery, config, plugins=[json_only])
+    async with trio_websocket.open_websocket_url(gw.url.replace("http", "ws") + "/api") as ws:
+        await ws.send_message('{"lat": 48.85}')
+        await ws.send_message("ping")
+        await ws.send_message('{"lon": 2.35}')
+        assert [await ws.get_message(), await ws.get_message()] == ['{"lat": 48.85}', '{"lon": 2.35}']
+        await ws.send_message("not json")
+        with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+            await ws.get_message()
+    assert (closed.value.reason.code, closed.value.reason.reason) == (1007, "client messages must be JSON")
+
+
+async def _echo_websocket(request: trio_websocket.WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except trio_websocket.ConnectionClosed:
+        pass
+
+
 # -- docs/config.md ----------------------------------------------------------------
 
 
@@ -313,6 +342,8 @@ def example_tables(model: type, data: dict) -> list[dict]:
         return [t for s in data["services"].values() for t in s["targets"] if isinstance(t, dict)]
     if model is RouteSettings:
         return data["routes"]
+    if model is WebSocketSettings:
+        return [r["websocket"] for r in data["routes"] if "websocket" in r]
     return list(data["consumers"].values())
 
 

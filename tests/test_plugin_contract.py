@@ -101,7 +101,7 @@ def test_a_misspelt_hook_gets_a_suggestion():
     assert refusal(Misspelt) == (
         f"plugin 'misspelt' ({__name__}.Misspelt): @hookimpl method on_reponse is not a hook; "
         "did you mean 'on_response'? (hooks: startup, shutdown, on_request, on_upstream_request, handle, "
-        "on_response, on_log, on_admin_request)"
+        "on_response, on_log, on_websocket_message, on_admin_request)"
     )
     assert refusal(NotAsync) == f"plugin 'not-async' ({__name__}.NotAsync): hook on_log must be 'async def'"
 

@@ -262,7 +262,8 @@ VOCABULARY: dict[Any, list[Any]] = {
 # Keys whose rules span several keys or tables, which no per-table schema can state (left to `validate`).
 CROSS_CHECKED = {
     GatewaySettings: {"admin", "tls_cert", "tls_key", "trusted_proxies"},  # admin != listen; cert with key; CIDRs
-    RouteSettings: {"name", "paths", "service", "plugins"},  # unique; path patterns; a declared service; below
+    RouteSettings: {"name", "paths", "service", "plugins", "methods", "websocket"},  # unique; path patterns;
+    # a declared service; GET and a service for WebSockets; plugins below
     ConsumerSettings: {"credentials"},  # per plugin
 }
 

@@ -236,6 +236,25 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class WebSocketSettings:
+    """``[routes.websocket]``: the route proxies WebSocket upgrades (RFC 6455; RFC 8441 over HTTP/2)."""
+
+    max_message_size: ByteSize = setting(
+        1024 * 1024, "Largest message either side may send (close 1009 beyond).", min=1
+    )
+    idle_timeout: Duration = setting(
+        300.0, "A socket without a message either way for this long is closed (1001).", min=0.001
+    )
+    ping_interval: Duration = setting(
+        30.0, "The gateway pings the client this often (0: never), so no NAT drops it.", min=0
+    )
+    max_connections: int = setting(1000, "Open WebSockets on this route at once (503 at the handshake beyond).", min=1)
+    max_connections_per_consumer: int = setting(
+        0, "Open WebSockets per consumer (client IP without one) on this route (0: no limit; 429 beyond).", min=0
+    )
+
+
+@dataclass(frozen=True)
 class RouteSettings:
     """``[[routes]]``: what requests a route matches and where they go."""
 
@@ -258,6 +277,21 @@ class RouteSettings:
     strip_path: bool = setting(False, "Remove the matched path prefix before forwarding.")
     preserve_host: bool = setting(False, "Send the client's Host upstream instead of the target's.")
     plugins: dict[str, Any] = setting({}, "Plugins on this route: tables layered over [plugins.X], or X = false.")
+    websocket: WebSocketSettings | None = setting(None, "Proxy WebSocket upgrades ([routes.websocket]); else refused.")
+
+    def __post_init__(self) -> None:
+        check(
+            (
+                self.websocket is not None and bool(self.methods) and "GET" not in self.methods,
+                "methods",
+                "must include GET on a route that accepts WebSockets (the handshake is a GET)",
+            ),
+            (
+                self.websocket is not None and self.service is None,
+                "websocket",
+                "a route that accepts WebSockets needs a service to proxy them to",
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -611,4 +645,4 @@ class _Compiler:
         return spec
 
 
-__all__ += ["Problem", "TargetSettings"]
+__all__ += ["Problem", "TargetSettings", "WebSocketSettings"]

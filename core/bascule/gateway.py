@@ -24,7 +24,7 @@ from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, 
 from bascule_sdk.http import Body, ClientDisconnected, iterate
 from bascule_sdk.settings import SettingsError
 
-from .config import Config, ConfigError, ConfigProblem, Route
+from .config import Config, ConfigError, ConfigProblem, Route, RouteSettings
 from .forwarding import InvalidField, TrustedProxies, arrival_headers, parse_host, strip_hop_by_hop
 from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
@@ -32,6 +32,7 @@ from .proxy import Proxy, ProxySettings
 from .routing import RoutePattern, Router
 from .tasks import Backoff, Supervisor
 from .upstream import Upstreams
+from .websocket import WebSockets
 from .worker import contained_errors
 
 __all__ = ["Gateway", "Runtime"]
@@ -46,6 +47,7 @@ class CompiledRoute:
     info: RouteInfo
     pipeline: Pipeline
     forward: Callable[[Context, Request, str | None], Awaitable[Response]]
+    settings: RouteSettings | None = None  # WebSockets are proxied from these (bascule.websocket)
 
 
 class Runtime:
@@ -120,7 +122,7 @@ class Runtime:
         pipeline = Pipeline.build(self.plugins, ordered, default_handle)
         info = RouteInfo(route.name, s.service, tuple(spec.instance for spec in route.plugins))
         forward = partial(self._forward, pipeline, s.service)
-        return CompiledRoute(info, pipeline, forward)
+        return CompiledRoute(info, pipeline, forward, s)
 
     async def _forward(
         self,
@@ -135,10 +137,8 @@ class Runtime:
             raise HTTPError(500, "The route names no service to forward to.")
         await pipeline.upstream_request(ctx, request)
         headers = request.headers
-        strip_hop_by_hop(headers)
         length = headers.get("content-length")
-        raw = [(k, v) for k, v in headers.raw if k not in _REWRITTEN]
-        raw += [(k, v) for k, v in ctx.request.headers.raw if k in _FORWARD_COPY]  # written on arrival
+        raw = upstream_headers(ctx, request)
         body = request.body
         if isinstance(body, bytes):
             if body or request.method in ("POST", "PUT", "PATCH"):
@@ -184,6 +184,15 @@ _FORWARD_COPY = frozenset(
 _REWRITTEN = _FORWARD_COPY | {b"content-length", b"transfer-encoding"}
 
 
+def upstream_headers(ctx: Context, request: Request) -> list[tuple[bytes, bytes]]:
+    """The fields of ``request`` (after ``on_upstream_request``) as a service receives them,
+    less body framing: hop-by-hop fields removed, the forwarding fields and request id
+    that arrival wrote for ``ctx`` (whatever a plugin set in their place)."""
+    strip_hop_by_hop(request.headers)
+    raw = [(k, v) for k, v in request.headers.raw if k not in _REWRITTEN]
+    return raw + [(k, v) for k, v in ctx.request.headers.raw if k in _FORWARD_COPY]  # written on arrival
+
+
 @dataclass(frozen=True, eq=False)
 class PluginGateway:
     """The ``bascule_sdk.Gateway`` that one plugin instance gets in ``startup``:
@@ -223,6 +232,7 @@ class Gateway:
         self.shared: dict[str, Any] = {}  # plugins' state that outlives a config
         self.supervisor = Supervisor(backoff)
         self.reload_results = {"success": 0, "failure": 0}  # counted by whoever reloads (SIGHUP, admin)
+        self.websockets = WebSockets()  # open WebSockets, across reloads
         self._date = (0, b"")
 
     def describe_upstreams(self) -> dict[str, Any]:
@@ -280,7 +290,7 @@ class Gateway:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await _refuse_websocket(scope, receive, send)
+            await self._in_flight(partial(self.websockets.serve, self), scope, receive, send)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         await receive()  # lifespan.startup
@@ -298,10 +308,14 @@ class Gateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def handle_http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await self._in_flight(self._handle_http, scope, receive, send)
+
+    async def _in_flight(self, handler: Callable[..., Awaitable[None]], scope: dict, *args: Callable) -> None:
+        """``handler(runtime, scope, receive, send)``, counted in flight on the current runtime."""
         rt = self.runtime
         rt.active += 1
         try:
-            await self._handle_http(rt, scope, receive, send)
+            await handler(rt, scope, *args)
         finally:
             rt.active -= 1
             if rt.retiring and not rt.active:
@@ -313,16 +327,9 @@ class Gateway:
             request, request_id, client_ip, error = await _arrive(rt, scope, receive)
         except ClientDisconnected:
             return
-        route, params, matched = None, {}, ""
+        route, params, matched = None, dict[str, str](), ""
         if error is None:
-            m = rt.router.match(request.method, request.path, request.host)
-            if m.pattern is not None:
-                route, params, matched = m.target, m.params, _prefix(request.path, m.pattern.depth)
-            elif m.allowed:
-                allow = ", ".join(sorted(m.allowed | ({"HEAD"} if "GET" in m.allowed else set())))
-                error = HTTPError(405, f"{request.method} is not allowed here.", {"allow": allow})
-            else:
-                error = HTTPError(404, "No route matches this request.")
+            route, params, matched, error = _route(rt, request)
         ctx = Context(
             request,
             request_id=request_id,
@@ -408,18 +415,15 @@ class _EarlyHints:
 _early_hints: ContextVar[_EarlyHints | None] = ContextVar("bascule_early_hints", default=None)
 
 
-async def _refuse_websocket(scope: dict, receive: Callable, send: Callable) -> None:
-    """WebSocket upgrades are not proxied: 403 problem+json (RFC 6455 4.2.2), or a bare 403
-    from the server where it lacks ASGI's ``websocket.http.response`` extension."""
-    await receive()  # websocket.connect
-    if "websocket.http.response" not in scope.get("extensions", {}):
-        await send({"type": "websocket.close"})
-        return
-    request_id = secrets.token_hex(16)
-    problem = HTTPError(403, "WebSocket upgrades are not accepted here.").to_response(request_id)
-    problem.headers.set("x-request-id", request_id)
-    await send({"type": "websocket.http.response.start", "status": 403, "headers": problem.headers.raw})
-    await send({"type": "websocket.http.response.body", "body": problem.body})
+def _route(rt: Runtime, request: Request) -> tuple[CompiledRoute | None, dict[str, str], str, HTTPError | None]:
+    """The route of ``request``, its path parameters and matched prefix, or the 404/405 that answers it."""
+    m = rt.router.match(request.method, request.path, request.host)
+    if m.pattern is not None:
+        return m.target, m.params, _prefix(request.path, m.pattern.depth), None
+    if m.allowed:
+        allow = ", ".join(sorted(m.allowed | ({"HEAD"} if "GET" in m.allowed else set())))
+        return None, {}, "", HTTPError(405, f"{request.method} is not allowed here.", {"allow": allow})
+    return None, {}, "", HTTPError(404, "No route matches this request.")
 
 
 def _head_size(scope: dict) -> int:

@@ -26,7 +26,7 @@ __all__ = ["PHASES", "Hook", "HookReturnError", "Pipeline", "PluginLoadError", "
 
 log = logging.getLogger("bascule")
 
-PHASES = ("on_request", "on_upstream_request", "handle", "on_response", "on_log")
+PHASES = ("on_request", "on_upstream_request", "handle", "on_response", "on_log", "on_websocket_message")
 LIFECYCLE = ("startup", "shutdown", "on_admin_request")
 _SPEC_ARGS = {name: tuple(inspect.signature(getattr(hookspecs, name)).parameters) for name in PHASES + LIFECYCLE}
 
@@ -124,6 +124,7 @@ class Pipeline:
     handle: tuple[Hook, ...]
     on_response: tuple[Hook, ...]  # lowest priority first
     on_log: tuple[Hook, ...]
+    on_websocket_message: tuple[Hook, ...] = ()  # empty on most routes: nothing per message then
 
     @classmethod
     def build(cls, plugins: PluginSet, ordered: Iterable[Plugin], default_handle: Hook | None) -> Pipeline:
@@ -140,6 +141,7 @@ class Pipeline:
             handle=handle,
             on_response=tuple(reversed(phase("on_response"))),
             on_log=phase("on_log"),
+            on_websocket_message=phase("on_websocket_message"),
         )
 
     async def respond(self, ctx: Context, accepted: Callable[[Context], Awaitable[None]] | None = None) -> Response:
@@ -168,6 +170,24 @@ class Pipeline:
                         break
                 else:
                     raise HTTPError(404, "No handler answered this request.")
+        except HTTPError as e:
+            response = _error_response(ctx, e)
+        except ClientDisconnected:
+            raise
+        except Exception as e:
+            response = _crash_response(ctx, hook, e)
+        return await self.finish(ctx, response)
+
+    async def admit(self, ctx: Context) -> Response | None:
+        """Run ``on_request`` only (a WebSocket handshake): ``None`` when every hook let
+        the request through, else the refusal, after ``on_response``. Fails as ``respond`` does."""
+        hook = None
+        try:
+            for hook in self.on_request:
+                response = await hook.call(ctx)
+                if response is not None:
+                    return await self.finish(ctx, response)
+            return None
         except HTTPError as e:
             response = _error_response(ctx, e)
         except ClientDisconnected:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from bascule_sdk import Context, Plugin, Request, Response, hookimpl, setting
 
-__all__ = ["Proxy"]
+__all__ = ["Proxy", "upstream_request"]
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,17 @@ class Proxy(Plugin[ProxySettings]):
 
     @hookimpl
     async def handle(self, ctx: Context) -> Response:
-        client = ctx.request
-        path = client.path
-        if self.settings.strip_path:
-            path = path[len(ctx.matched_path) :]  # "" or "/...": the match is segment-aligned
-        headers = client.headers.copy()
-        if not self.settings.preserve_host:
-            headers.remove("host")
-        return await ctx.forward(Request(client.method, path, client.query, headers, client.body))
+        return await ctx.forward(upstream_request(ctx, self.settings.strip_path, self.settings.preserve_host))
+
+
+def upstream_request(ctx: Context, strip_path: bool, preserve_host: bool) -> Request:
+    """The client's request as the route sends it on (a copy): the matched prefix
+    removed with ``strip_path``, its Host kept only with ``preserve_host``."""
+    client = ctx.request
+    path = client.path
+    if strip_path:
+        path = path[len(ctx.matched_path) :]  # "" or "/...": the match is segment-aligned
+    headers = client.headers.copy()
+    if not preserve_host:
+        headers.remove("host")
+    return Request(client.method, path, client.query, headers, client.body)

@@ -43,6 +43,7 @@ HOOKS = (
     "handle",
     "on_response",
     "on_log",
+    "on_websocket_message",
     "on_admin_request",
 )
 
@@ -59,6 +60,7 @@ KNOWN_PACKAGES = {
     "cors": "bascule-cors",
     "request-transformer": "bascule-request-transformer",
     "opentelemetry": "bascule-opentelemetry",
+    "ws-rate-limit": "bascule-ws-ratelimit",
 }
 
 log = logging.getLogger("bascule")

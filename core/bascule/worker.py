@@ -17,6 +17,12 @@ does, with these changes, all here and nowhere else:
 - **Lingering close** (nginx's): a closing connection half-closes, then reads
   and discards for ``lingering_timeout``, so the kernel does not answer late
   client bytes with a reset that destroys the response in flight.
+- **WebSockets** (``_WSStream``): what the gateway's ASGI app asks in its
+  ``websocket.accept`` applies to that socket (a message size limit, no
+  permessage-deflate the service did not take, keepalive pings), its
+  ``websocket.disconnect`` carries the close code that ended the socket, and
+  ``read_timeout`` does not end a connection carrying an open WebSocket (the
+  route's ``idle_timeout`` does, in ``bascule.websocket``).
 - **Cost per request** (the repository's docs/upstream/hypercorn-0.18.patch offers these
   upstream, with measurements): one keep-alive task per connection whose
   deadline moves, instead of a task spawned and cancelled per request; a
@@ -47,17 +53,20 @@ from bascule_sdk import HTTPError
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.events import Body, Data, EndBody
+from hypercorn.protocol.events import Body, Data, EndBody, StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import STREAM_ID, H2ProtocolAssumedError, H11Protocol
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WebsocketBuffer, WSStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, H11SendableEvent, LifespanState
 from hypercorn.utils import ShutdownError, parse_socket_addr, raise_shutdown, repr_socket_addr, wrap_app
+from wsproto.connection import ConnectionState as WebSocketState
+from wsproto.events import CloseConnection, Ping
 
-__all__ = ["HYPERCORN", "contained_errors", "listen"]
+__all__ = ["HYPERCORN", "WEBSOCKET_OPTIONS", "contained_errors", "listen"]
 
 log = logging.getLogger("bascule")
 
@@ -243,6 +252,8 @@ class _Connection(TCPServer):
                         with trio.CancelScope(deadline=trio.current_time() + timeout) as read:
                             data = await self.stream.receive_some(MAX_RECV)
                         if read.cancelled_caught:
+                            if self._carries_websocket():
+                                continue  # a quiet socket: its route's idle_timeout decides
                             break
                     else:
                         data = await self.stream.receive_some(MAX_RECV)
@@ -253,6 +264,11 @@ class _Connection(TCPServer):
                 if not data:
                     break
         await self.protocol.handle(Closed())
+
+    def _carries_websocket(self) -> bool:
+        protocol = getattr(self.protocol, "protocol", None)
+        streams = protocol.streams.values() if isinstance(protocol, H2Protocol) else [getattr(protocol, "stream", None)]
+        return any(isinstance(s, WSStream) and s.state is ASGIWebsocketState.CONNECTED for s in streams)
 
     async def _keep_alive(self) -> None:
         """Close the connection once idle for ``keep_alive_timeout``, or at shutdown while idle.
@@ -328,7 +344,8 @@ class _Protocols(ProtocolWrapper):
 
 
 class _H2(H2Protocol):
-    """hypercorn's HTTP/2 protocol; DATA for a stream already answered is dropped.
+    """hypercorn's HTTP/2 protocol; DATA for a stream already answered is dropped;
+    its WebSockets (RFC 8441) are ``_WSStream``.
 
     hypercorn 0.18 looks such a stream up without a guard: the ``KeyError``
     ends the connection and every request on it. A client sends such DATA
@@ -345,6 +362,90 @@ class _H2(H2Protocol):
                 self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             else:
                 await super()._handle_events([event])
+
+    async def _create_stream(self, request: h2.events.RequestReceived) -> None:
+        await super()._create_stream(request)
+        _own_websocket(self.streams.get(request.stream_id))
+
+
+#: The key of a ``websocket.accept`` message that ``_WSStream`` reads.
+WEBSOCKET_OPTIONS = "bascule.websocket"
+
+
+class _WSStream(WSStream):
+    """hypercorn's WebSocket stream, with what the app asks when it accepts.
+
+    ``websocket.accept`` may carry ``WEBSOCKET_OPTIONS``: ``max_message_size``
+    (this socket's limit, close 1009 beyond: hypercorn has one per process),
+    ``permessage_deflate`` (False: not negotiated with the client, since the
+    service did not take it; hypercorn always negotiates it) and
+    ``ping_interval`` (seconds between pings to the client, 0 for none).
+    ``websocket.disconnect`` carries the code that closed the socket and, under
+    ``"bascule.closed_by"``, ``"client"`` or ``"gateway"`` (this stream's 1009);
+    hypercorn's says 1000 or 1006 whatever the code was.
+    """
+
+    _close: tuple[int, str] | None = None  # the first close frame: code, who sent it
+    _pinging: trio.CancelScope | None = None  # ended with the stream: its connection need not wait
+
+    async def _accept(self, message: Any) -> None:
+        options = message.get(WEBSOCKET_OPTIONS) or {}
+        if "max_message_size" in options:
+            self.buffer = _Buffer(int(options["max_message_size"]))
+        if options.get("permessage_deflate") is False:
+            self.handshake.extensions = None
+        await super()._accept(message)
+        if options.get("ping_interval"):
+            self.task_group.spawn(self._ping_every, float(options["ping_interval"]))
+
+    async def _ping_every(self, interval: float) -> None:
+        with trio.CancelScope() as self._pinging:
+            while not self.closed:
+                await trio.sleep(interval)
+                if self.state is ASGIWebsocketState.CONNECTED and not self.closed:
+                    await self._send_wsproto_event(Ping())
+
+    async def _send_wsproto_event(self, event: Any) -> None:
+        if type(event) is CloseConnection and self._close is None and self.state is ASGIWebsocketState.CONNECTED:
+            # Sent while the app has not closed: an answer to the client's close, or the 1009 here.
+            by = "client" if self.connection.state is WebSocketState.REMOTE_CLOSING else "gateway"
+            self._close = (event.code, by)
+        await super()._send_wsproto_event(event)
+
+    async def handle(self, event: Any) -> None:
+        if type(event) is StreamClosed and self._pinging is not None:
+            self._pinging.cancel()
+        if (
+            type(event) is StreamClosed
+            and self._close is not None
+            and not self.closed
+            and self.app_put is not None
+            and self.state is ASGIWebsocketState.CONNECTED
+        ):
+            self.closed = True
+            code, by = self._close
+            await self.app_put({"type": "websocket.disconnect", "code": code, "bascule.closed_by": by})
+            return
+        await super().handle(event)
+
+
+class _Buffer(WebsocketBuffer):
+    """hypercorn's message buffer, its limit in bytes for text too (hypercorn counts characters)."""
+
+    def extend(self, event: Any) -> None:
+        super().extend(event)
+        if isinstance(event.data, str):
+            self.length += len(event.data.encode()) - len(event.data)
+            if self.length > self.max_length:
+                raise FrameTooLargeError()
+
+
+def _own_websocket(stream: object) -> None:
+    """Make hypercorn's new WebSocket stream a ``_WSStream``. Done right after the stream is
+    made and handed its request: the gateway accepts a WebSocket only once the service did,
+    after network round trips, so no ``websocket.accept`` can come first."""
+    if type(stream) is WSStream:
+        stream.__class__ = _WSStream
 
 
 class _ContinueOnReceive:
@@ -450,6 +551,7 @@ class _H11(H11Protocol):
                     break
                 await self._check_protocol(event)
                 await self._create_stream(event)
+                _own_websocket(self.stream)
             elif event is h11.PAUSED:
                 await self.can_read.clear()
                 await self.can_read.wait()

@@ -10,8 +10,10 @@ from .hookspecs import hookimpl, hookspec
 from .http import Headers, HTTPError, Request, Response
 from .plugin import NoSettings, Plugin
 from .settings import ByteSize, Duration, Secret, SettingsError, secret_bytes, setting
+from .websocket import DROP, WebSocketClose, WebSocketMessage
 
 __all__ = [
+    "DROP",
     "ByteSize",
     "Consumer",
     "Context",
@@ -29,6 +31,8 @@ __all__ = [
     "SettingsError",
     "TaskState",
     "UpstreamCall",
+    "WebSocketClose",
+    "WebSocketMessage",
     "hookimpl",
     "hookspec",
     "secret_bytes",

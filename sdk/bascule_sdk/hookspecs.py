@@ -17,6 +17,7 @@ import pluggy
 
 from .context import Context, Gateway
 from .http import Request, Response
+from .websocket import WebSocketMessage
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -90,6 +91,21 @@ async def on_log(ctx: Context, response: Response) -> None:
     Cannot change the response. ``response.body`` is not available here; use
     ``ctx.tags`` for facts recorded along the way. Keep it fast: never block
     on I/O here (hand lines to a background writer).
+    """
+
+
+@hookspec
+async def on_websocket_message(ctx: Context, message: WebSocketMessage) -> object:
+    """See each message of a proxied WebSocket, either way, before it is relayed.
+
+    Runs in priority order (highest first) on routes with ``[routes.websocket]``,
+    for each whole message (fragments joined). ``ctx`` is the handshake's context
+    (``consumer``, ``state``...), the same for every message of the socket. Return
+    ``None`` to pass the message on (change ``message.data`` in place to rewrite
+    it), ``DROP`` to drop it (later hooks do not see it); raise
+    ``WebSocketClose(code, reason)`` to close the socket, both ways. Any other
+    exception closes it with 1011, logged with the plugin's name. Optional: a
+    route where no plugin implements it pays nothing per message.
     """
 
 

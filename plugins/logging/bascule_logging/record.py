@@ -63,6 +63,8 @@ def access_record(
         "error": ctx.error,
         "headers": {name: value for name in headers if (value := request.headers.get(name)) is not None},
     }
+    if (websocket := ctx.tags.get("websocket")) is not None:  # a proxied WebSocket, logged once closed
+        record["websocket"] = websocket
     if ctx.log_fields:
         return {**ctx.log_fields, **record}
     return record

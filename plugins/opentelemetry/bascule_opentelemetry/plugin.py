@@ -46,7 +46,7 @@ class Exporting:
         self.users = 0
 
 
-class OpenTelemetry(Plugin):
+class OpenTelemetry(Plugin[OpenTelemetrySettings]):
     """Traces every request of the routes it is enabled on (see the module docstring).
 
     Owns the request's trace context when enabled: sets ``ctx.trace`` in
@@ -58,7 +58,6 @@ class OpenTelemetry(Plugin):
     name = "opentelemetry"
     priority = 10_000  # first in, last out: the server span covers every other plugin's work
     Settings = OpenTelemetrySettings
-    settings: OpenTelemetrySettings
     exporting: Exporting | None = None
 
     @hookimpl

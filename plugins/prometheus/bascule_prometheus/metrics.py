@@ -97,6 +97,18 @@ class Metrics:
         self.in_flight = Gauge(
             "bascule_requests_in_flight", "Requests being processed.", multiprocess_mode="livesum", registry=r
         )
+        self.websockets_open = Gauge(
+            "bascule_websockets_open",
+            "WebSockets open (or in their handshake); each is also in flight.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.websocket_messages = Counter(
+            "bascule_websocket_messages",
+            "WebSocket messages relayed, by route and direction (in: from clients), counted when a socket closes.",
+            ["route", "direction"],
+            registry=r,
+        )
         self.upstream_duration = Histogram(
             "bascule_upstream_duration_seconds",
             "Time of one upstream attempt, until the response head arrived or it failed.",

@@ -67,13 +67,21 @@ class Prometheus(Plugin[PrometheusSettings]):
         if _COUNTED not in ctx.state:
             ctx.state[_COUNTED] = True
             metrics().in_flight.inc()
+            if "websocket" in ctx.tags:  # a WebSocket handshake: open until logged
+                metrics().websockets_open.inc()
 
     @hookimpl
     async def on_log(self, ctx: Context, response: Response) -> None:
         m = metrics()
+        route = ctx.route.name or "(none)"
+        websocket = ctx.tags.get("websocket")
         if ctx.state.pop(_COUNTED, False):
             m.in_flight.dec()
-        route = ctx.route.name or "(none)"
+            if websocket is not None:
+                m.websockets_open.dec()
+        if websocket:  # the socket closed: what it carried
+            m.websocket_messages.labels(route, "in").inc(websocket["messages_in"])
+            m.websocket_messages.labels(route, "out").inc(websocket["messages_out"])
         status = response.status
         method = ctx.request.method if ctx.request.method in METHODS else OTHER
         service = ctx.route.service or ""
