@@ -11,6 +11,10 @@
     POST /reload     re-read the config file; 400 with the errors if invalid
                      (with several workers: validated here, then every
                      worker reloads on the SIGHUP the supervisor forwards)
+    GET  /fleet      with ``bascule run --config-store``: this gateway's node
+                     id, the store's version it serves and since when, the
+                     newest one (``behind``), its last error, its heartbeat
+                     (404 without a config store)
 
 With ``admin_token`` set, every request needs ``Authorization: Bearer TOKEN``.
 """
@@ -24,7 +28,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bascule_sdk import Headers, HTTPError, Request, Response, TaskState
 from bascule_sdk.http import iterate
@@ -33,6 +37,9 @@ from .asgi import accept_lifespan
 from .config import Config, ConfigError, load_config
 from .gateway import Gateway, Runtime
 from .registry import Available
+
+if TYPE_CHECKING:
+    from .fleet import FleetAgent
 
 __all__ = ["Admin", "describe_plugins", "describe_routes", "readiness"]
 
@@ -113,8 +120,10 @@ class Admin:
         available: Mapping[str, Available],
         *,
         signal_supervisor: bool = False,
+        fleet: FleetAgent | None = None,
     ) -> None:
         self.gateway = gateway
+        self.fleet = fleet  # the config store this gateway follows, if any
         self.path = path
         self.available = available
         self.signal_supervisor = signal_supervisor  # a worker: every worker must reload
@@ -180,6 +189,8 @@ class Admin:
             "/plugins": lambda: describe_plugins(self.available),
             "/upstreams": lambda: {name: svc.describe() for name, svc in rt.upstreams.services.items()},
         }
+        if self.fleet is not None:
+            pages["/fleet"] = self.fleet.describe
         if path == "/reload":
             if method != "POST":
                 raise HTTPError(405, "Use POST.", {"allow": "POST"})
