@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from bascule.testing import RedisServer, eventually, start_upstream
+from bascule.config import ConfigError
+from bascule.testing import RedisServer, eventually, start_gateway, start_upstream
 from bascule_sdk import Response
 
 SECRET = "a-secret-that-is-at-least-32-bytes-long"
@@ -67,8 +68,10 @@ def bascule(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 class Node:
     """One gateway process following the store; the test reads its ports from its start-up log."""
 
-    def __init__(self, tmp_path: Path, store: str, name: str, env: dict[str, str] | None = None) -> None:
-        self.name, self.store, self.env = name, store, env or {}
+    def __init__(
+        self, tmp_path: Path, store: str, name: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        self.name, self.store, self.env, self.args = name, store, env or {}, args
         self.state_dir = tmp_path / name
         self.log = tmp_path / f"{name}.log"
         self.url = self.admin = ""
@@ -79,7 +82,7 @@ class Node:
         env = {k: v for k, v in os.environ.items() if k != "FLEET_SECRET"} | self.env
         args = ["run", "--config-store", self.store, "--node-id", self.name, "--state-dir", str(self.state_dir)]
         self.proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "bascule.cli", *args, "--heartbeat", "0.5"],
+            [sys.executable, "-m", "bascule.cli", *args, "--heartbeat", "0.5", *self.args],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("wb"),
             env=env,
@@ -289,3 +292,64 @@ async def test_no_store_and_no_state_is_one_line_on_stderr(tmp_path, redis):
     assert done.stderr.strip().endswith(
         "is unreachable, and " + str(tmp_path / "empty" / "config.toml") + " (the last config applied) does not exist"
     )
+
+
+async def test_with_workers_every_worker_applies_each_version(nursery, tmp_path, redis):
+    upstream = await start_upstream(nursery, serving_version)
+    assert (await push(tmp_path, redis.url, config(1, upstream.url))).returncode == 0
+    node = Node(tmp_path, redis.url, "gw", args=("--workers", "2"))
+    await node.start()
+    seen: list[str] = []
+    stop = trio.Event()
+
+    async def fresh_connections() -> None:  # each request may reach either worker
+        async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0), timeout=10) as client:
+            while not stop.is_set():
+                seen.append((await client.get(node.url + "/api")).json()["version"])
+                await trio.sleep(0.01)
+
+    try:
+        nursery.start_soon(fresh_connections)
+        assert (await push(tmp_path, redis.url, config(2, upstream.url))).returncode == 0
+        # the first worker checks it and signals the supervisor; both workers reload
+        await eventually(lambda: node.log.read_bytes().count(b"reloaded ") == 2, timeout=30)
+        await eventually(lambda: seen[-20:] == ["2"] * 20, timeout=30)
+        assert (await node.fleet())["version"] == 2
+    finally:
+        stop.set()
+        await node.stop()
+
+
+async def test_fleet_page_and_store_urls(nursery, tmp_path):
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(nursery, config(1, upstream.url), admin=True)
+    async with httpx.AsyncClient() as client:
+        r = await client.get(gw.admin_url + "/fleet")
+    assert r.status_code == 404  # not following a store
+
+    done = await trio.to_thread.run_sync(lambda: bascule("run", "--config-store", "http://127.0.0.1:1"))
+    assert done.returncode == 2
+    assert "--config-store: expected a URL starting with redis://" in done.stderr
+    done = await trio.to_thread.run_sync(lambda: bascule("fleet", "status", env={"BASCULE_CONFIG_STORE": ""}))
+    assert done.returncode == 2 and "--store URL (or $BASCULE_CONFIG_STORE) is required" in done.stderr
+
+    for url, problem in (
+        ("redis+sentinel://127.0.0.1:26379", "a Sentinel URL ends with /SERVICE or /SERVICE/DB"),
+        ("redis+cluster://127.0.0.1:7000/0", "a Cluster URL takes no /DB"),
+        ("redis+sentinel://127.0.0.1/primary", "a Sentinel URL lists HOST:PORT,HOST:PORT"),
+    ):
+        text = f'''
+            [services.api]
+            targets = ["{upstream.url}"]
+            [[routes]]
+            name = "api"
+            paths = ["/api"]
+            service = "api"
+            [routes.plugins.rate-limit]
+            limit = 1
+            window = "1s"
+            backend = "redis"
+            redis_url = "{url}"
+            '''
+        with pytest.raises(ConfigError, match=f'route "api": plugins.rate-limit: redis_url: .*{problem}'):
+            await start_gateway(nursery, text)

@@ -111,10 +111,13 @@ class FleetAgent:
         return meta.get("version"), meta.get("applied_at")
 
     def _write(self, name: str, data: bytes) -> None:
-        """Replace ``STATE_DIR/name`` atomically (a crash leaves the old or the new file, whole)."""
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        """Replace ``STATE_DIR/name`` atomically (a crash leaves the old or the new file, whole);
+        readable by this user only, as a config may hold literal secrets."""
+        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.settings.state_dir / f".{name}.tmp"
-        tmp.write_bytes(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, self.settings.state_dir / name)
 
     def _record_applied(self, version: Version) -> None:

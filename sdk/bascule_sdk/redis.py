@@ -41,7 +41,7 @@ class RedisURL:
 
     @classmethod
     def parse(cls, url: str) -> RedisURL:
-        """Parse ``url``; ``ValueError`` saying what is wrong (never quoting the password)."""
+        """Parse ``url``; ``ValueError`` saying what is wrong (quoting nothing of ``url``: it may be a secret)."""
         scheme, _, rest = url.partition("://")
         kind = scheme.removeprefix("redis+")
         if kind not in ("sentinel", "cluster"):
@@ -53,15 +53,15 @@ class RedisURL:
         for node in hosts.split(","):
             host, _, port = node.rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"{scheme}:// expects HOST:PORT[,HOST:PORT...], got {node!r}")
+                raise ValueError(f"a {kind.title()} URL lists HOST:PORT,HOST:PORT... (each with its port)")
             nodes.append((host.strip("[]"), int(port)))
         parts = [p for p in path.split("/") if p]
         if kind == "cluster":
             if parts:
-                raise ValueError("redis+cluster:// takes no path (a cluster has one database)")
+                raise ValueError("a Cluster URL takes no /DB (a Cluster has one database)")
             return cls(kind, tuple(nodes), password)
         if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-            raise ValueError("redis+sentinel:// expects /SERVICE or /SERVICE/DB after the sentinels")
+            raise ValueError("a Sentinel URL ends with /SERVICE or /SERVICE/DB (the name the Sentinels monitor)")
         return cls(kind, tuple(nodes), password, parts[0], int(parts[1]) if len(parts) == 2 else 0)
 
 
