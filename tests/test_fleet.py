@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 from bascule.config import ConfigError
+from bascule.configstore import open_store
 from bascule.testing import RedisServer, eventually, start_gateway, start_upstream
 from bascule_sdk import Response
 
@@ -54,14 +55,14 @@ async def serving_version(request):
     return Response.json({"version": request.header("x-config-version")})
 
 
-def bascule(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The ``bascule`` command, as an operator runs it (blocking: call it in a thread)."""
+def bascule(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+    """The ``bascule`` command, as an operator runs it (blocking: call it in a thread); ``env``: None unsets."""
     return subprocess.run(
         [sys.executable, "-m", "bascule.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
     )
 
 
@@ -124,7 +125,7 @@ class Node:
 
 
 async def push(
-    tmp_path: Path, store: str, text: str, *args: str, env: dict[str, str] | None = None
+    tmp_path: Path, store: str, text: str, *args: str, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:
     """``bascule config push`` of ``text``."""
     path = tmp_path / "push.toml"
@@ -226,6 +227,27 @@ async def test_a_config_that_fails_on_one_host_leaves_it_on_its_version(nursery,
         for node in nodes:
             await node.stop()
     assert [n.failed for n in nodes] == [0, 0]
+
+    # Stopped: its heartbeat expires (3 x 0.5 s) and it is flagged silent.
+    async with open_store(redis.url) as store:
+        with trio.fail_after(30):  # a guard against a hang
+            while any(s.alive for s in await store.statuses()):  # noqa: ASYNC110 - polls the store
+                await trio.sleep(0.1)
+    text = await trio.to_thread.run_sync(lambda: bascule("fleet", "status", "--store", redis.url))
+    assert text.returncode == 1
+    assert re.search(r"with-secret +version 2 .*SILENT", text.stdout)
+    assert re.search(r"without-secret +version 1 .*BEHIND SILENT", text.stdout)
+
+
+async def test_nothing_to_serve_when_the_newest_version_cannot_run_here(tmp_path, redis):
+    text = config(1, "http://127.0.0.1:9", NEEDS_SECRET)
+    assert (await push(tmp_path, redis.url, text, env={"FLEET_SECRET": SECRET})).returncode == 0
+    args = ("run", "--config-store", redis.url, "--state-dir", str(tmp_path / "s"))
+    done = await trio.to_thread.run_sync(lambda: bascule(*args, env={"FLEET_SECRET": None}))
+    assert done.returncode == 1
+    assert f"bascule: version 1 of the config store {redis.url} cannot run here:" in done.stderr
+    assert "FLEET_SECRET" in done.stderr
+    assert "(the last config applied) does not exist" in done.stderr
 
 
 async def test_store_down_at_start_then_lost_and_back(nursery, tmp_path, redis):

@@ -130,7 +130,8 @@ class FleetAgent:
         self.status.last_error = self.status.error_version = None
 
     def _failed(self, version: int, error: str) -> None:
-        log.error("config version %d cannot be applied here; %s stays:\n%s", version, self.status.version, error)
+        served = "none applied yet" if self.status.version is None else f"version {self.status.version} stays"
+        log.error("config version %d cannot be applied here (%s):\n%s", version, served, error)
         self.status.last_error, self.status.error_version = error, version
 
     def _check(self, version: Version) -> str | None:
@@ -163,11 +164,14 @@ class FleetAgent:
             else:
                 self._failed(newest.version, error)
         if not self.path.exists():
-            why = "has no config yet" if self.status.store_reachable else "is unreachable"
-            raise FileNotFoundError(
-                f"the config store {safe_url(self.settings.store)} {why}, and {self.path} (the last config applied) "
-                "does not exist"
-            )
+            store = f"the config store {safe_url(self.settings.store)}"
+            if not self.status.store_reachable:
+                why = f"{store} is unreachable"
+            elif self.status.last_error:
+                why = f"version {self.status.error_version} of {store} cannot run here:\n{self.status.last_error}\n"
+            else:
+                why = f"{store} has no config yet"
+            raise FileNotFoundError(f"{why}, and {self.path} (the last config applied) does not exist")
         return self.path
 
     def _served(self) -> str:
