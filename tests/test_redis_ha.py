@@ -51,14 +51,13 @@ def sentinels():
 async def test_rate_limits_hold_through_a_sentinel_failover_under_load(nursery, sentinels):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, rate_limited(upstream.url, sentinels.url))
-    answers: dict[str, list[tuple[str, int, httpx.Response]]] = {"open": [], "closed": []}
-    phase = "before"
+    answers: dict[str, list[tuple[int, httpx.Response]]] = {"open": [], "closed": []}
     stop = trio.Event()
 
     async def load(route: str) -> None:
         async with gw.client(timeout=10) as client:
             while not stop.is_set():
-                answers[route].append((phase, (r := await client.get(f"/{route}")).status_code, r))
+                answers[route].append(((r := await client.get(f"/{route}")).status_code, r))
                 await trio.sleep(0.005)
 
     async with gw.client() as client:
@@ -68,31 +67,28 @@ async def test_rate_limits_hold_through_a_sentinel_failover_under_load(nursery, 
         nursery.start_soon(load, route)
     await eventually(lambda: all(len(a) > 20 for a in answers.values()), timeout=30)
 
-    phase = "failover"
     await trio.to_thread.run_sync(sentinels.fail_over)  # the primary stops; the replica is promoted
-    phase = "after"
     # Recovered: both routes decide on the new primary again, from the counts it had replicated.
-    await eventually(lambda: all(s == 429 for _, s, _ in answers["closed"][-3:]), timeout=30)
-    await eventually(lambda: all(s == 429 for _, s, _ in answers["open"][-3:]), timeout=30)
+    await eventually(lambda: all(s == 429 for s, _ in answers["closed"][-3:]), timeout=30)
+    await eventually(lambda: all(s == 429 for s, _ in answers["open"][-3:]), timeout=30)
     stop.set()
 
     closed = answers["closed"]
-    assert {s for _, s, _ in closed} <= {200, 429, 503}
+    assert {s for s, _ in closed} <= {200, 429, 503}
     # fail-closed held: a request that could not be decided got a 503, never a pass.
-    unavailable = [r for _, s, r in closed if s == 503]
+    unavailable = [r for s, r in closed if s == 503]
     assert unavailable, "the failover was not seen: no decision failed"
     assert all(r.headers["content-type"] == "application/problem+json" for r in unavailable)
     assert all(r.headers["retry-after"] == "1" for r in unavailable)
     # Within the bound (docs: decisions not yet replicated when the primary stopped; none here, as a
     # primary stopped by SIGTERM first waits for its replica): exactly the limit was admitted.
-    assert 10 + sum(s == 200 for _, s, _ in closed) == LIMIT
+    assert 10 + sum(s == 200 for s, _ in closed) == LIMIT
 
     opened = answers["open"]
-    assert 503 not in {s for _, s, _ in opened}  # fail-open: admitted while Redis could not decide
+    assert 503 not in {s for s, _ in opened}  # fail-open: admitted while Redis could not decide
     undecided = plugin_of(gw, "open").failures
     assert undecided > 0
-    assert LIMIT <= 10 + sum(s == 200 for _, s, _ in opened) <= LIMIT + undecided
-    assert any(p == "after" and s == 429 for p, s, _ in opened)
+    assert LIMIT <= 10 + sum(s == 200 for s, _ in opened) <= LIMIT + undecided
 
 
 @pytest.fixture
@@ -146,3 +142,38 @@ async def test_the_cache_and_the_config_store_on_a_cluster(nursery, cluster):
         assert await store.publish("[gateway]\n", source="test") == 1
         current = await store.current()
         assert current is not None and (current.version, current.text) == (1, "[gateway]\n")
+
+
+async def test_rate_limits_hold_through_a_cluster_failover_under_load(nursery):
+    """Both routes draw from one group budget: one key, one slot, whose primary is stopped."""
+    with RedisCluster(replicas=1) as cluster:
+        upstream = await start_upstream(nursery)
+        limits = f'limit = {LIMIT}\nwindow = "1h"\ngroup = "shared"'
+        gw = await start_gateway(nursery, rate_limited(upstream.url, cluster.url, limits=limits))
+        answers: dict[str, list[int]] = {"open": [], "closed": []}
+        stop = trio.Event()
+
+        async def load(route: str) -> None:
+            async with gw.client(timeout=10) as client:
+                while not stop.is_set():
+                    answers[route].append((await client.get(f"/{route}")).status_code)
+                    await trio.sleep(0.005)
+
+        async with gw.client() as client:
+            assert [(await client.get("/closed")).status_code for _ in range(10)] == [200] * 10
+        (key,) = [k for n in cluster.nodes for k in n.command("KEYS", "bascule:rl:*")]
+        for route in answers:
+            nursery.start_soon(load, route)
+        await eventually(lambda: all(len(a) > 5 for a in answers.values()), timeout=30)
+        await trio.to_thread.run_sync(cluster.fail_over, key)
+        await eventually(lambda: answers["closed"][-3:] == [429] * 3, timeout=60)
+        await eventually(lambda: answers["open"][-3:] == [429] * 3, timeout=60)
+        stop.set()
+
+    closed, opened = answers["closed"], answers["open"]
+    assert set(closed) <= {200, 429, 503} and 503 in closed  # fail-closed: undecided is 503
+    assert 503 not in opened  # fail-open: undecided is admitted
+    undecided = plugin_of(gw, "open").failures
+    assert undecided > 0
+    # Exact through the failover (no decision lost: the primary stopped cleanly, its replica had them all).
+    assert 10 + closed.count(200) + opened.count(200) - undecided == LIMIT

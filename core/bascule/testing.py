@@ -483,37 +483,73 @@ class RedisSentinels:
 
 
 class RedisCluster:
-    """A Redis Cluster of ``size`` primaries (real servers, the slots split evenly), for tests.
+    """A Redis Cluster of ``size`` primaries (slots split evenly), each with ``replicas``
+    replicas: real servers, for tests.
 
-    Formed with commands (``CLUSTER ADDSLOTSRANGE``, ``CLUSTER MEET``), no
-    redis-cli. ``url`` is its ``redis+cluster://`` URL. Use as a context manager.
+    Formed with commands (``CLUSTER ADDSLOTSRANGE``, ``CLUSTER MEET``,
+    ``CLUSTER REPLICATE``), no redis-cli. ``url`` is its ``redis+cluster://``
+    URL (the primaries). ``fail_over(key)`` stops the primary of ``key``'s slot
+    and returns once a replica serves the slot. Use as a context manager.
     """
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, replicas: int = 0) -> None:
         options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
         self.nodes = [RedisServer(*options, "--cluster-port", str(_free_port())) for _ in range(size)]
+        self.replicas = [RedisServer(*options, "--cluster-port", str(_free_port())) for _ in range(size * replicas)]
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def __enter__(self) -> RedisCluster:
         try:
-            for n in self.nodes:
+            for n in (*self.nodes, *self.replicas):
                 n.start()
             size = len(self.nodes)
             for i, n in enumerate(self.nodes):
                 n.command("CLUSTER", "ADDSLOTSRANGE", 16384 * i // size, 16384 * (i + 1) // size - 1)
-            for n in self.nodes[1:]:
+            for n in (*self.nodes[1:], *self.replicas):
                 bus = n.command("CONFIG", "GET", "cluster-port")[1]
                 self.nodes[0].command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
-            for n in self.nodes:
+            for n in (*self.nodes, *self.replicas):
                 _until(partial(_cluster_ok, n), "the cluster forms", timeout=60)
+            for i, r in enumerate(self.replicas):
+                primary = self.nodes[i % size].command("CLUSTER", "MYID")
+                _until(partial(r.command, "CLUSTER", "REPLICATE", primary), "a replica attaches", timeout=60)
+            for r in self.replicas:
+                _until(partial(_in_sync, r), "the replicas sync", timeout=60)
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for n in self.nodes:
+        for n in (*self.replicas, *self.nodes):
             n.stop()
+
+    def owner(self, key: str) -> RedisServer:
+        """The server serving ``key``'s slot now."""
+        slot = self.nodes[0].command("CLUSTER", "KEYSLOT", key)
+        for n in (*self.nodes, *self.replicas):
+            try:
+                for start, end, (_, port, *_) in (r[:3] for r in n.command("CLUSTER", "SLOTS")):
+                    if start <= slot <= end:
+                        return next(s for s in (*self.nodes, *self.replicas) if s.port == port)
+            except OSError:
+                continue  # a stopped node
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def fail_over(self, key: str) -> RedisServer:
+        """Stop the primary of ``key``'s slot; return its replica once it is primary and the others agree."""
+        old = self.owner(key)
+        old.stop()
+        _until(lambda: self.owner(key) is not old and _primary(self.owner(key)), "a replica takes over", timeout=60)
+        return self.owner(key)
+
+
+def _in_sync(node: RedisServer) -> bool:
+    return "master_link_status:up" in node.command("INFO", "replication")
+
+
+def _primary(node: RedisServer) -> bool:
+    return "role:master" in node.command("INFO", "replication")
 
 
 def _cluster_ok(node: RedisServer) -> bool:

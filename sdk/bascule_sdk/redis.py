@@ -84,7 +84,8 @@ async def open_redis(url: str, *, timeout: float, **options: Any) -> AsyncIterat
     """A coredis client for ``url``, open inside the block (coredis' clients live in ``async with``).
 
     ``timeout`` bounds connecting and each reply; coredis does not retry
-    (the caller decides: a request applies its ``on_error``). ``options`` go
+    (the caller decides: a request applies its ``on_error``), except in a
+    Cluster, where its retries are how it learns a new slot map. ``options`` go
     to the client (e.g. ``decode_responses``). Does not wait for a server.
     """
     import coredis
@@ -99,9 +100,9 @@ async def open_redis(url: str, *, timeout: float, **options: Any) -> AsyncIterat
     parsed = RedisURL.parse(url)
     locations = [TCPLocation(host, port) for host, port in parsed.nodes]
     if parsed.kind == "cluster":
-        cluster = coredis.RedisCluster(
-            startup_nodes=locations, password=parsed.password, retry_policy=NoRetryPolicy(), **common
-        )
+        # coredis' own retry policy here: its retries report connection errors, which is what makes
+        # the client re-read the slot map after a failover (the caller's timeout still bounds a call).
+        cluster = coredis.RedisCluster(startup_nodes=locations, password=parsed.password, **common)
         async with cluster:
             yield cluster
         return
