@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -78,6 +79,8 @@ class Node:
         self.url = self.admin = ""
         self.seen: str | None = None  # the version of the last response through it
         self.failed = 0  # requests that did not get a 200
+        self.idle: trio.Event | None = None  # set when ``load`` has ended
+        self.versions: list[str] = []  # of every response
 
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "FLEET_SECRET"} | self.env
@@ -100,6 +103,10 @@ class Node:
         self.url, self.admin = found.group(1).decode(), found.group(2).decode()
 
     async def stop(self) -> None:
+        """SIGTERM, once the load on it (if any) has ended: its ``stop`` event must be set."""
+        if self.idle is not None:
+            with trio.fail_after(30):
+                await self.idle.wait()
         if self.proc.returncode is None:
             self.proc.terminate()
         with trio.fail_after(30):
@@ -109,19 +116,26 @@ class Node:
         async with httpx.AsyncClient() as client:
             return (await client.get(self.admin + "/fleet", timeout=10)).json()
 
-    async def load(self, stop: trio.Event) -> None:
-        """Requests one after the other until ``stop``: records the version served and counts failures."""
-        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
-            while not stop.is_set():
-                try:
-                    r = await client.get("/api")
-                    if r.status_code == 200:
-                        self.seen = r.json()["version"]
-                    else:
+    async def load(self, stop: trio.Event, *, fresh: bool = False) -> None:
+        """Requests one after the other until ``stop`` (with ``fresh``, each on a new connection):
+        records the version served and counts failures."""
+        self.idle = idle = trio.Event()
+        limits = {"max_keepalive_connections": 0} if fresh else {}
+        try:
+            async with httpx.AsyncClient(base_url=self.url, timeout=10, limits=httpx.Limits(**limits)) as client:
+                while not stop.is_set():
+                    try:
+                        r = await client.get("/api")
+                        if r.status_code == 200:
+                            self.seen = r.json()["version"]
+                            self.versions.append(self.seen)
+                        else:
+                            self.failed += 1
+                    except httpx.TransportError:
                         self.failed += 1
-                except httpx.TransportError:
-                    self.failed += 1
-                await trio.sleep(0.01)
+                    await trio.sleep(0.01)
+        finally:
+            idle.set()
 
 
 async def push(
@@ -321,21 +335,14 @@ async def test_with_workers_every_worker_applies_each_version(nursery, tmp_path,
     assert (await push(tmp_path, redis.url, config(1, upstream.url))).returncode == 0
     node = Node(tmp_path, redis.url, "gw", args=("--workers", "2"))
     await node.start()
-    seen: list[str] = []
     stop = trio.Event()
-
-    async def fresh_connections() -> None:  # each request may reach either worker
-        async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0), timeout=10) as client:
-            while not stop.is_set():
-                seen.append((await client.get(node.url + "/api")).json()["version"])
-                await trio.sleep(0.01)
-
     try:
-        nursery.start_soon(fresh_connections)
+        nursery.start_soon(partial(node.load, stop, fresh=True))  # each request may reach either worker
+        await eventually(lambda: node.versions[-20:] == ["1"] * 20, timeout=30)  # both workers serving
         assert (await push(tmp_path, redis.url, config(2, upstream.url))).returncode == 0
-        # the first worker checks it and signals the supervisor; both workers reload
-        await eventually(lambda: node.log.read_bytes().count(b"reloaded ") == 2, timeout=30)
-        await eventually(lambda: seen[-20:] == ["2"] * 20, timeout=30)
+        # The first worker checks it and signals the supervisor, which signals every worker.
+        await eventually(lambda: node.versions[-20:] == ["2"] * 20, timeout=30)
+        assert b"reloaded " in node.log.read_bytes()
         assert (await node.fleet())["version"] == 2
     finally:
         stop.set()

@@ -156,7 +156,10 @@ class FleetAgent:
             self.status.store_reachable = False
             log.warning("config store unreachable (%s); serving the last applied config, %s", e, self._served())
             newest = None
-        if newest is not None and newest.version != self.status.version:
+        if newest is not None and self._served_text() == newest.text.encode():
+            if newest.version != self.status.version:
+                self._record_applied(newest)
+        elif newest is not None:
             error = self._check(newest)
             if error is None:
                 self._write(self.path.name, newest.text.encode())
@@ -173,6 +176,9 @@ class FleetAgent:
                 why = f"{store} has no config yet"
             raise FileNotFoundError(f"{why}, and {self.path} (the last config applied) does not exist")
         return self.path
+
+    def _served_text(self) -> bytes | None:
+        return self.path.read_bytes() if self.path.exists() else None
 
     def _served(self) -> str:
         return f"version {self.status.version} from {self.path}" if self.path.exists() else "none"
@@ -227,7 +233,7 @@ class FleetAgent:
         version = await store.get(number)
         if version is None:  # no longer kept: a newer one is on its way
             return
-        served = self.path.read_bytes() if self.path.exists() else None
+        served = self._served_text()
         if served == version.text.encode():  # served already (e.g. the store was wiped and pushed to again)
             if number != self.status.version:
                 self._record_applied(version)
