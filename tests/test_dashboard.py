@@ -561,7 +561,8 @@ def test_the_demo_s_dashboard_shows_routes_pipelines_and_live_traffic_of_every_w
     assert shown["live"].startswith("live")
     # Every route of the demo, with its matcher, service and pipeline in run order.
     assert set(shown["routes"]) == {
-        "users", "products", "orders", "partner-orders", "rides", "ride-status", "catalogue-web", "users-v2"
+        "users", "products", "orders", "partner-orders", "rides", "ride-status", "ride-live", "catalogue-web",
+        "users-v2",
     }  # fmt: skip
     assert shown["routes"]["orders"]["cells"] == ["orders", "/api/orders", "GET POST", "*", "orders"]
     assert shown["routes"]["orders"]["pipeline"] == ["prometheus", "jwt", "rate-limit", "logging"]

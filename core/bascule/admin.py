@@ -16,6 +16,10 @@
                      (with several workers: validated here, then every
                      worker reloads on the SIGHUP the supervisor forwards)
     GET  /dashboard  the live dashboard page (``bascule.dashboard``)
+    GET  /fleet      with ``bascule run --config-store``: this gateway's node
+                     id, the store's version it serves and since when, the
+                     newest one (``behind``), its last error, its heartbeat
+                     (404 without a config store)
 
 With ``admin_token`` set, every request needs ``Authorization: Bearer TOKEN``,
 except the dashboard's static files (they hold no data; the page sends the
@@ -27,21 +31,23 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bascule_sdk import Headers, HTTPError, Request, Response, TaskState
 from bascule_sdk.http import iterate
 from bascule_sdk.settings import masked
 
 from .asgi import accept_lifespan
-from .config import Config, ConfigError, load_config
-from .configstatus import ConfigStatus, iso
+from .config import Config
+from .configstatus import iso
 from .dashboard import dashboard_page
 from .gateway import Gateway, Runtime
 from .registry import Available
+
+if TYPE_CHECKING:
+    from .fleet import FleetAgent
 
 __all__ = ["Admin", "describe_plugins", "describe_routes", "readiness"]
 
@@ -133,13 +139,13 @@ class Admin:
         available: Mapping[str, Available],
         *,
         signal_supervisor: bool = False,
-        config_status: ConfigStatus | None = None,
+        fleet: FleetAgent | None = None,
     ) -> None:
         self.gateway = gateway
+        self.fleet = fleet  # the config store this gateway follows, if any
         self.path = path
         self.available = available
         self.signal_supervisor = signal_supervisor  # a worker: every worker must reload
-        self.config_status = config_status or ConfigStatus()  # shared with serve(), which reloads on SIGHUP
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -205,8 +211,10 @@ class Admin:
             "/routes": lambda: describe_routes(rt.config),
             "/plugins": lambda: describe_plugins(self.available),
             "/upstreams": self.gateway.describe_upstreams,
-            "/config/status": lambda: self.config_status.describe(rt.config, _version()),
+            "/config/status": lambda: self.gateway.status.describe(rt.config, _version()),
         }
+        if self.fleet is not None:
+            pages["/fleet"] = self.fleet.describe
         if path == "/reload":
             if method != "POST":
                 raise HTTPError(405, "Use POST.", {"allow": "POST"})
@@ -220,17 +228,14 @@ class Admin:
         return 200, pages[path]()
 
     async def _reload(self) -> tuple[int, Any]:
-        try:
-            config = load_config(self.path, self.available)
-            if self.signal_supervisor:
-                Runtime(config)  # plugins accept their settings: the workers will too
-                os.kill(os.getppid(), signal.SIGHUP)  # each worker records its reload (serve's SIGHUP)
-                return 202, {"reloaded": True, "workers": "signalled"}
-            await self.gateway.reload(config)
-        except ConfigError as e:
-            self.config_status.rejected("POST /reload", e.lines)
-            self.gateway.reloaded(self.path, e)
-            raise HTTPError(400, "The new config is invalid; the old one stays.", extra={"errors": e.lines}) from None
-        self.config_status.reloaded("POST /reload", config)
-        self.gateway.reloaded(self.path)
+        if self.signal_supervisor:
+            from .server import signal_workers  # the server imports this module: not at import time
+
+            error = signal_workers(self.gateway, self.path, self.available, "POST /reload")
+        else:
+            error = await self.gateway.reload_file(self.path, self.available, "POST /reload")
+        if error is not None:
+            raise HTTPError(400, "The new config is invalid; the old one stays.", extra={"errors": error.lines})
+        if self.signal_supervisor:
+            return 202, {"reloaded": True, "workers": "signalled"}
         return 200, {"reloaded": True}

@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,11 +25,13 @@ from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, 
 from bascule_sdk.http import Body, ClientDisconnected, iterate
 from bascule_sdk.settings import SettingsError
 
-from .config import Config, ConfigError, ConfigProblem, Route, RouteSettings
+from .config import Config, ConfigError, ConfigProblem, Route, RouteSettings, load_config
+from .configstatus import ConfigStatus
 from .forwarding import InvalidField, TrustedProxies, arrival_headers, parse_host, strip_hop_by_hop
 from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
 from .proxy import Proxy, ProxySettings
+from .registry import Available
 from .routing import RoutePattern, Router
 from .tasks import Backoff, Supervisor
 from .upstream import Upstreams
@@ -231,7 +234,8 @@ class Gateway:
         self.runtime = runtime
         self.shared: dict[str, Any] = {}  # plugins' state that outlives a config
         self.supervisor = Supervisor(backoff)
-        self.reload_results = {"success": 0, "failure": 0}  # counted by whoever reloads (SIGHUP, admin)
+        self.reload_results = {"success": 0, "failure": 0}  # recorded by ``reloaded``
+        self.status = ConfigStatus(runtime.config)  # the config in force and the last reload: /config/status
         self.websockets = WebSockets()  # open WebSockets, across reloads
         self._date = (0, b"")
 
@@ -257,13 +261,34 @@ class Gateway:
         old, self.runtime = self.runtime, new
         self.start_soon(self._retire, old, new)
 
-    def reloaded(self, path: object, error: ConfigError | None = None) -> None:
-        """Log and count a reload of ``path`` that succeeded, or was refused with ``error``."""
+    async def reload_file(
+        self, path: str | Path, available: Mapping[str, Available], trigger: str
+    ) -> ConfigError | None:
+        """The one reload of a config file (``trigger``: ``SIGHUP``, ``POST /reload``, ``config store``):
+        load ``path``, swap it in (``reload``) and record the outcome (``reloaded``). The error that kept
+        the old config, or None."""
+        try:
+            config = load_config(path, available)
+            await self.reload(config)
+        except ConfigError as e:
+            self.reloaded(trigger, path, error=e)
+            return e
+        self.reloaded(trigger, path, config=config)
+        return None
+
+    def reloaded(
+        self, trigger: str, path: object, *, config: Config | None = None, error: ConfigError | None = None
+    ) -> None:
+        """Record a reload of ``path``: ``config`` now in force, or refused with ``error``. Logged, counted
+        (``reload_results``, the metrics) and kept for the admin listener's ``/config/status``."""
         if error is None:
+            assert config is not None
             self.reload_results["success"] += 1
+            self.status.reloaded(trigger, config)
             log.info("reloaded %s", path)
         else:
             self.reload_results["failure"] += 1
+            self.status.rejected(trigger, error.lines)
             log.error("reload rejected, the old config stays:\n%s", error)
 
     async def _retire(self, old: Runtime, new: Runtime) -> None:

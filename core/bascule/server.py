@@ -37,7 +37,7 @@ from hypercorn.config import Sockets
 from hypercorn.utils import LifespanFailureError, repr_socket_addr
 
 from .config import Config, ConfigError, GatewaySettings, load_config
-from .configstatus import ConfigStatus
+from .fleet import FleetAgent, FleetSettings
 from .gateway import Gateway, Runtime
 from .registry import Available, discover
 from .worker import listen
@@ -78,6 +78,7 @@ async def serve(
     admin: bool = True,
     admin_sockets: Sockets | None = None,
     supervised: bool = False,
+    fleet: FleetAgent | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the config at ``path`` until SIGTERM/SIGINT; reload on SIGHUP.
@@ -86,13 +87,13 @@ async def serve(
     (``run`` binds them first); bound here from the config when not given.
     ``supervised``: this is a worker of ``_supervise``, so the admin
     listener's ``POST /reload`` asks the supervisor to reload every worker.
+    ``fleet``: follow a config store (``bascule.fleet``; ``path`` is its served file).
     """
     config = load_config(path, available)
     gateway = Gateway(Runtime(config))
-    status = ConfigStatus(config)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signals, gateway, path, available, stop, status)
+        nursery.start_soon(_signals, gateway, path, available, stop)
         async with trio.open_nursery() as servers:
             binds = await servers.start(
                 partial(
@@ -106,7 +107,7 @@ async def serve(
             if admin and config.gateway.admin:
                 from .admin import Admin
 
-                admin_app = Admin(gateway, path, available, signal_supervisor=supervised, config_status=status)
+                admin_app = Admin(gateway, path, available, signal_supervisor=supervised, fleet=fleet)
                 binds += await servers.start(
                     partial(
                         listen,
@@ -116,15 +117,16 @@ async def serve(
                         shutdown_trigger=stop.wait,
                     )
                 )
+            if fleet is not None:
+                reload = partial(_store_reload, gateway, path, available, supervised)
+                gateway.start_soon(fleet.run, reload, name="config store")
             task_status.started(binds)
             await stop.wait()
             servers.cancel_scope.deadline = trio.current_time() + config.gateway.graceful_timeout + 5
         nursery.cancel_scope.cancel()  # drained: stop listening for signals
 
 
-async def _signals(
-    gateway: Gateway, path: str | Path, available: Mapping[str, Available], stop: trio.Event, status: ConfigStatus
-) -> None:
+async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, Available], stop: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if signum != signal.SIGHUP:
@@ -132,29 +134,56 @@ async def _signals(
                     log.info("shutting down: finishing in-flight requests")
                 stop.set()
             elif not stop.is_set():
-                try:
-                    config = load_config(path, available)
-                    await gateway.reload(config)
-                except ConfigError as e:
-                    status.rejected("SIGHUP", e.lines)
-                    gateway.reloaded(path, e)
-                else:
-                    status.reloaded("SIGHUP", config)
-                    gateway.reloaded(path)
+                await gateway.reload_file(path, available, "SIGHUP")
+
+
+def signal_workers(
+    gateway: Gateway, path: str | Path, available: Mapping[str, Available], trigger: str
+) -> ConfigError | None:
+    """A worker's reload of every worker (``POST /reload``, a config store's version): the file is checked
+    here (a refusal recorded as ``Gateway.reload_file`` records one), then SIGHUP goes to the supervisor,
+    which forwards it to every worker, each recording its own reload. The error, or None once signalled."""
+    try:
+        Runtime(load_config(path, available))  # plugins accept their settings: the workers will too
+    except ConfigError as e:
+        gateway.reloaded(trigger, path, error=e)
+        return e
+    os.kill(os.getppid(), signal.SIGHUP)
+    return None
+
+
+async def _store_reload(
+    gateway: Gateway, path: str | Path, available: Mapping[str, Available], supervised: bool
+) -> str | None:
+    """A config store's new version, written to ``path``: reloaded here, or in every worker. The errors, or None."""
+    if supervised:
+        error = signal_workers(gateway, path, available, "config store")
+    else:
+        error = await gateway.reload_file(path, available, "config store")
+    return None if error is None else str(error)
 
 
 class StartupError(Exception):
     """Why the gateway cannot start, in one line (``bascule run`` prints it and exits 1)."""
 
 
-def run(path: str | Path, workers: int | None = None) -> int:
+def run(path: str | Path, workers: int | None = None, fleet: FleetSettings | None = None) -> int:
     """Validate and serve ``path``; the ``bascule run`` command. Returns an exit code.
 
     Every start-up failure is reported in one line per problem on stderr: the
     config's problems, a TLS file that cannot be read, an address that
-    cannot be bound.
+    cannot be bound. ``fleet``: serve the config store's newest version
+    instead (``path`` is not read), or the last one applied if the store is down.
     """
     available = discover()
+    agent = None
+    if fleet is not None:
+        agent = FleetAgent(fleet, available)
+        try:
+            path = agent.bootstrap()
+        except FileNotFoundError as e:
+            print(f"bascule: {e}", file=sys.stderr)
+            return 1
     try:
         config = load_config(path, available)
         Runtime(config)  # plugins accept their settings
@@ -172,9 +201,9 @@ def run(path: str | Path, workers: int | None = None) -> int:
         return 1
     _banner(config, public, admin, workers)
     if workers > 1:
-        return _supervise(path, public, admin, workers)
+        return _supervise(path, public, admin, workers, fleet)
     try:
-        trio.run(partial(serve, path, available, sockets=public, admin_sockets=admin))
+        trio.run(partial(serve, path, available, sockets=public, admin_sockets=admin, fleet=agent))
     except BaseExceptionGroup as group:
         failed = group.subgroup(LifespanFailureError)
         if failed is None:
@@ -260,7 +289,9 @@ def _banner(config: Config, public: Sockets, admin: Sockets | None, workers: int
     log.info("public listener %s; admin listener %s", _urls(public), _urls(admin) if admin else "off")
 
 
-def _supervise(path: str | Path, sockets: Sockets, admin: Sockets | None, workers: int) -> int:
+def _supervise(
+    path: str | Path, sockets: Sockets, admin: Sockets | None, workers: int, fleet: FleetSettings | None = None
+) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
     stopping = False
@@ -268,7 +299,9 @@ def _supervise(path: str | Path, sockets: Sockets, admin: Sockets | None, worker
     def start(index: int) -> None:
         # The first worker serves the admin listener too, on the sockets bound here.
         first = index == 0
-        p = ctx.Process(target=_worker, args=(str(path), sockets, first, admin if first else None), daemon=False)
+        # ... and follows the config store, if any: the others reload on the SIGHUP it has sent here.
+        args = (str(path), sockets, first, admin if first else None, fleet if first else None)
+        p = ctx.Process(target=_worker, args=args, daemon=False)
         p.start()
         procs[index] = p
 
@@ -304,11 +337,24 @@ def _supervise(path: str | Path, sockets: Sockets, admin: Sockets | None, worker
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _worker(path: str, sockets: Sockets, admin: bool, admin_sockets: Sockets | None = None) -> None:
+def _worker(
+    path: str, sockets: Sockets, admin: bool, admin_sockets: Sockets | None = None, fleet: FleetSettings | None = None
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for s in sockets.secure_sockets + sockets.insecure_sockets:
         s.listen(2048)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
+    available = discover()
+    agent = FleetAgent(fleet, available) if fleet else None
     trio.run(
-        partial(serve, path, discover(), sockets=sockets, admin=admin, admin_sockets=admin_sockets, supervised=True)
+        partial(
+            serve,
+            path,
+            available,
+            sockets=sockets,
+            admin=admin,
+            admin_sockets=admin_sockets,
+            supervised=True,
+            fleet=agent,
+        )
     )

@@ -47,6 +47,8 @@ from .worker import listen
 
 __all__ = [
     "Received",
+    "RedisCluster",
+    "RedisSentinels",
     "RedisServer",
     "RunningGateway",
     "Upstream",
@@ -271,16 +273,18 @@ class RedisServer:
     ``stop()``. Use as a context manager; it is stopped on exit. Raises
     ``RuntimeError`` when there is no binary, or when the server does not
     start (with its log).
+
+    ``args`` are more server options (``"--replicaof", "127.0.0.1", "6379"``);
+    ``sentinel_conf``, when given, starts a sentinel with that configuration
+    instead of a server (``RedisSentinels`` does).
     """
 
-    def __init__(self) -> None:
-        import socket
-
+    def __init__(self, *args: str, sentinel_conf: str | None = None) -> None:
         self.binary = self.find_binary()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
+        self.args = args
+        self.sentinel_conf = sentinel_conf
         self._proc: Any = None
         self._dir: str | None = None
 
@@ -313,26 +317,16 @@ class RedisServer:
 
         self._dir = tempfile.mkdtemp(prefix="bascule-redis-")
         log = os.path.join(self._dir, "server.log")
+        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self._dir, "--protected-mode", "no"]
+        if self.sentinel_conf is None:
+            command = [self.binary, *common, "--save", "", "--appendonly", "no", *self.args]
+        else:  # a sentinel rewrites its configuration file: one per start, in its directory
+            conf = os.path.join(self._dir, "sentinel.conf")
+            with open(conf, "w") as f:
+                f.write(self.sentinel_conf)
+            command = [self.binary, conf, "--sentinel", *common, *self.args]
         with open(log, "wb") as out:
-            self._proc = subprocess.Popen(
-                [
-                    self.binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    self._dir,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "no",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            self._proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while self._proc.poll() is None and time.monotonic() < deadline:
             if self._serving_pid() == self._proc.pid:
@@ -380,3 +374,198 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def command(self, *args: str | int) -> Any:
+        """Send one command, return its reply (``RuntimeError`` for an error reply)."""
+        return redis_command(self.port, *args)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def redis_command(port: int, *args: str | int, timeout: float = 5.0) -> Any:
+    """One command to the server on 127.0.0.1:``port`` over RESP2, its reply decoded
+    (bulk strings as str); ``RuntimeError`` for an error reply, ``OSError`` if none
+    answers. For test set-ups: there may be no redis-cli."""
+    import socket
+
+    parts = [str(a).encode() for a in args]
+    request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        return _read_reply(sock.makefile("rb"))
+
+
+def _read_reply(reader: Any) -> Any:
+    line = reader.readline()
+    if not line:
+        raise OSError("the server closed the connection")
+    kind, body = line[:1], line[1:-2].decode()
+    if kind == b"+":
+        return body
+    if kind == b"-":
+        raise RuntimeError(body)
+    if kind == b":":
+        return int(body)
+    if kind == b"$":
+        return None if body == "-1" else reader.read(int(body) + 2)[:-2].decode()
+    if kind == b"*":
+        return None if body == "-1" else [_read_reply(reader) for _ in range(int(body))]
+    raise RuntimeError(f"unexpected reply {line!r}")
+
+
+class RedisSentinels:
+    """A primary, a replica and three sentinels (quorum 2), real servers, for failover tests.
+
+    ``url`` is the ``redis+sentinel://`` URL of ``service``. ``fail_over()``
+    stops the current primary and returns once the sentinels name the replica
+    primary and it takes writes. A sentinel declares the primary down after
+    ``down_after`` ms without an answer. Use as a context manager.
+    """
+
+    def __init__(self, service: str = "primary", down_after: int = 1000) -> None:
+        self.service = service
+        self.primary = RedisServer()
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port))
+        conf = (
+            f"sentinel monitor {service} 127.0.0.1 {self.primary.port} 2\n"
+            f"sentinel down-after-milliseconds {service} {down_after}\n"
+            f"sentinel failover-timeout {service} 5000\n"
+        )
+        self.sentinels = [RedisServer(sentinel_conf=conf) for _ in range(3)]
+        self.url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels) + f"/{service}"
+
+    def __enter__(self) -> RedisSentinels:
+        try:
+            self.primary.start()
+            self.replica.start()
+            _until(lambda: "master_link_status:up" in self.replica.command("INFO", "replication"), "replica in sync")
+            for s in self.sentinels:
+                s.start()
+            for s in self.sentinels:  # each knows the replica and the two other sentinels: ready to fail over
+                _until(partial(self._knows, s, "REPLICAS", 1), "each sentinel sees the replica")
+                _until(partial(self._knows, s, "SENTINELS", 2), "the sentinels meet")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _knows(self, sentinel: RedisServer, what: str, count: int) -> bool:
+        return len(sentinel.command("SENTINEL", what, self.service)) == count
+
+    def __exit__(self, *exc: object) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.stop()
+
+    def primary_port(self) -> int:
+        """The primary's port, as the first sentinel answering names it."""
+        for s in self.sentinels:
+            try:
+                return int(s.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+            except OSError:
+                continue
+        raise RuntimeError("no sentinel answers")
+
+    def fail_over(self) -> RedisServer:
+        """Stop the primary; return the server promoted in its place, once it takes writes."""
+        old = self.primary if self.primary_port() == self.primary.port else self.replica
+        new = self.replica if old is self.primary else self.primary
+        old.stop()
+        _until(lambda: self.primary_port() == new.port, "the sentinels promote the replica", timeout=60)
+        _until(lambda: "role:master" in new.command("INFO", "replication"), "the replica becomes primary")
+        return new
+
+
+class RedisCluster:
+    """A Redis Cluster of ``size`` primaries (slots split evenly), each with ``replicas``
+    replicas: real servers, for tests.
+
+    Formed with commands (``CLUSTER ADDSLOTSRANGE``, ``CLUSTER MEET``,
+    ``CLUSTER REPLICATE``), no redis-cli. ``url`` is its ``redis+cluster://``
+    URL (the primaries). ``fail_over(key)`` stops the primary of ``key``'s slot
+    and returns once a replica serves the slot. Use as a context manager.
+    """
+
+    def __init__(self, size: int = 3, replicas: int = 0) -> None:
+        options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+        self.nodes = [RedisServer(*options, "--cluster-port", str(_free_port())) for _ in range(size)]
+        self.replicas = [RedisServer(*options, "--cluster-port", str(_free_port())) for _ in range(size * replicas)]
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def __enter__(self) -> RedisCluster:
+        try:
+            for n in (*self.nodes, *self.replicas):
+                n.start()
+            size = len(self.nodes)
+            for i, n in enumerate(self.nodes):
+                n.command("CLUSTER", "ADDSLOTSRANGE", 16384 * i // size, 16384 * (i + 1) // size - 1)
+            for n in (*self.nodes[1:], *self.replicas):
+                bus = n.command("CONFIG", "GET", "cluster-port")[1]
+                self.nodes[0].command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
+            for n in (*self.nodes, *self.replicas):
+                _until(partial(_cluster_ok, n), "the cluster forms", timeout=60)
+            for i, r in enumerate(self.replicas):
+                primary = self.nodes[i % size].command("CLUSTER", "MYID")
+                _until(partial(r.command, "CLUSTER", "REPLICATE", primary), "a replica attaches", timeout=60)
+            for r in self.replicas:
+                _until(partial(_in_sync, r), "the replicas sync", timeout=60)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for n in (*self.replicas, *self.nodes):
+            n.stop()
+
+    def owner(self, key: str) -> RedisServer:
+        """The server serving ``key``'s slot now."""
+        slot = self.nodes[0].command("CLUSTER", "KEYSLOT", key)
+        for n in (*self.nodes, *self.replicas):
+            try:
+                for start, end, (_, port, *_) in (r[:3] for r in n.command("CLUSTER", "SLOTS")):
+                    if start <= slot <= end:
+                        return next(s for s in (*self.nodes, *self.replicas) if s.port == port)
+            except OSError:
+                continue  # a stopped node
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def fail_over(self, key: str) -> RedisServer:
+        """Stop the primary of ``key``'s slot; return its replica once it is primary and the others agree."""
+        old = self.owner(key)
+        old.stop()
+        _until(lambda: self.owner(key) is not old and _primary(self.owner(key)), "a replica takes over", timeout=60)
+        return self.owner(key)
+
+
+def _in_sync(node: RedisServer) -> bool:
+    return "master_link_status:up" in node.command("INFO", "replication")
+
+
+def _primary(node: RedisServer) -> bool:
+    return "role:master" in node.command("INFO", "replication")
+
+
+def _cluster_ok(node: RedisServer) -> bool:
+    return "cluster_state:ok" in node.command("CLUSTER", "INFO")
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` (errors count as not yet) until true; ``RuntimeError`` after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, RuntimeError, IndexError, TypeError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"test set-up: {what}: not after {timeout} s")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bascule_sdk import ByteSize, Duration, Secret, setting
+from bascule_sdk.redis import check_redis_url
 
 __all__ = ["CacheSettings"]
 
@@ -16,7 +17,9 @@ _FIELD_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 @dataclass(frozen=True)
 class CacheSettings:
     backend: Literal["memory", "redis"] = setting("memory", 'Where entries live: "memory" (this process) or "redis".')
-    redis_url: Secret | None = setting(None, 'Redis URL (redis://host:port/db) when backend = "redis".')
+    redis_url: Secret | None = setting(
+        None, 'Redis URL when backend = "redis": redis://, rediss://, redis+sentinel://, redis+cluster://.'
+    )
     redis_timeout: Duration = setting(0.25, "Time limit of one Redis call; beyond it the request bypasses the cache.")
     key_prefix: str = setting("bascule:cache:", "Prefix of the Redis keys.")
     max_size: ByteSize = setting(
@@ -75,8 +78,11 @@ class CacheSettings:
             raise ValueError(f"methods: only GET and HEAD responses can be cached, got {bad}")
         if self.backend == "redis" and not self.redis_url:
             raise ValueError('redis_url is required when backend = "redis"')
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if self.redis_url:
+            try:
+                check_redis_url(self.redis_url)
+            except ValueError as e:
+                raise ValueError(f"redis_url: {e}") from None
         if self.max_object_size > self.max_size and self.backend == "memory":
             raise ValueError("max_object_size cannot exceed max_size")
         if self.statuses is not None:

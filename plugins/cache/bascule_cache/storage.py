@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
+from bascule_sdk.redis import open_redis
 from cachetools import LRUCache
 
 from .entry import Entry
@@ -131,12 +132,8 @@ class RedisStore:
     """
 
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
-        import coredis
-        from coredis.retry import NoRetryPolicy
-
-        self.client: Any = coredis.Redis.from_url(
-            url, connect_timeout=timeout, stream_timeout=timeout, retry_policy=NoRetryPolicy()
-        )
+        self.url = url  # one server, a Sentinel service or a Cluster (bascule_sdk.redis)
+        self.client: Any = None
         self.prefix = prefix
         self.timeout = timeout
         self.ready = False
@@ -145,7 +142,7 @@ class RedisStore:
 
     async def run(self) -> None:
         try:
-            async with self.client:
+            async with open_redis(self.url, timeout=self.timeout) as self.client:
                 self.ready = True
                 try:
                     await self.closed.wait()

@@ -639,7 +639,7 @@ async def test_invalid_settings_are_config_errors(nursery):
         await start_gateway(nursery, config(upstream.url, methods=["POST"]), plugins=[Cache])
     with pytest.raises(ConfigError, match="redis_url is required"):
         await start_gateway(nursery, config(upstream.url, backend="redis"), plugins=[Cache])
-    with pytest.raises(ConfigError, match="redis_url must start with"):
+    with pytest.raises(ConfigError, match="redis_url: expected a URL starting with redis://"):
         await start_gateway(nursery, config(upstream.url, backend="redis", redis_url="localhost:6379"), plugins=[Cache])
     with pytest.raises(ConfigError, match="max_object_size cannot exceed max_size"):
         await start_gateway(nursery, config(upstream.url, max_size="1KiB", max_object_size="2KiB"), plugins=[Cache])

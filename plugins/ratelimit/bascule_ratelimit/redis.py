@@ -5,7 +5,9 @@ read from the Redis server (``TIME``), never from a gateway's clock. Every key
 of one request shares a hash tag, so the script also suits a cluster slot.
 Each call is bounded by ``timeout``; a failure raises ``BackendError`` and the
 plugin applies ``on_error``. The client reconnects by itself once Redis is
-back (and reloads the script if Redis lost it).
+back (and reloads the script if Redis lost it). The URL may name a Sentinel
+service or a Cluster (``bascule_sdk.redis``): through a failover decisions
+fail until the new primary answers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import coredis
 import trio
-from coredis.retry import NoRetryPolicy
+from bascule_sdk.redis import open_redis, safe_url
 
 from .policy import Decision, Outcome, Policy
 
@@ -113,16 +115,13 @@ class RedisBackend:
         Does not wait for Redis to answer: a gateway starts while Redis is down
         and decisions fail (``on_error``) until it is back.
         """
-        client = coredis.Redis.from_url(
-            self.url, retry_policy=NoRetryPolicy(), connect_timeout=self.timeout, stream_timeout=self.timeout
-        )
         ready = trio.Event()
-        start_soon(self._hold, client, ready)
+        start_soon(self._hold, ready)
         await ready.wait()
 
-    async def _hold(self, client: coredis.Redis[bytes], ready: trio.Event) -> None:
+    async def _hold(self, ready: trio.Event) -> None:
         try:
-            async with client:  # coredis 6 is anyio-based: the pool lives inside this block
+            async with open_redis(self.url, timeout=self.timeout) as client:  # coredis' pool lives in this block
                 self._script = client.register_script(SCRIPT)
                 with trio.move_on_after(self.timeout):
                     try:  # load the script now rather than on the first requests; Redis may be down
@@ -132,7 +131,7 @@ class RedisBackend:
                 ready.set()
                 await self._closed.wait()
         except Exception:
-            log.exception("rate-limit: cannot start the Redis client for %s", _safe(self.url))
+            log.exception("rate-limit: cannot start the Redis client for %s", safe_url(self.url))
         finally:
             self._script = None
             ready.set()
@@ -161,9 +160,3 @@ class RedisBackend:
             for p, i in zip(policies, range(1, len(raw), 4), strict=True)
         )
         return Decision(bool(raw[0]), outcomes)
-
-
-def _safe(url: str) -> str:
-    """``url`` without a password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bascule_sdk import Duration, Secret, setting
+from bascule_sdk.redis import check_redis_url
 
 from .keys import KeyChain
 from .policy import Algorithm, Policy
@@ -47,7 +48,9 @@ class Settings:
         "reject", "When no key of the chain is present: reject (400) or let the request through unlimited."
     )
     backend: Literal["local", "redis"] = setting("local", "local (this process only) or redis (shared).")
-    redis_url: Secret = setting("redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://; env:/file: too).")
+    redis_url: Secret = setting(
+        "redis://127.0.0.1:6379/0", "Redis URL: redis://, rediss://, redis+sentinel://, redis+cluster:// (env:/file:)."
+    )
     redis_timeout: Duration = setting(0.1, "Longest wait for Redis per request; beyond it on_error applies.")
     redis_prefix: str = setting("bascule:rl:", "Prefix of every Redis key.")
     on_error: Literal["fail-open", "fail-closed"] = setting(
@@ -67,8 +70,11 @@ class Settings:
             raise ValueError("local_max_keys: must be at least 1")
         if self.redis_timeout <= 0:
             raise ValueError("redis_timeout: must be more than 0")
-        if self.backend == "redis" and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url: expected redis://host:port/db, rediss://... or unix://path")
+        if self.backend == "redis":
+            try:
+                check_redis_url(self.redis_url)
+            except ValueError as e:
+                raise ValueError(f"redis_url: {e}") from None
 
     def policies(self) -> tuple[Policy, ...]:
         """The configured limits as policies; raise ``ValueError`` naming the bad key."""

@@ -190,7 +190,10 @@ async def test_buckets_survive_a_config_reload(nursery):
             'limits = [{ limit = 2, window = "1m" }, { limit = 2, window = "60s" }]',
             "limits[1].name: another limit is named '2-per-1m'",
         ),
-        ('limit = 1\nwindow = "1s"\nbackend = "redis"\nredis_url = "http://x"', "redis_url: expected redis://"),
+        (
+            'limit = 1\nwindow = "1s"\nbackend = "redis"\nredis_url = "http://x"',
+            "redis_url: expected a URL starting with redis://",
+        ),
         ('limit = 1\nwindow = "1s"\nlocal_max_keys = 0', "local_max_keys: must be at least 1"),
         ('limit = "ten"\nwindow = "1s"', "plugins.rate-limit.limit: expected an integer, got a string"),
     ],
