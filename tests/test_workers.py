@@ -172,3 +172,35 @@ async def test_two_workers_serve_a_killed_one_is_replaced_and_reload_reaches_bot
     finally:
         code = await gw.stop()
     assert code == 0
+
+
+async def test_a_sighup_while_workers_start_reloads_them_and_kills_none(nursery, tmp_path):
+    """The supervisor forwards SIGHUP to workers that may still be importing: held until they can reload."""
+    upstream = await start_upstream(nursery)
+    gw = Bascule(tmp_path, upstream.url, "old")
+    gw.proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bascule.cli", "run", "-c", str(gw.path), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=gw.log.open("wb"),
+    )
+    try:
+        gw.terminated = False
+        await gw.until(lambda: len(gw.workers()) == 2)
+        started = gw.workers()
+        gw.write("old", "new")
+        async with trio.open_nursery() as hups:  # SIGHUPs all through the workers' start
+
+            async def hup() -> None:
+                while True:
+                    gw.proc.send_signal(signal.SIGHUP)
+                    await trio.sleep(0.02)
+
+            hups.start_soon(hup)
+            await gw.until(lambda: gw.status(gw.admin + "/healthz") == 200)
+            hups.cancel_scope.cancel()
+        await gw.until(lambda: all(gw.status(gw.url + "/new") == 200 for _ in range(20)))
+        assert gw.workers() == started  # none died of a SIGHUP and was replaced
+        assert b"exited with" not in gw.log.read_bytes()
+    finally:
+        code = await gw.stop()
+    assert code == 0

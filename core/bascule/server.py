@@ -91,9 +91,9 @@ async def serve(
     """
     config = load_config(path, available)
     gateway = Gateway(Runtime(config))
-    stop = trio.Event()
+    stop, serving = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signals, gateway, path, available, stop)
+        nursery.start_soon(_signals, gateway, path, available, stop, serving)
         async with trio.open_nursery() as servers:
             binds = await servers.start(
                 partial(
@@ -120,20 +120,26 @@ async def serve(
             if fleet is not None:
                 reload = partial(_store_reload, gateway, path, available, supervised)
                 gateway.start_soon(fleet.run, reload, name="config store")
+            serving.set()
             task_status.started(binds)
             await stop.wait()
             servers.cancel_scope.deadline = trio.current_time() + config.gateway.graceful_timeout + 5
         nursery.cancel_scope.cancel()  # drained: stop listening for signals
 
 
-async def _signals(gateway: Gateway, path: str | Path, available: Mapping[str, Available], stop: trio.Event) -> None:
+async def _signals(
+    gateway: Gateway, path: str | Path, available: Mapping[str, Available], stop: trio.Event, serving: trio.Event
+) -> None:
+    """SIGTERM/SIGINT: stop (drain). SIGHUP: reload, once the gateway serves (its tasks run from then)."""
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # a worker's signals held since its start arrive now
         async for signum in signals:
             if signum != signal.SIGHUP:
                 if not stop.is_set():
                     log.info("shutting down: finishing in-flight requests")
                 stop.set()
             elif not stop.is_set():
+                await serving.wait()
                 await gateway.reload_file(path, available, "SIGHUP")
 
 
@@ -289,6 +295,9 @@ def _banner(config: Config, public: Sockets, admin: Sockets | None, workers: int
     log.info("public listener %s; admin listener %s", _urls(public), _urls(admin) if admin else "off")
 
 
+_HELD = {signal.SIGHUP, signal.SIGTERM}  # a worker's signals, held while it starts
+
+
 def _supervise(
     path: str | Path, sockets: Sockets, admin: Sockets | None, workers: int, fleet: FleetSettings | None = None
 ) -> int:
@@ -302,7 +311,13 @@ def _supervise(
         # ... and follows the config store, if any: the others reload on the SIGHUP it has sent here.
         args = (str(path), sockets, first, admin if first else None, fleet if first else None)
         p = ctx.Process(target=_worker, args=args, daemon=False)
-        p.start()
+        # Until serve's handlers are in place, a SIGHUP or SIGTERM forwarded to a starting worker would
+        # kill it (their default action): it inherits them blocked, and _signals releases them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
         procs[index] = p
 
     def forward(signum: int, _frame: object) -> None:
