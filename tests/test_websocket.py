@@ -159,13 +159,15 @@ def config(service_url: str, websocket: str = "", plugins: str = "", extra: str 
     """
 
 
-async def handshake(gateway_url: str, path: str, extra: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+async def handshake(
+    gateway_url: str, path: str, extra: bytes = b"", timeout: float = 1.0
+) -> tuple[int, dict[str, str], bytes]:
     """A raw HTTP/1.1 upgrade request; the response head and what followed it."""
     request = (
         f"GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
     ).encode()
-    return parse_response(await raw_exchange(gateway_url, request + extra + b"\r\n", timeout=1.0))
+    return parse_response(await raw_exchange(gateway_url, request + extra + b"\r\n", timeout=timeout))
 
 
 # -- echo, frames, negotiation ---------------------------------------------------------
@@ -436,6 +438,25 @@ async def test_a_handshake_waits_in_the_services_queue_for_a_slot(nursery):
         assert len(service.requests) == 1
     await eventually(lambda: replies == ["queued"])  # the first closed: the queued one went on
     assert len(service.requests) == 2
+
+
+async def test_a_handshake_without_an_answer_in_timeout_is_504_and_not_retried(nursery):
+    """As for an HTTP request: the service may have acted on it, and the time is spent."""
+    heard: list[bytes] = []
+
+    async def silent(stream: trio.SocketStream) -> None:
+        heard.append(await stream.receive_some())
+        await trio.sleep_forever()
+
+    urls = []
+    for _ in range(2):
+        (listener,) = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        urls.append(f"http://127.0.0.1:{listener.socket.getsockname()[1]}")
+    gw = await start_gateway(nursery, two_targets(*urls, 'timeout = "200ms"\nretries = 1'))
+    status, _, body = await handshake(gw.url, "/live", timeout=10.0)
+    assert status == 504
+    assert json.loads(body)["detail"] == "The service 'live' did not answer in time."
+    assert len(heard) == 1 and heard[0].startswith(b"GET / HTTP/1.1")
 
 
 class Attempts(Plugin):
