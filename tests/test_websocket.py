@@ -31,6 +31,7 @@ from bascule.registry import discover
 from bascule.testing import eventually, parse_response, raw_exchange, self_signed_cert, start_gateway
 from bascule.worker import listen
 from bascule_sdk import DROP, Context, Plugin, Response, WebSocketClose, WebSocketMessage, hookimpl
+from bascule_sdk.tracecontext import Trace
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RemoteSettingsChanged, ResponseReceived
@@ -158,13 +159,15 @@ def config(service_url: str, websocket: str = "", plugins: str = "", extra: str 
     """
 
 
-async def handshake(gateway_url: str, path: str, extra: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+async def handshake(
+    gateway_url: str, path: str, extra: bytes = b"", timeout: float = 1.0
+) -> tuple[int, dict[str, str], bytes]:
     """A raw HTTP/1.1 upgrade request; the response head and what followed it."""
     request = (
         f"GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
     ).encode()
-    return parse_response(await raw_exchange(gateway_url, request + extra + b"\r\n", timeout=1.0))
+    return parse_response(await raw_exchange(gateway_url, request + extra + b"\r\n", timeout=timeout))
 
 
 # -- echo, frames, negotiation ---------------------------------------------------------
@@ -362,6 +365,134 @@ async def test_open_sockets_are_limited_per_route_and_per_consumer(nursery):
     async with open_websocket_url(ws_url(gw2.url, "/live")) as again:  # closed: counted out
         await again.send_message("ok")
         assert await again.get_message() == "ok"
+
+
+# -- the service's balancing, admission and retry rule ---------------------------------------
+
+
+def two_targets(a: str, b: str, extra: str) -> str:
+    return config(a, extra=extra).replace(f'targets = ["{a}"]', f'targets = ["{a}", "{b}"]')
+
+
+async def test_an_open_socket_counts_in_least_requests_balancing(nursery):
+    a, b = await start_service(nursery), await start_service(nursery)
+    gw = await start_gateway(nursery, two_targets(a.url, b.url, 'balance = "least-requests"'))
+
+    def in_use() -> dict[str, int]:
+        return {t["url"]: t["in_use"] for t in gw.gateway.describe_upstreams()["live"]["targets"]}
+
+    async with open_websocket_url(ws_url(gw.url, "/live")) as held:
+        busy, other = (a, b) if a.requests else (b, a)
+        assert in_use() == {busy.url: 1, other.url: 0}  # what /upstreams shows
+        for i in range(3):  # one socket open on `busy`: each new one goes to the other target
+            async with open_websocket_url(ws_url(gw.url, "/live")) as ws:
+                await ws.send_message(f"{i}")
+                assert await ws.get_message() == f"{i}"
+                assert in_use() == {busy.url: 1, other.url: 1}
+            await eventually(lambda: in_use() == {busy.url: 1, other.url: 0})  # closed: counted out
+        assert (len(busy.requests), len(other.requests)) == (1, 3)
+        await held.send_message("held")
+        assert await held.get_message() == "held"
+    await eventually(lambda: in_use() == {busy.url: 0, other.url: 0})
+
+
+async def test_an_open_socket_holds_one_of_the_services_max_requests(nursery):
+    service = await start_service(nursery)
+    gw = await start_gateway(nursery, config(service.url, extra="max_requests = 1\nmax_queue = 0"))
+    async with open_websocket_url(ws_url(gw.url, "/live")) as ws:
+        status, headers, body = await handshake(gw.url, "/live")
+        assert status == 503
+        assert headers["retry-after"] == "1"
+        assert headers["content-type"] == "application/problem+json"
+        problem = json.loads(body)
+        assert problem["detail"] == "The service 'live' has too many requests waiting; try again shortly."
+        assert problem["request_id"] == headers["x-request-id"]
+        async with gw.client() as client:  # an HTTP request to the service meets the same limit
+            response = await client.get("/plain")
+        assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+        await ws.send_message("still open")
+        assert await ws.get_message() == "still open"
+    assert len(service.requests) == 1  # the refused handshake never reached the service
+    await eventually(lambda: gw.gateway.describe_upstreams()["live"]["in_flight"] == 0)
+    async with open_websocket_url(ws_url(gw.url, "/live")) as again:  # closed: its slot is free
+        await again.send_message("ok")
+        assert await again.get_message() == "ok"
+
+
+async def test_a_handshake_waits_in_the_services_queue_for_a_slot(nursery):
+    service = await start_service(nursery)
+    extra = 'max_requests = 1\nmax_queue = 1\nqueue_timeout = "30s"'
+    gw = await start_gateway(nursery, config(service.url, extra=extra))
+    replies: list[str] = []
+
+    async def queued() -> None:
+        async with open_websocket_url(ws_url(gw.url, "/live")) as ws:
+            await ws.send_message("queued")
+            replies.append(await ws.get_message())
+
+    async with open_websocket_url(ws_url(gw.url, "/live")):
+        nursery.start_soon(queued)
+        await eventually(lambda: gw.gateway.describe_upstreams()["live"]["queued"] == 1)
+        status, headers, _ = await handshake(gw.url, "/live")  # the queue is full
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert len(service.requests) == 1
+    await eventually(lambda: replies == ["queued"])  # the first closed: the queued one went on
+    assert len(service.requests) == 2
+
+
+async def test_a_handshake_without_an_answer_in_timeout_is_504_and_not_retried(nursery):
+    """As for an HTTP request: the service may have acted on it, and the time is spent."""
+    heard: list[bytes] = []
+
+    async def silent(stream: trio.SocketStream) -> None:
+        heard.append(await stream.receive_some())
+        await trio.sleep_forever()
+
+    urls = []
+    for _ in range(2):
+        (listener,) = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        urls.append(f"http://127.0.0.1:{listener.socket.getsockname()[1]}")
+    gw = await start_gateway(nursery, two_targets(*urls, 'timeout = "200ms"\nretries = 1'))
+    status, _, body = await handshake(gw.url, "/live", timeout=10.0)
+    assert status == 504
+    assert json.loads(body)["detail"] == "The service 'live' did not answer in time."
+    assert len(heard) == 1 and heard[0].startswith(b"GET / HTTP/1.1")
+
+
+class Attempts(Plugin):
+    """Traces every request and keeps each one's upstream attempts."""
+
+    name = "attempts"
+    logged: list[list[tuple[str, int, int | None, str | None, str | None]]] = []
+
+    @hookimpl
+    async def on_request(self, ctx: Context) -> None:
+        ctx.trace = Trace.start(sampled=True)
+
+    @hookimpl
+    async def on_log(self, ctx: Context, response: Response) -> None:
+        Attempts.logged.append([(c.target, c.attempt, c.status, c.error, c.span_id) for c in ctx.upstream_calls])
+
+
+async def test_handshake_attempts_are_recorded_and_traced_like_http_ones(nursery):
+    service = await start_service(nursery)
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    text = two_targets(dead, service.url, 'balance = "round-robin"\nmax_failures = 0')
+    gw = await start_gateway(
+        nursery, text.replace("[routes.websocket]", "[routes.websocket]\n[routes.plugins.attempts]"), [Attempts]
+    )
+    Attempts.logged.clear()
+    for _ in range(2):  # round-robin: the dead target comes first each time
+        async with open_websocket_url(ws_url(gw.url, "/live")) as ws:
+            await ws.send_message("up")
+            assert await ws.get_message() == "up"
+    await eventually(lambda: len(Attempts.logged) == 2)
+    for calls in Attempts.logged:
+        assert [c[:4] for c in calls] == [(dead, 0, None, "connect"), (service.url, 1, 101, None)]
+    sent = [dict(request.headers)[b"traceparent"].decode().split("-")[2] for request in service.requests]
+    assert sent == [calls[1][4] for calls in Attempts.logged]  # the traceparent of the attempt's own span
 
 
 # -- limits and failures on an open socket -------------------------------------------------

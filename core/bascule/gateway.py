@@ -349,16 +349,16 @@ class Gateway:
     async def _handle_http(self, rt: Runtime, scope: dict, receive: Callable, send: Callable) -> None:
         started = time.perf_counter()
         try:
-            request, request_id, client_ip, error = await _arrive(rt, scope, receive)
+            request, request_id, client_ip, error = await arrive(rt, scope, receive)
         except ClientDisconnected:
             return
         route, params, matched = None, dict[str, str](), ""
         if error is None:
-            route, params, matched, error = _route(rt, request)
+            route, params, matched, error = match_route(rt, request)
         ctx = Context(
             request,
             request_id=request_id,
-            route=route.info if route else _NO_ROUTE,
+            route=route.info if route else NO_ROUTE,
             path_params=params,
             matched_path=matched,
             client_ip=client_ip,
@@ -411,7 +411,8 @@ class Gateway:
         return self._date[1]
 
 
-_NO_ROUTE = RouteInfo("", None)
+#: ``ctx.route`` of a request that no route serves (refused on arrival, or 404/405).
+NO_ROUTE = RouteInfo("", None)
 _EARLY_HINT = "http.response.early_hint"
 
 
@@ -440,8 +441,10 @@ class _EarlyHints:
 _early_hints: ContextVar[_EarlyHints | None] = ContextVar("bascule_early_hints", default=None)
 
 
-def _route(rt: Runtime, request: Request) -> tuple[CompiledRoute | None, dict[str, str], str, HTTPError | None]:
-    """The route of ``request``, its path parameters and matched prefix, or the 404/405 that answers it."""
+def match_route(rt: Runtime, request: Request) -> tuple[CompiledRoute | None, dict[str, str], str, HTTPError | None]:
+    """The route of ``request`` (as ``arrive`` made it), its path parameters and matched prefix;
+    or no route and the 404, or the 405 with ``Allow``, that answers it. Sends nothing.
+    HTTP requests and WebSocket handshakes (``bascule.websocket``) are routed by it."""
     m = rt.router.match(request.method, request.path, request.host)
     if m.pattern is not None:
         return m.target, m.params, _prefix(request.path, m.pattern.depth), None
@@ -459,7 +462,7 @@ def _head_size(scope: dict) -> int:
     return size
 
 
-async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request, str, str, HTTPError | None]:
+async def arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request, str, str, HTTPError | None]:
     """The client's request as the gateway sees it, or the error that answers it.
 
     Returns the request (headers cleaned, Host validated, path normalised,
@@ -467,6 +470,8 @@ async def _arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request,
     (after trusted proxies) and an error for a request that cannot be served.
     Nothing is received from the client here, so no ``100 Continue`` is sent
     before the route's ``on_request`` accepted the request (``_take_body``).
+    ``scope`` is an ASGI ``http`` scope; a WebSocket handshake (``bascule.websocket``)
+    arrives through here too, as the GET its ``websocket`` scope describes.
     """
     headers = Headers(scope["headers"])
     peer = scope["client"][0] if scope.get("client") else ""

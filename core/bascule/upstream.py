@@ -4,7 +4,8 @@ The one client that proxying, ``ctx.forward`` and health checks use. A
 ``Service`` picks a target (``balancing``), skips targets its breaker or its
 probes hold out unless too few are healthy (panic mode, ``health``), retries
 on another target within a budget (``retries``) and bounds the requests it
-holds (``admission``). A probe is only a verdict: whatever goes wrong in it
+holds (``admission``). ``Service.call`` is that rule, for HTTP requests and
+WebSocket handshakes alike. A probe is only a verdict: whatever goes wrong in it
 fails that probe, and the checks go on.
 
 ``http://`` targets are spoken to by ``h11conn.H11Connection`` (h11 on a
@@ -34,7 +35,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpcore
@@ -49,7 +50,7 @@ from .h11conn import H11Connection, Informational
 from .health import ServiceHealth, TargetHealth
 from .retries import RetryBudget
 
-__all__ = ["Pool", "PoolFull", "Service", "Upstreams"]
+__all__ = ["Answer", "Pool", "PoolFull", "Service", "Upstreams"]
 
 log = logging.getLogger("bascule.upstream")
 
@@ -65,6 +66,18 @@ if CLIENT not in ("h11", "httpcore"):
 
 class PoolFull(Exception):
     """Every connection to a target stayed busy for ``pool_timeout``."""
+
+
+class Answer(Protocol):
+    """What one attempt of ``Service.call`` returns: a ``Response``, or a WebSocket (status 101)."""
+
+    @property
+    def status(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+A = TypeVar("A", bound=Answer)
 
 
 # What a probe of an unreachable or broken target meets (logged at debug level).
@@ -100,6 +113,7 @@ class Pool:
         self.client = "h11" if parts.scheme == "http" and CLIENT == "h11" else "httpcore"
         self.weight = 1
         self.health = TargetHealth(url, 0, 0.0)  # a Service sets its own
+        self.upgraded = 0  # connections upgraded out of the pool (open WebSockets): counted in ``in_use``
         self._limiter = trio.CapacityLimiter(max_connections)
         self._idle: list[httpcore.AsyncHTTPConnection] = []
         self._idle_h11: list[H11Connection] = []
@@ -110,7 +124,8 @@ class Pool:
 
     @property
     def in_use(self) -> int:
-        return int(self._limiter.borrowed_tokens)
+        """Requests in flight to this target, open WebSockets included (``least-requests`` weighs them)."""
+        return int(self._limiter.borrowed_tokens) + self.upgraded
 
     async def send(self, request: Request, buffer_size: int, informational: Informational | None = None) -> Response:
         """Send ``request`` (its ``path`` is the upstream path) and return the response.
@@ -368,12 +383,17 @@ class Service:
         broken upstream), 503 (no available target, a full queue or pool)
         or 504 (no answer within ``timeout``).
         """
+        buffer_size = self.buffer_size
+
+        def attempt(pool: Pool) -> Awaitable[Response]:
+            return pool.send(request, buffer_size, informational)
+
         admission = self.admission
         if admission is None:
-            return await self._send(request, ctx, informational)
+            return await self.call(request, ctx, attempt)
         await admission.enter()
         try:
-            response, pool, seconds = await self._send(request, ctx, informational)
+            response, pool, seconds = await self.call(request, ctx, attempt)
         except BaseException:
             admission.leave()
             raise
@@ -383,9 +403,31 @@ class Service:
             response.close = _then(response.close, admission.leave)
         return response, pool, seconds
 
-    async def _send(
-        self, request: Request, ctx: Context | None, informational: Informational | None
-    ) -> tuple[Response, Pool, float]:
+    async def call(
+        self, request: Request, ctx: Context | None, attempt: Callable[[Pool], Awaitable[A]]
+    ) -> tuple[A, Pool, float]:
+        """Run ``attempt(pool)`` on a target, and on others as the retry rule says.
+
+        The one retry rule of the service's HTTP requests and WebSocket
+        handshakes: a target from the balancer (keyed on ``request`` and
+        ``ctx`` for ``balance = "hash"``); each attempt within ``timeout``,
+        recorded in ``ctx.upstream_calls`` (its ``traceparent`` set on
+        ``request.headers`` first) and in the target's health; a failed one
+        tried again on another target within ``retries`` and the retry budget.
+        ``attempt`` raises ``OSError`` or ``httpcore.ConnectError`` when it
+        could not connect and ``httpcore.ConnectTimeout`` when connecting took
+        too long (retried: nothing was sent), ``httpcore.ProtocolError`` or
+        ``httpcore.NetworkError`` when the exchange broke (retried if
+        ``request`` is repeatable: idempotent or ``retry_non_idempotent``, its
+        body still held), or ``PoolFull`` (503 at once). An answer whose status
+        is in ``retry_on`` is retried likewise (closed first), one in ``fail_on``
+        counts as a failure.
+
+        Returns the answer, the target's pool and the seconds until it came
+        (every attempt included). Raises ``HTTPError`` 502 (unreachable or
+        broken upstream), 503 (no available target, a full pool) or 504 (no
+        answer within ``timeout``); anything else ``attempt`` raised, as is.
+        """
         settings = self.settings
         start = time.perf_counter()
         now = trio.current_time()
@@ -403,10 +445,10 @@ class Service:
             health = pool.health
             health.begin(now)
             call = self._record(request, ctx, pool, settings.retries - retries)
-            response: Response | None = None
+            answer: A | None = None
             try:
                 with trio.fail_after(settings.timeout):
-                    response = await pool.send(request, self.buffer_size, informational)
+                    answer = await attempt(pool)
             except (httpcore.ConnectError, OSError) as e:
                 log.warning("service %s: cannot connect to %s: %s", self.name, pool.url, e)
                 _end(call, error="connect")
@@ -438,7 +480,7 @@ class Service:
                 health.abandoned()
                 raise
             else:
-                status = response.status
+                status = answer.status
                 _end(call, status=status)
                 if status in self._fail_on:
                     health.failed_once(trio.current_time())
@@ -449,14 +491,14 @@ class Service:
                 following = self._pick(now, key, tried)
                 if following is not None:
                     self.budget.spend(now)
-                    if response is not None:
-                        await response.aclose()
+                    if answer is not None:
+                        await answer.aclose()
                     retries -= 1
                     pool = following
                     continue
-            if response is None:
+            if answer is None:
                 raise error
-            return response, pool, time.perf_counter() - start
+            return answer, pool, time.perf_counter() - start
 
     def _record(self, request: Request, ctx: Context | None, pool: Pool, attempt: int) -> UpstreamCall | None:
         """Record the attempt in ``ctx.upstream_calls``; with ``ctx.trace``, send a

@@ -13,10 +13,13 @@ client and hands the gateway an ASGI ``websocket`` scope. ``WebSockets.serve``:
    fields as a proxied request's (``proxy.upstream_request``, the
    ``on_upstream_request`` hooks, ``gateway.upstream_headers``); the client's
    subprotocols and its permessage-deflate offer. wsproto speaks the client
-   side over a trio stream (TLS for ``https://`` targets). An unreachable
-   target, or one answering a ``retry_on`` status, is retried on another
-   within ``retries`` and the retry budget; nothing is retried once the
-   service accepted. The service's own refusal is passed on as its answer.
+   side over a trio stream (TLS for ``https://`` targets). Targets are tried
+   by ``Service.call``, the retry rule of HTTP requests: nothing is retried
+   once the service accepted. The service's own refusal is passed on as its
+   answer. An open socket is a request in flight to the service: it holds one
+   of the service's ``max_requests`` (a handshake beyond them and
+   ``max_queue`` is refused 503 with Retry-After) and counts in its target's
+   requests for ``balance = "least-requests"``.
 3. **Accept.** The client gets the subprotocol the service chose, and
    permessage-deflate only if the service took it.
 4. **Relay.** Whole messages (fragments joined, at most ``max_message_size``:
@@ -41,7 +44,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -66,6 +69,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import ProtocolError
 
 from . import gateway as _gateway
+from .admission import Admission
 from .config import WebSocketSettings
 from .forwarding import strip_hop_by_hop
 from .proxy import upstream_request
@@ -129,20 +133,20 @@ class WebSockets:
         # The handshake as the HTTP request it is: a GET (RFC 8441's CONNECT too), http(s) (ASGI says ws(s)).
         http = {**scope, "method": "GET", "scheme": _HTTP_SCHEME.get(scope.get("scheme", "ws"), "http")}
         try:
-            request, request_id, client_ip, error = await _gateway._arrive(rt, http, receive)
+            request, request_id, client_ip, error = await _gateway.arrive(rt, http, receive)
         except ClientDisconnected:
             return
         request.body = b""
         route, params, matched = None, dict[str, str](), ""
         if error is None:
-            route, params, matched, error = _gateway._route(rt, request)
+            route, params, matched, error = _gateway.match_route(rt, request)
         settings = route.settings if route else None
         if error is None and (settings is None or settings.websocket is None):
             error = HTTPError(403, f"The route {route.info.name if route else ''!r} does not accept WebSockets.")
         ctx = Context(
             request,
             request_id=request_id,
-            route=route.info if route else _gateway._NO_ROUTE,
+            route=route.info if route else _gateway.NO_ROUTE,
             path_params=params,
             matched_path=matched,
             client_ip=client_ip,
@@ -399,17 +403,27 @@ class _ServiceSocket:
     """An accepted WebSocket to a service: wsproto's client side over a trio stream.
 
     Writes (the relay's messages, answers to pings, the close) are serialised
-    by a lock: they come from both directions' tasks.
+    by a lock: they come from both directions' tasks. Until ``aclose`` the
+    socket counts in ``pool.in_use`` and holds ``admission``'s slot, if given.
     """
 
     stream: trio.abc.Stream
     ws: WSConnection
     subprotocol: str | None
     deflate: bool
+    pool: Pool
+    admission: Admission | None = None
 
     def __post_init__(self) -> None:
         self._lock = trio.Lock()
         self._closing = False
+        self._open = True
+        self.pool.upgraded += 1
+
+    @property
+    def status(self) -> int:
+        """The handshake's answer (``upstream.Answer``): 101 Switching Protocols."""
+        return 101
 
     async def _write(self, event: Any) -> bool:
         """Send ``event``; False when the connection is gone or closed."""
@@ -465,7 +479,13 @@ class _ServiceSocket:
 
     async def aclose(self) -> None:
         """Close the connection; after a close frame of ours, once the service answered
-        it (RFC 6455 7.1.1), or a second passed."""
+        it (RFC 6455 7.1.1), or a second passed. Idempotent."""
+        if not self._open:
+            return
+        self._open = False
+        self.pool.upgraded -= 1
+        if self.admission is not None:
+            self.admission.leave()
         with trio.move_on_after(1.0):
             try:
                 while self.ws.state is WebSocketState.LOCAL_CLOSING:
@@ -477,97 +497,97 @@ class _ServiceSocket:
         await trio.aclose_forcefully(self.stream)
 
 
-_CLIENT_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, _Lost)
-
-
 async def _connect(
     service: Service, ctx: Context, request: Request, subprotocols: list[str], deflate: bool
 ) -> _ServiceSocket | Response:
     """A WebSocket to one of ``service``'s targets, or the service's refusal (an HTTP response).
 
-    The target is picked, failures counted and retried as ``Service.send`` does:
-    an unreachable target or a ``retry_on`` answer is tried again on another
-    target, within ``retries`` and the retry budget. Raises ``HTTPError`` 502
-    (unreachable or broken), 503 (no available target) or 504 (no answer
-    within ``timeout``).
+    Admitted as any request to ``service`` (the socket holds its slot until
+    ``aclose``), then targets are tried by ``Service.call``. Raises
+    ``HTTPError`` 502 (unreachable or broken), 503 (no available target,
+    ``max_requests`` and ``max_queue`` full) or 504 (no answer within
+    ``timeout``).
     """
-    settings = service.settings
-    now = trio.current_time()
-    service.budget.request(now)
-    key = service._key(request, ctx) if settings.balance == "hash" else None
-    pool = service._pick(now, key, ())
-    if pool is None:
-        raise service._no_target(now)
-    start = time.perf_counter()
-    headers = [(k, v) for k, v in _gateway.upstream_headers(ctx, request) if k not in _HANDSHAKE_FIELDS]
     host = request.headers.get("host")  # preserve_host: the client's
-    tried: list[Pool] = []
-    retries = settings.retries
-    while True:
-        tried.append(pool)
-        health = pool.health
-        health.begin(now)
-        outcome: _ServiceSocket | Response | None = None
-        try:
-            handshake = Handshake(
-                host=host or pool.host_header.decode(),
-                target=((pool.base_path + request.path) or "/") + (f"?{request.query}" if request.query else ""),
-                extra_headers=headers,
-                subprotocols=subprotocols,
-                extensions=[PerMessageDeflate()] if deflate else [],
-            )
-            outcome = await _open(pool, settings.connect_timeout, settings.timeout, handshake, service.buffer_size)
-        except trio.TooSlowError:
-            health.failed_once(trio.current_time())
-            error = HTTPError(504, f"The service {service.name!r} did not answer in time.")
-        except _CLIENT_FAILURES as e:
-            log.warning("service %s: websocket to %s failed: %r", service.name, pool.url, e)
-            health.failed_once(trio.current_time())
-            error = HTTPError(502, f"The service {service.name!r} is unreachable.")
-        except BaseException:
-            health.abandoned()
-            raise
-        else:
-            failed = isinstance(outcome, Response) and outcome.status in service._fail_on
-            health.failed_once(trio.current_time()) if failed else health.succeeded()
-        retry = outcome is None or (isinstance(outcome, Response) and outcome.status in service._retry_on)
-        if retry and retries and service.budget.allows(now := trio.current_time()):
-            following = service._pick(now, key, tried)
-            if following is not None:
-                service.budget.spend(now)
-                retries -= 1
-                pool = following
-                continue
-        if outcome is None:
-            raise error
-        ctx.upstream = pool.url
-        ctx.upstream_seconds = time.perf_counter() - start
-        return outcome
+    request.headers.raw = [(k, v) for k, v in _gateway.upstream_headers(ctx, request) if k not in _HANDSHAKE_FIELDS]
+    query = f"?{request.query}" if request.query else ""
+    settings = service.settings
+
+    def attempt(pool: Pool) -> Awaitable[_ServiceSocket | Response]:
+        handshake = Handshake(
+            host=host or pool.host_header.decode(),
+            target=((pool.base_path + request.path) or "/") + query,
+            extra_headers=request.headers.raw,  # the attempt's traceparent included
+            subprotocols=subprotocols,
+            extensions=[PerMessageDeflate()] if deflate else [],
+        )
+        return _open(pool, settings.connect_timeout, handshake, service.buffer_size)
+
+    admission = service.admission
+    if admission is not None:
+        await admission.enter()
+    try:
+        outcome, pool, seconds = await service.call(request, ctx, attempt)
+    except BaseException:
+        if admission is not None:
+            admission.leave()
+        raise
+    ctx.upstream = pool.url
+    ctx.upstream_seconds = seconds
+    if isinstance(outcome, _ServiceSocket):
+        outcome.admission = admission
+    elif admission is not None:
+        admission.leave()
+    return outcome
+
+
+# What breaks a handshake once connected: as the HTTP clients report it to ``Service.call``.
+_BROKEN = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, _Lost)
 
 
 async def _open(
-    pool: Pool, connect_timeout: float, timeout: float, handshake: Handshake, buffer_size: int
+    pool: Pool, connect_timeout: float, handshake: Handshake, buffer_size: int
 ) -> _ServiceSocket | Response:
     """One handshake with ``pool``'s target: the accepted socket, or its refusal
-    (an HTTP response, its body at most ``buffer_size`` bytes)."""
-    origin = pool.origin
-    host = origin.host.decode()
-    with trio.fail_after(connect_timeout):
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, origin.port)
-        if origin.scheme == b"https":
-            stream = trio.SSLStream(stream, _tls(), server_hostname=host, https_compatible=True)
-            await stream.do_handshake()
+    (an HTTP response, its body at most ``buffer_size`` bytes). Fails as an
+    attempt of ``Service.call`` does."""
+    stream = await _dial(pool, connect_timeout)
     try:
         ws = WSConnection(ConnectionType.CLIENT)
-        with trio.fail_after(timeout):
-            await stream.send_all(ws.send(handshake))
-            return await _answer(stream, ws, buffer_size)
+        await stream.send_all(ws.send(handshake))
+        return await _answer(stream, ws, buffer_size, pool)
+    except _BROKEN as e:
+        await trio.aclose_forcefully(stream)
+        raise httpcore.RemoteProtocolError(str(e) or type(e).__name__) from e
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
 
 
-async def _answer(stream: trio.abc.Stream, ws: WSConnection, buffer_size: int) -> _ServiceSocket | Response:
+async def _dial(pool: Pool, connect_timeout: float) -> trio.abc.Stream:
+    """A connection to ``pool``'s target (TLS for ``https://``). Raises ``httpcore.ConnectError``
+    or ``httpcore.ConnectTimeout``, as the HTTP clients do."""
+    origin = pool.origin
+    host = origin.host.decode()
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await trio.open_tcp_stream(host, origin.port)
+            if origin.scheme == b"https":
+                stream = trio.SSLStream(stream, _tls(), server_hostname=host, https_compatible=True)
+                await stream.do_handshake()
+            return stream
+    except BaseException as e:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        if isinstance(e, trio.TooSlowError):
+            raise httpcore.ConnectTimeout(f"connecting to {pool.url} timed out") from None
+        if isinstance(e, OSError | trio.BrokenResourceError):
+            raise httpcore.ConnectError(str(e) or type(e).__name__) from e
+        raise
+
+
+async def _answer(stream: trio.abc.Stream, ws: WSConnection, buffer_size: int, pool: Pool) -> _ServiceSocket | Response:
     refusal: Response | None = None
     body = bytearray()
     while True:
@@ -576,7 +596,7 @@ async def _answer(stream: trio.abc.Stream, ws: WSConnection, buffer_size: int) -
         for event in ws.events():
             if isinstance(event, AcceptConnection):
                 deflate = any(isinstance(e, PerMessageDeflate) for e in event.extensions)
-                return _ServiceSocket(stream, ws, event.subprotocol, deflate)
+                return _ServiceSocket(stream, ws, event.subprotocol, deflate, pool)
             if isinstance(event, RejectConnection):
                 headers = Headers(event.headers)
                 strip_hop_by_hop(headers)
