@@ -110,8 +110,11 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "schema":
         return _schema(args.config, args.output)
     if args.command == "plugins":
-        for p in describe_plugins(discover()):
+        found = discover()
+        for p in describe_plugins(found):
             print(f"{p['name']:<22} {p['version']:<8} {p['distribution']:<28} {', '.join(p['hooks'])}")
+        for name, reason in sorted(found.broken.items()):
+            print(f"{name:<22} refused: {reason}")
         return 0
     if args.command == "validate":
         return _validate(args.file, offline=args.offline, as_json=args.format == "json")
