@@ -84,7 +84,7 @@ def _main(argv: list[str] | None) -> int:
     )
     routes = sub.add_parser("routes", help="list routes and their plugin pipelines")
     routes.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    sub.add_parser("plugins", help="list installed plugins")
+    sub.add_parser("plugins", help="list installed plugins, then the refused ones with why")
     plugin = sub.add_parser("plugin", help="plugin development tools")
     plugin_sub = plugin.add_subparsers(dest="action", required=True)
     new = plugin_sub.add_parser("new", help="create a plugin distribution that works out of the box")
