@@ -213,3 +213,20 @@ def test_validate_a_toml_syntax_error_is_file_line_column(tmp_path):
     r = bascule("validate", "--format", "json", str(config))
     (error,) = json.loads(r.stdout)["errors"]
     assert (error["file"], error["line"], error["column"]) == (str(config), 2, 33)
+
+
+def test_plugins_lists_the_refused_ones_after_the_installed_ones_with_their_reason(tmp_path):
+    # A distribution whose entry point names a module that is not there: discovery refuses it.
+    dist = tmp_path / "bascule_ghost-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bascule-ghost\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bascule.plugins]\nghost = bascule_ghost_missing:GhostPlugin\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    r = bascule("plugins", env={**os.environ, "PYTHONPATH": path})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert "rate-limit" in names and names[-1] == "ghost"
+    assert lines[-1].startswith("ghost ")
+    assert "refused: plugin 'ghost' (bascule-ghost 0.1) failed to import: ModuleNotFoundError" in lines[-1]
+    assert "bascule_ghost_missing" in lines[-1]

@@ -84,7 +84,7 @@ def _main(argv: list[str] | None) -> int:
     )
     routes = sub.add_parser("routes", help="list routes and their plugin pipelines")
     routes.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    sub.add_parser("plugins", help="list installed plugins")
+    sub.add_parser("plugins", help="list installed plugins, then the refused ones with why")
     plugin = sub.add_parser("plugin", help="plugin development tools")
     plugin_sub = plugin.add_subparsers(dest="action", required=True)
     new = plugin_sub.add_parser("new", help="create a plugin distribution that works out of the box")
@@ -110,8 +110,11 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "schema":
         return _schema(args.config, args.output)
     if args.command == "plugins":
-        for p in describe_plugins(discover()):
+        found = discover()
+        for p in describe_plugins(found):
             print(f"{p['name']:<22} {p['version']:<8} {p['distribution']:<28} {', '.join(p['hooks'])}")
+        for name, reason in sorted(found.broken.items()):
+            print(f"{name:<22} refused: {reason}")
         return 0
     if args.command == "validate":
         return _validate(args.file, offline=args.offline, as_json=args.format == "json")

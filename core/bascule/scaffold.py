@@ -211,26 +211,26 @@ _PLUGIN = '''\
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from bascule_sdk import Context, Plugin, Response, hookimpl, setting
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
+_FIELD_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # RFC 9110 field-name
 
 
 @dataclass(frozen=True)
 class {{settings}}:
-    """``[routes.plugins.{{name}}]`` (or ``[plugins.{{name}}]`` for every route)."""
+    """``[routes.plugins.{{name}}]`` (or ``[plugins.{{name}}]`` for every route).
 
-    header: str = setting("{{header}}", "Name of the response header to add.")
-    value: str = setting("hello", "Its value.")
+    A rule of one value is declared on its field (min=, max=, pattern=): the
+    gateway enforces it and ``bascule schema`` states it. A rule that spans
+    several fields goes in ``__post_init__`` (raise ``ValueError("key: ...")``).
+    """
 
-    def __post_init__(self) -> None:
-        if not _TOKEN.match(self.header):
-            raise ValueError(f"header: {self.header!r} is not a valid header name")
-        if any(c in self.value for c in "\\r\\n\\0"):
-            raise ValueError("value: must not contain CR, LF or NUL")
+    header: str = setting(
+        "{{header}}", "Name of the response header to add.", pattern=_FIELD_NAME, expected="a header name"
+    )
+    value: str = setting("hello", "Its value.", pattern=r"^[^\\r\\n\\x00]*$", expected="no CR, LF or NUL")
 
 
 class {{cls}}(Plugin[{{settings}}]):  # Plugin[...]: self.settings is typed
@@ -290,7 +290,7 @@ async def test_adds_the_header_on_its_route_only(nursery: trio.Nursery) -> None:
 async def test_invalid_header_name_is_a_config_error(nursery: trio.Nursery) -> None:
     upstream = await start_upstream(nursery)
     table = 'header = "bad header"'
-    with pytest.raises(ConfigError, match="not a valid header name"):
+    with pytest.raises(ConfigError, match="header: expected a header name"):
         await start_gateway(nursery, config(upstream.url, table), plugins=[{{cls}}])
 '''
 

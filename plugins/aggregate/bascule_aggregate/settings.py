@@ -14,38 +14,52 @@ __all__ = ["MAX_DEPTH_LIMIT", "AggregateSettings", "Backend"]
 
 MAX_DEPTH_LIMIT = 256  # the most nesting max_depth may allow (shaping recurses per level)
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")  # RFC 3986 path characters
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
-
-
-def _dotted(path: str, where: str) -> tuple[str, ...]:
-    parts = tuple(path.split("."))
-    if not all(parts):
-        raise ValueError(f"{where}: {path!r} is not a dotted field path")
-    return parts
+_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # RFC 9110 field-name
+_DOTTED = r"^[^.]+(\.[^.]+)*$"  # a field path: "data.ride"
+_NAME = rf"^(?!({'|'.join(CLIENT_SOURCES)})$)[A-Za-z_][A-Za-z0-9_]*$"  # placeholders name it: {name.field}
+_NO_CONTROLS = r"^[^\r\n\x00]*$"
 
 
 @dataclass(frozen=True)
 class Backend:
     """``[[routes.plugins.aggregate.backends]]``: one call and how its answer is shaped."""
 
-    name: str = setting(doc="Names the backend in errors and in other backends' {name.field} placeholders.")
+    name: str = setting(
+        doc="Names the backend in errors and in other backends' {name.field} placeholders.",
+        pattern=_NAME,
+        expected="a name of letters, digits and _ (not a digit first), other than 'query' and 'header'",
+    )
     service: str = setting(doc="The [services.*] entry to call.")
-    path: str = setting("/", 'Path under the service\'s target, with placeholders: "/{ride}/location".')
+    path: str = setting(
+        "/",
+        'Path under the service\'s target, with placeholders: "/{ride}/location".',
+        pattern="^/[^?#]*$",
+        expected="a path starting with '/' (query parameters go under 'query')",
+    )
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = setting("GET", "Method to send.")
     query: dict[str, str] = setting({}, "Query parameters to send; values may hold placeholders.")
     forward_query: list[str] = setting([], 'Client query parameters copied as they are ("*": all).')
-    headers: list[str] = setting([], "Client request headers copied to this backend.")
+    headers: list[str] = setting(
+        [], "Client request headers copied to this backend.", pattern=_TOKEN, expected="a header name"
+    )
     forward_body: bool = setting(False, "Send the client's body (and Content-Type) to this backend.")
-    timeout: Duration | None = setting(None, "This backend's budget (default: the route's timeout).")
+    timeout: Duration | None = setting(None, "This backend's budget (default: the route's timeout).", min=0.001)
     required: bool = setting(True, "A failure fails the whole request (502/504) instead of a partial answer.")
     max_response_size: ByteSize = setting(1 << 20, "Largest response body read; larger is a failure.")
     non_json: Literal["error", "string"] = setting("error", "A non-JSON answer is a failure, or kept as a string.")
-    group: str | None = setting(None, "Put the shaped answer under this key.")
-    target: str | None = setting(None, 'Take only this sub-object of the answer (dotted path: "data.ride").')
-    allow: list[str] = setting([], "Keep only these fields (dotted paths).")
-    deny: list[str] = setting([], "Drop these fields (dotted paths).")
+    group: str | None = setting(None, "Put the shaped answer under this key.", pattern=".", expected="a key")
+    target: str | None = setting(
+        None,
+        'Take only this sub-object of the answer (dotted path: "data.ride").',
+        pattern=_DOTTED,
+        expected="a dotted field path",
+    )
+    allow: list[str] = setting(
+        [], "Keep only these fields (dotted paths).", pattern=_DOTTED, expected="a dotted field path"
+    )
+    deny: list[str] = setting([], "Drop these fields (dotted paths).", pattern=_DOTTED, expected="a dotted field path")
     mapping: dict[str, str] = setting({}, 'Rename top-level fields: { old = "new" }.')
-    collection: str = setting("collection", "Key an array answer is wrapped under.")
+    collection: str = setting("collection", "Key an array answer is wrapped under.", pattern=".", expected="a key")
 
     path_template: Template = field(init=False, repr=False, compare=False)
     query_templates: tuple[tuple[str, Template], ...] = field(init=False, repr=False, compare=False)
@@ -56,33 +70,20 @@ class Backend:
     depends_on: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.name.isidentifier() or self.name in CLIENT_SOURCES:
-            raise ValueError(f"name: {self.name!r} must be an identifier other than 'query' and 'header'")
-        if not self.path.startswith("/"):
-            raise ValueError(f"path: {self.path!r} must start with '/'")
-        if "?" in self.path or "#" in self.path:
-            raise ValueError("path: put query parameters under 'query', not in the path")
         if self.allow and self.deny:
             raise ValueError("allow and deny cannot be combined: list the fields to keep, or those to drop")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout: must be more than 0")
-        for header in self.headers:
-            if not _TOKEN.match(header):
-                raise ValueError(f"headers: {header!r} is not a header name")
         for old, new in self.mapping.items():
             if not old or not new or "." in old or "." in new:
                 raise ValueError(f"mapping: {old!r} = {new!r}: mapping renames top-level fields (no dots)")
-        if self.group == "" or not self.collection:
-            raise ValueError("group and collection must not be empty")
         put = object.__setattr__
         put(self, "path_template", Template(self.path, "path"))
         for part in self.path_template.parts:
             if isinstance(part, str) and not _PATH_CHARS.match(part):
                 raise ValueError(f"path: {self.path!r} has characters that must be percent-encoded")
         put(self, "query_templates", tuple((k, Template(v, f"query.{k}")) for k, v in self.query.items()))
-        put(self, "target_path", _dotted(self.target, "target") if self.target is not None else ())
-        put(self, "allow_paths", tuple(_dotted(p, "allow") for p in self.allow))
-        put(self, "deny_paths", tuple(_dotted(p, "deny") for p in self.deny))
+        put(self, "target_path", tuple(self.target.split(".")) if self.target is not None else ())
+        put(self, "allow_paths", tuple(tuple(p.split(".")) for p in self.allow))
+        put(self, "deny_paths", tuple(tuple(p.split(".")) for p in self.deny))
         # Every placeholder, and the backends whose answers this one needs first.
         refs = self.path_template.refs + tuple(r for _, t in self.query_templates for r in t.refs)
         put(self, "refs", refs)
@@ -93,21 +94,22 @@ class Backend:
 class AggregateSettings:
     """``[routes.plugins.aggregate]``."""
 
-    backends: list[Backend] = setting(doc="The calls to make; answers are merged in this order.")
-    timeout: Duration = setting(5.0, "Deadline for the whole aggregation; every backend's budget fits inside.")
-    max_depth: int = setting(32, f"Deepest JSON nesting accepted from a backend (at most {MAX_DEPTH_LIMIT}).")
+    backends: list[Backend] = setting(doc="The calls to make; answers are merged in this order.", min_items=1)
+    timeout: Duration = setting(
+        5.0, "Deadline for the whole aggregation; every backend's budget fits inside.", min=0.001
+    )
+    max_depth: int = setting(
+        32, f"Deepest JSON nesting accepted from a backend (at most {MAX_DEPTH_LIMIT}).", min=1, max=MAX_DEPTH_LIMIT
+    )
     pass_status: bool = setting(False, "Answer with the backend's status (single-backend routes only).")
-    cache_control: str | None = setting(None, "Cache-Control of a complete answer (a partial one is no-store).")
+    cache_control: str | None = setting(
+        None,
+        "Cache-Control of a complete answer (a partial one is no-store).",
+        pattern=_NO_CONTROLS,
+        expected="no CR, LF or NUL",
+    )
 
     def __post_init__(self) -> None:
-        if not self.backends:
-            raise ValueError("backends: list at least one backend")
-        if self.timeout <= 0:
-            raise ValueError("timeout: must be more than 0")
-        if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
-            raise ValueError(f"max_depth: must be between 1 and {MAX_DEPTH_LIMIT}")
-        if self.cache_control is not None and any(c in self.cache_control for c in "\r\n\0"):
-            raise ValueError("cache_control: must not contain CR, LF or NUL")
         if self.pass_status and len(self.backends) != 1:
             raise ValueError("pass_status: only a route with a single backend can pass its status through")
         seen: set[str] = set()

@@ -786,11 +786,12 @@ async def test_the_cache_keeps_complete_answers_only(nursery):
         ),
         (
             '[[routes.plugins.aggregate.backends]]\nname = "query"\nservice = "s"',
-            "name: 'query' must be an identifier other than 'query' and 'header'",
+            "backends[0].name: expected a name of letters, digits and _ (not a digit first), "
+            "other than 'query' and 'header', got 'query'",
         ),
         (
             'max_depth = 1000\n[[routes.plugins.aggregate.backends]]\nname = "a"\nservice = "s"',
-            "max_depth: must be between 1 and 256",
+            "max_depth: must be between 1 and 256, got 1000",
         ),
     ],
 )

@@ -29,13 +29,18 @@ class CacheSettings:
         1024**2, "Largest body stored; larger or unknown-length bodies stream through uncached."
     )
     methods: list[str] = setting(
-        ["GET", "HEAD"], "Methods answered from the cache (GET and/or HEAD; HEAD is answered from a stored GET)."
+        ["GET", "HEAD"],
+        "Methods answered from the cache (GET and/or HEAD; HEAD is answered from a stored GET).",
+        pattern="^(GET|HEAD)$",
+        expected="GET or HEAD (only their responses can be cached)",
     )
     statuses: list[int] | None = setting(
         None,
         "Response statuses that may be stored; unset: every final "
         "status but 206 and 304 (with explicit freshness, or heuristic "
         "freshness for the ones cacheable by default).",
+        min=200,
+        max=599,
     )
     content_types: list[str] = setting([], 'Media types that may be stored (e.g. "application/json"); empty: any.')
     default_ttl: Duration = setting(
@@ -73,9 +78,6 @@ class CacheSettings:
     )
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in ("GET", "HEAD")]
-        if bad:
-            raise ValueError(f"methods: only GET and HEAD responses can be cached, got {bad}")
         if self.backend == "redis" and not self.redis_url:
             raise ValueError('redis_url is required when backend = "redis"')
         if self.redis_url:
@@ -85,11 +87,8 @@ class CacheSettings:
                 raise ValueError(f"redis_url: {e}") from None
         if self.max_object_size > self.max_size and self.backend == "memory":
             raise ValueError("max_object_size cannot exceed max_size")
-        if self.statuses is not None:
-            if any(not 200 <= s <= 599 for s in self.statuses):
-                raise ValueError("statuses: each must be a final HTTP status code (200-599)")
-            if {206, 304} & set(self.statuses):
-                raise ValueError("statuses: 206 and 304 responses cannot be stored")
+        if self.statuses is not None and {206, 304} & set(self.statuses):
+            raise ValueError("statuses: 206 and 304 responses cannot be stored")
         self.targets()
 
     def targets(self) -> tuple[str, ...]:

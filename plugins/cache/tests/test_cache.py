@@ -635,7 +635,9 @@ async def test_statuses_and_content_types_are_configurable(nursery, cache_cls):
 
 async def test_invalid_settings_are_config_errors(nursery):
     upstream = await start_upstream(nursery)
-    with pytest.raises(ConfigError, match="only GET and HEAD"):
+    with pytest.raises(
+        ConfigError, match=r"methods\[0\]: expected GET or HEAD \(only their responses can be cached\), got 'POST'"
+    ):
         await start_gateway(nursery, config(upstream.url, methods=["POST"]), plugins=[Cache])
     with pytest.raises(ConfigError, match="redis_url is required"):
         await start_gateway(nursery, config(upstream.url, backend="redis"), plugins=[Cache])

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from bascule_sdk import Duration, setting
 
 __all__ = ["CORSSettings"]
 
-# scheme://host[:port], host possibly "*.example.com"; browsers send origins lower-case.
-_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://(\*\.)?([a-z0-9.-]+|\[[0-9a-f:]+\])(:\d{1,5})?$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: methods, field names
+# "*", "null" or scheme://host[:port], host possibly "*.example.com", in any case, trailing "/" allowed.
+_ORIGIN = r"^(\*|[Nn][Uu][Ll][Ll]|[A-Za-z][A-Za-z0-9+.-]*://(\*\.)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?)/*$"
+_TOKEN = r"^(\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)$"  # an RFC 9110 token (a method, a field name) or "*"
 
 
 @dataclass(frozen=True)
@@ -19,13 +18,26 @@ class CORSSettings:
     """``[routes.plugins.cors]``: who may call this route from a browser."""
 
     origins: list[str] = setting(
-        ["*"], 'Allowed origins: "https://app.example.com", "https://*.example.com", or "*" for any.'
+        ["*"],
+        'Allowed origins: "https://app.example.com", "https://*.example.com", or "*" for any.',
+        pattern=_ORIGIN,
+        expected='"*" or an origin like "https://app.example.com"',
     )
     methods: list[str] = setting(
-        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], 'Methods allowed cross-origin ("*": any).'
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+        'Methods allowed cross-origin ("*": any).',
+        pattern=_TOKEN,
+        expected='a method or "*"',
     )
-    headers: list[str] = setting([], 'Request headers a page may send (beyond the CORS-safelisted ones; "*": any).')
-    expose_headers: list[str] = setting([], "Response headers a page may read beyond the safelisted ones.")
+    headers: list[str] = setting(
+        [],
+        'Request headers a page may send (beyond the CORS-safelisted ones; "*": any).',
+        pattern=_TOKEN,
+        expected='a header name or "*"',
+    )
+    expose_headers: list[str] = setting(
+        [], "Response headers a page may read beyond the safelisted ones.", pattern=_TOKEN, expected="a header name"
+    )
     credentials: bool = setting(False, 'Allow cookies and Authorization (needs explicit origins, not "*").')
     max_age: Duration | None = setting(None, 'How long a browser may cache a preflight answer, e.g. "10m".')
     # Derived once: lower-case lookups used per request.
@@ -39,19 +51,11 @@ class CORSSettings:
         exact, suffixes = set(), []
         for origin in self.origins:
             value = origin.rstrip("/").lower()
-            if value in ("*", "null"):
-                exact.add(value)
-            elif not _ORIGIN.match(value):
-                raise ValueError(f'origins: {origin!r} is not "*" or an origin like "https://app.example.com"')
-            elif "://*." in value:
+            if "://*." in value:
                 scheme, _, rest = value.partition("://*")
                 suffixes.append((scheme + "://", rest))  # ".example.com[:port]"
             else:
                 exact.add(value)
-        for key, what in (("methods", "method"), ("headers", "header name"), ("expose_headers", "header name")):
-            for item in getattr(self, key):
-                if item != "*" and not _TOKEN.match(item):
-                    raise ValueError(f"{key}: {item!r} is not a valid {what}")
         if self.credentials and "*" in exact:
             raise ValueError('credentials: true needs explicit origins; "*" would let every site send cookies')
         set_ = object.__setattr__

@@ -196,9 +196,12 @@ async def test_only_on_its_route(nursery):
     ("table", "message"),
     [
         ("credentials = true", "credentials: true needs explicit origins"),
-        ('origins = ["app.example.com"]', "'app.example.com' is not"),
-        ('methods = ["GET POST"]', "is not a valid method"),
-        ('headers = ["x trace"]', "is not a valid header name"),
+        (
+            'origins = ["app.example.com"]',
+            "origins\\[0\\]: expected \"\\*\" or an origin like .*, got 'app.example.com'",
+        ),
+        ('methods = ["GET", "GET POST"]', "methods\\[1\\]: expected a method or \"\\*\", got 'GET POST'"),
+        ('headers = ["x trace"]', "headers\\[0\\]: expected a header name or \"\\*\", got 'x trace'"),
         ('max_age = "soon"', "expected a duration"),
     ],
 )

@@ -13,6 +13,9 @@ from .keys import ALGORITHMS, VerificationKey, key_from_jwk, key_from_pem, key_f
 __all__ = ["Credentials", "JwksConfig", "KeyConfig", "Settings"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (a header or scheme name)
+_NAME = f"{_TOKEN.pattern}|^$"  # a token, or '' (off)
+_NO_QUOTES = r'^[^"\\]*$'  # a quoted-string's content, as we write it: no quote, no backslash
+_SCOPE = r'^[^ "\\]+$'  # RFC 6749 §3.3 scope-token
 ASYMMETRIC = [alg for alg, kind in ALGORITHMS.items() if kind != "oct"]
 
 
@@ -50,16 +53,16 @@ class KeyConfig:
 class JwksConfig:
     """A JWKS URL of an identity provider."""
 
-    url: str = setting(doc="The JWKS document URL (https:// in production).")
+    url: str = setting(
+        doc="The JWKS document URL (https:// in production).", pattern="^https?://", expected="an http(s) URL"
+    )
     issuer: str | None = setting(None, "Use these keys only for tokens whose iss is this (default: any).")
-    algorithms: list[str] = setting(ASYMMETRIC, "Allowed algorithms; binds keys that lack an alg member.")
-
-    def __post_init__(self) -> None:
-        if not self.url.startswith(("https://", "http://")):
-            raise ValueError(f"url: expected an http(s) URL, got {self.url!r}")
-        for alg in self.algorithms:
-            if ALGORITHMS.get(alg, "oct") == "oct":
-                raise ValueError(f"algorithms: {alg!r} is not an asymmetric algorithm (JWKS keys are public keys)")
+    algorithms: list[str] = setting(
+        ASYMMETRIC,
+        "Allowed algorithms; binds keys that lack an alg member.",
+        pattern=f"^({'|'.join(ASYMMETRIC)})$",
+        expected=f"an asymmetric algorithm (JWKS keys are public keys: {', '.join(ASYMMETRIC)})",
+    )
 
 
 @dataclass(frozen=True)
@@ -77,19 +80,30 @@ class Settings:
     require: list[str] = setting(["exp"], "Claims every token must carry.")
     leeway: Duration = setting(60.0, "Clock skew allowed on exp, nbf and iat.")
     max_lifetime: Duration | None = setting(None, "Reject tokens whose exp - iat is longer than this.")
-    scopes: list[str] = setting([], "Scopes the token must all carry on this route (else 403).")
+    scopes: list[str] = setting(
+        [],
+        "Scopes the token must all carry on this route (else 403).",
+        pattern=_SCOPE,
+        expected="a scope (RFC 6749 §3.3)",
+    )
     scope_claim: str = setting("scope", "Claim holding scopes: a space-separated string or an array.")
     groups_claim: str = setting("groups", "Claim holding groups of a consumer built from the token.")
-    header: str = setting("Authorization", "Request header carrying the token ('' to disable).")
-    scheme: str = setting("Bearer", "Auth scheme expected in header ('' for the bare token).")
+    header: str = setting(
+        "Authorization", "Request header carrying the token ('' to disable).", pattern=_NAME, expected="a header name"
+    )
+    scheme: str = setting(
+        "Bearer", "Auth scheme expected in header ('' for the bare token).", pattern=_NAME, expected="an auth-scheme"
+    )
     cookie: str = setting("", "Cookie carrying the token ('' to disable).")
     query: str = setting("", "Query parameter carrying the token ('' to disable).")
-    max_token_size: ByteSize = setting(8192, "Longer tokens are rejected with 401 before any parsing.")
+    max_token_size: ByteSize = setting(8192, "Longer tokens are rejected with 401 before any parsing.", min=16)
     anonymous: str = setting("", "Consumer name used when a request carries no token ('' : 401).")
     require_consumer: bool = setting(False, "Reject (403) valid tokens that match no declared consumer.")
     claim_headers: dict[str, str] = setting({}, "Claims forwarded upstream: claim name = header name.")
-    realm: str = setting("bascule", "realm of the WWW-Authenticate challenge.")
-    cache_size: int = setting(10_000, "Verified tokens kept in memory (0 disables the cache).")
+    realm: str = setting(
+        "bascule", "realm of the WWW-Authenticate challenge.", pattern=_NO_QUOTES, expected="no quotes or backslashes"
+    )
+    cache_size: int = setting(10_000, "Verified tokens kept in memory (0 disables the cache).", min=0)
     cache_ttl: Duration = setting(300.0, "Longest a verified token is trusted without re-verifying (never past exp).")
 
     def __post_init__(self) -> None:
@@ -97,22 +111,9 @@ class Settings:
             raise ValueError("give at least one key (keys) or JWKS URL (jwks)")
         if not (self.header or self.cookie or self.query):
             raise ValueError("one of header, cookie or query must name where the token is")
-        for name in ("header", "scheme"):
-            value = getattr(self, name)
-            if value and not _TOKEN.match(value):
-                raise ValueError(f"{name}: {value!r} is not a valid name")
         for claim, header in self.claim_headers.items():
             if not _TOKEN.match(header):
                 raise ValueError(f"claim_headers.{claim}: {header!r} is not a valid header name")
-        for scope in self.scopes:
-            if not scope or any(c in scope for c in ' "\\'):
-                raise ValueError(f"scopes: {scope!r} is not a valid scope (RFC 6749 §3.3)")
-        if '"' in self.realm or "\\" in self.realm:
-            raise ValueError("realm: must not contain quotes or backslashes")
-        if self.max_token_size < 16:
-            raise ValueError("max_token_size: must be at least 16 bytes")
-        if self.cache_size < 0:
-            raise ValueError("cache_size: cannot be negative")
 
 
 @dataclass(frozen=True)
@@ -123,12 +124,8 @@ class Credentials:
     set, whose ``iss`` equals it) is this consumer.
     """
 
-    subjects: list[str] = setting(doc="Token sub values of this consumer.")
+    subjects: list[str] = setting(doc="Token sub values of this consumer.", min_items=1)
     issuer: str | None = setting(None, "Only tokens from this iss (default: any accepted issuer).")
-
-    def __post_init__(self) -> None:
-        if not self.subjects:
-            raise ValueError("subjects: give at least one")
 
 
 def as_list(value: Any) -> list[str]:

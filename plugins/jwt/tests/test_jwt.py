@@ -426,8 +426,10 @@ async def test_invalid_settings_are_config_errors(nursery):
         f'keys = [{{ secret = "{SECRET}", pem = "x" }}]': "exactly one of",
         'keys = [{ pem = "not a pem" }]': "cannot load the PEM key",
         'keys = [{ jwk = "{" }]': "jwk:",
-        'jwks = [{ url = "ftp://idp" }]': "http(s) URL",
-        'jwks = [{ url = "http://idp", algorithms = ["HS256"] }]': "not an asymmetric",
+        'jwks = [{ url = "ftp://idp" }]': "jwks[0].url: expected an http(s) URL, got 'ftp://idp'",
+        'jwks = [{ url = "http://idp", algorithms = ["HS256"] }]': (
+            "jwks[0].algorithms[0]: expected an asymmetric algorithm (JWKS keys are public keys: RS256"
+        ),
         "": "at least one key",
     }
     for table, message in bad.items():

@@ -9,7 +9,8 @@ from bascule_sdk import ByteSize, setting
 
 __all__ = ["Credentials", "Settings", "parse_hashed_key"]
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: a valid header name
+_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # RFC 9110 token: a header name, an auth-scheme
+_NO_QUOTES = r'^[^"\\]*$'  # a quoted-string's content, as we write it: no quote, no backslash
 _HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 
 
@@ -17,28 +18,29 @@ _HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 class Settings:
     """``[routes.plugins.key-auth]``: where API keys are looked for, and what to do with them."""
 
-    headers: list[str] = setting(["apikey", "X-API-Key"], "Request headers that may carry the key, in order.")
+    headers: list[str] = setting(
+        ["apikey", "X-API-Key"],
+        "Request headers that may carry the key, in order.",
+        pattern=_TOKEN,
+        expected="a header name",
+    )
     query: list[str] = setting([], "Query parameters that may carry the key (off by default: URLs get logged).")
     hide_credentials: bool = setting(False, "Remove the key from the request before it is proxied.")
     anonymous: str = setting("", "Consumer name used when a request carries no key ('': 401).")
-    max_key_size: ByteSize = setting(256, "Longer keys are rejected with 401 before hashing.")
-    realm: str = setting("bascule", "realm of the WWW-Authenticate challenge.")
+    max_key_size: ByteSize = setting(256, "Longer keys are rejected with 401 before hashing.", min=1)
+    realm: str = setting(
+        "bascule", "realm of the WWW-Authenticate challenge.", pattern=_NO_QUOTES, expected="no quotes or backslashes"
+    )
     scheme: str = setting(
-        "", "Also read the key from 'Authorization: <scheme> <key>', e.g. Bearer ('': no scheme, APIKey challenge)."
+        "",
+        "Also read the key from 'Authorization: <scheme> <key>', e.g. Bearer ('': no scheme, APIKey challenge).",
+        pattern=f"{_TOKEN}|^$",
+        expected="an auth-scheme (an RFC 9110 token, e.g. Bearer) or ''",
     )
 
     def __post_init__(self) -> None:
         if not self.headers and not self.query and not self.scheme:
             raise ValueError("give at least one header or query parameter to read the key from")
-        for name in self.headers:
-            if not _TOKEN.match(name):
-                raise ValueError(f"headers: {name!r} is not a valid header name")
-        if self.scheme and not _TOKEN.match(self.scheme):
-            raise ValueError(f"scheme: {self.scheme!r} is not a valid auth-scheme (an RFC 9110 token, e.g. Bearer)")
-        if '"' in self.realm or "\\" in self.realm:
-            raise ValueError("realm: must not contain quotes or backslashes")
-        if self.max_key_size < 1:
-            raise ValueError("max_key_size: must be at least 1 byte")
 
 
 def parse_hashed_key(value: str) -> bytes:
@@ -57,11 +59,10 @@ class Credentials:
     config (several keys allow rotation without downtime).
     """
 
-    keys: list[str] = setting(doc='Hashed keys: "sha256:<hex of SHA-256(key)>".')
+    keys: list[str] = setting(doc='Hashed keys: "sha256:<hex of SHA-256(key)>".', min_items=1)
 
     def __post_init__(self) -> None:
-        if not self.keys:
-            raise ValueError("keys: give at least one")
+        # Not a declared pattern: its message would quote the value, which may be a key pasted unhashed.
         for i, key in enumerate(self.keys):
             try:
                 parse_hashed_key(key)

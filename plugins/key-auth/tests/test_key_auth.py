@@ -184,7 +184,7 @@ async def test_invalid_credentials_are_config_errors(nursery):
     for keys, message in (
         ('["plaintext-key"]', 'expected "sha256:<64 hex digits>"'),
         ('["sha256:abc"]', "keys[0]"),
-        ("[]", "give at least one"),
+        ("[]", "credentials.key-auth.keys: must not be empty"),
     ):
         with pytest.raises(ConfigError) as e:
             await serve(

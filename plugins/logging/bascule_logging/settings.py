@@ -39,10 +39,17 @@ SECRET_QUERY_PARAMS = (
 class LoggingSettings:
     format: Literal["json"] = setting("json", "Line format: one JSON object per request.")
     output: str = setting("stdout", '"stdout", "stderr", or a file path (appended to; reopened on reload).')
-    buffer: int = setting(10_000, "Lines queued for the writer; when full, lines are dropped and counted.")
+    buffer: int = setting(10_000, "Lines queued for the writer; when full, lines are dropped and counted.", min=1)
     flush_timeout: Duration = setting(5.0, "On shutdown or reload, how long queued lines may take to write.")
-    sample_rate: float = setting(1.0, "Fraction of requests logged, 0.0 to 1.0; 5xx responses are always logged.")
-    exclude_paths: list[str] = setting([], 'Paths not logged, with everything below them (e.g. "/healthz").')
+    sample_rate: float = setting(
+        1.0, "Fraction of requests logged, 0.0 to 1.0; 5xx responses are always logged.", min=0, max=1
+    )
+    exclude_paths: list[str] = setting(
+        [],
+        'Paths not logged, with everything below them (e.g. "/healthz").',
+        pattern="^/",
+        expected="a path starting with /",
+    )
     redact_query: list[str] = setting(
         list(SECRET_QUERY_PARAMS), 'Query parameters whose values are logged as "REDACTED"; "*" for all.'
     )
@@ -60,13 +67,6 @@ class LoggingSettings:
     def __post_init__(self) -> None:
         if self.output not in ("stdout", "stderr"):
             _check_writable(self.output)
-        if self.buffer < 1:
-            raise ValueError("buffer: must be at least 1")
-        if not 0.0 <= self.sample_rate <= 1.0:
-            raise ValueError(f"sample_rate: must be between 0.0 and 1.0, got {self.sample_rate}")
-        for path in self.exclude_paths:
-            if not path.startswith("/"):
-                raise ValueError(f"exclude_paths: {path!r} must start with /")
         never = {h.lower() for h in (*SENSITIVE_HEADERS, *self.sensitive_headers)}
         if leaked := sorted(h for h in self.headers if h.lower() in never):
             raise ValueError(f"headers: {', '.join(leaked)} carry credentials and are never logged")

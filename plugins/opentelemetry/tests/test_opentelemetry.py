@@ -253,9 +253,12 @@ async def test_a_stopped_collector_costs_requests_nothing_and_is_logged_once(nur
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ('endpoint = "localhost:4318"', "endpoint: expected an http"),
-        ("sample_ratio = 1.5", "sample_ratio: must be between"),
-        ("max_queue_size = 0", "max_queue_size: must be at least 1"),
+        ('endpoint = "localhost:4318"', "endpoint: expected an http:// or https:// URL, got 'localhost:4318'"),
+        ('endpoint = "http://:4318/v1/traces"', "endpoint: expected an http:// or https:// URL"),
+        ("sample_ratio = 1.5", "sample_ratio: must be between 0 and 1, got 1.5"),
+        ("max_queue_size = 0", "max_queue_size: must be at least 1, got 0"),
+        ("max_queue_size = 10\nmax_export_batch_size = 11", "max_export_batch_size: must be at most max_queue_size"),
+        ('service_name = ""', "service_name: expected a name, got ''"),
     ],
 )
 async def test_invalid_settings_are_rejected(nursery, setting, message):

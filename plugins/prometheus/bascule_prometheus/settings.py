@@ -11,24 +11,18 @@ __all__ = ["PrometheusSettings"]
 
 @dataclass(frozen=True)
 class PrometheusSettings:
-    path: str = setting("/metrics", "Path of the metrics page on the admin listener.")
+    path: str = setting(
+        "/metrics", "Path of the metrics page on the admin listener.", pattern="^/", expected="a path starting with /"
+    )
     consumer_label: bool = setting(
         False, "Also count requests by consumer (bascule_consumer_requests_total), up to max_consumers."
     )
-    max_consumers: int = setting(100, 'Distinct consumers counted per worker; later ones count as "other".')
+    max_consumers: int = setting(100, 'Distinct consumers counted per worker; later ones count as "other".', min=1)
     max_plugin_series: int = setting(
-        100, 'Label sets of each plugin counter (ctx.count) per worker; later ones count as "other".'
+        100, 'Label sets of each plugin counter (ctx.count) per worker; later ones count as "other".', min=1
     )
     sync_interval: Duration = setting(
-        1.0, "How often each worker copies its upstream state (health, retries, ejections) into the metrics."
+        1.0,
+        "How often each worker copies its upstream state (health, retries, ejections) into the metrics.",
+        min=0.001,
     )
-
-    def __post_init__(self) -> None:
-        if not self.path.startswith("/"):
-            raise ValueError(f"path: must start with /, got {self.path!r}")
-        if self.max_consumers < 1:
-            raise ValueError("max_consumers: must be at least 1")
-        if self.max_plugin_series < 1:
-            raise ValueError("max_plugin_series: must be at least 1")
-        if self.sync_interval <= 0:
-            raise ValueError("sync_interval: must be positive")

@@ -151,7 +151,7 @@ async def test_metrics_by_route_status_cache_and_rate_limit(nursery):
 
 
 async def test_invalid_path_setting_is_rejected(nursery):
-    with pytest.raises(ConfigError, match=r"prometheus: path: must start with /, got 'metrics'"):
+    with pytest.raises(ConfigError, match=r"prometheus: path: expected a path starting with /, got 'metrics'"):
         await start_gateway(
             nursery,
             """

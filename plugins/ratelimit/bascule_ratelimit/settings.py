@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,7 +13,8 @@ from .policy import Algorithm, Policy
 
 __all__ = ["LimitSettings", "Settings"]
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAME = r"^[A-Za-z0-9._-]{1,64}$"
+_NAMED = "1 to 64 letters, digits, '.', '_' or '-'"
 _UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
 
 
@@ -22,10 +22,12 @@ _UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
 class LimitSettings:
     """One entry of ``limits``: ``limit`` requests per ``window``."""
 
-    limit: int = setting(doc="Requests admitted per window (at least 1).")
-    window: Duration = setting(doc='Window, a whole number of seconds: "1s", "1m", "1h", "1d".')
-    burst: int | None = setting(None, "GCRA only: requests a full bucket admits at once (default: limit).")
-    name: str | None = setting(None, 'Policy name in the RateLimit fields (default e.g. "100-per-1m").')
+    limit: int = setting(doc="Requests admitted per window (at least 1).", min=1)
+    window: Duration = setting(doc='Window, a whole number of seconds: "1s", "1m", "1h", "1d".', min=1)
+    burst: int | None = setting(None, "GCRA only: requests a full bucket admits at once (default: limit).", min=1)
+    name: str | None = setting(
+        None, 'Policy name in the RateLimit fields (default e.g. "100-per-1m").', pattern=_NAME, expected=_NAMED
+    )
     algorithm: Algorithm | None = setting(None, "This limit's algorithm (default: the plugin's).")
 
 
@@ -33,9 +35,9 @@ class LimitSettings:
 class Settings:
     """How many requests a client may make, per what key, counted where."""
 
-    limit: int | None = setting(None, "Requests admitted per window (shorthand for a single entry of limits).")
-    window: Duration | None = setting(None, 'Window of limit, a whole number of seconds: "1s", "1m", "1h".')
-    burst: int | None = setting(None, "GCRA only: requests a full bucket admits at once (default: limit).")
+    limit: int | None = setting(None, "Requests admitted per window (shorthand for a single entry of limits).", min=1)
+    window: Duration | None = setting(None, 'Window of limit, a whole number of seconds: "1s", "1m", "1h".', min=1)
+    burst: int | None = setting(None, "GCRA only: requests a full bucket admits at once (default: limit).", min=1)
     limits: list[LimitSettings] = setting([], "Several limits at once, e.g. 10 per second and 1000 per hour.")
     algorithm: Algorithm = setting("gcra", "gcra (smooth, with burst), sliding-window or fixed-window.")
     key: str | list[str] = setting(
@@ -43,7 +45,9 @@ class Settings:
         'Bucket per: ip, consumer, credential, route, header:NAME, path:PARAM; "a+b" combines, '
         "a list falls back in order.",
     )
-    group: str | None = setting(None, "Routes naming the same group draw from one budget.")
+    group: str | None = setting(
+        None, "Routes naming the same group draw from one budget.", pattern=_NAME, expected=_NAMED
+    )
     missing_key: Literal["reject", "allow"] = setting(
         "reject", "When no key of the chain is present: reject (400) or let the request through unlimited."
     )
@@ -51,7 +55,7 @@ class Settings:
     redis_url: Secret = setting(
         "redis://127.0.0.1:6379/0", "Redis URL: redis://, rediss://, redis+sentinel://, redis+cluster:// (env:/file:)."
     )
-    redis_timeout: Duration = setting(0.1, "Longest wait for Redis per request; beyond it on_error applies.")
+    redis_timeout: Duration = setting(0.1, "Longest wait for Redis per request; beyond it on_error applies.", min=0.001)
     redis_prefix: str = setting("bascule:rl:", "Prefix of every Redis key.")
     on_error: Literal["fail-open", "fail-closed"] = setting(
         "fail-open", "When Redis fails: admit (logged, tagged) or answer 503."
@@ -59,17 +63,11 @@ class Settings:
     headers: Literal["ietf", "legacy", "both", "none"] = setting(
         "ietf", "ietf: RateLimit and RateLimit-Policy; legacy: X-RateLimit-*; both; none."
     )
-    local_max_keys: int = setting(100_000, "Most buckets the local backend keeps; least recently used go first.")
+    local_max_keys: int = setting(100_000, "Most buckets the local backend keeps; least recently used go first.", min=1)
 
     def __post_init__(self) -> None:
         self.policies()
         KeyChain.parse(self.key)
-        if self.group is not None and not _NAME.match(self.group):
-            raise ValueError("group: use 1 to 64 letters, digits, '.', '_' or '-'")
-        if self.local_max_keys < 1:
-            raise ValueError("local_max_keys: must be at least 1")
-        if self.redis_timeout <= 0:
-            raise ValueError("redis_timeout: must be more than 0")
         if self.backend == "redis":
             try:
                 check_redis_url(self.redis_url)
@@ -91,19 +89,13 @@ class Settings:
         policies: list[Policy] = []
         for where, limit, window, burst, name, algorithm in entries:
             algorithm = algorithm or self.algorithm
-            if limit < 1:
-                raise ValueError(f"{where}limit: must be at least 1")
-            if window < 1 or window != int(window):
-                raise ValueError(f"{where}window: must be a whole number of seconds, at least 1s")
+            if window != int(window):  # not declared: a setting states no "multiple of"
+                raise ValueError(f"{where}window: must be a whole number of seconds, got {window:g}s")
             if limit > window * 1_000_000:
                 raise ValueError(f"{where}limit: at most 1000000 per second of window")
             if burst is not None and algorithm != "gcra":
                 raise ValueError(f"{where}burst: only the gcra algorithm has a burst")
-            if burst is not None and burst < 1:
-                raise ValueError(f"{where}burst: must be at least 1")
             name = name or f"{limit}-per-{_compact(int(window))}"
-            if not _NAME.match(name):
-                raise ValueError(f"{where}name: use 1 to 64 letters, digits, '.', '_' or '-'")
             if any(p.name == name for p in policies):
                 raise ValueError(f"{where}name: another limit is named {name!r}")
             policies.append(Policy(name, algorithm, limit, float(window), burst or limit))

@@ -176,13 +176,21 @@ async def test_buckets_survive_a_config_reload(nursery):
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ('limit = 10\nwindow = "1.5s"', "plugins.rate-limit.window: must be a whole number of seconds"),
+        ('limit = 10\nwindow = "1.5s"', "plugins.rate-limit.window: must be a whole number of seconds, got 1.5s"),
+        ('limit = 10\nwindow = "500ms"', "plugins.rate-limit.window: must be at least 1s, got '500ms'"),
+        (
+            'limits = [{ limit = 1, window = "0.5" }]',
+            "plugins.rate-limit.limits[0].window: must be at least 1s, got '0.5'",
+        ),
+        ('limit = 10\nwindow = "1s"\nburst = 0', "plugins.rate-limit.burst: must be at least 1, got 0"),
+        ('limit = 10\nwindow = "1s"\ngroup = "a b"', "plugins.rate-limit.group: expected 1 to 64 letters, digits"),
+        ('limits = [{ limit = 1, window = "1s", name = "" }]', "limits[0].name: expected 1 to 64 letters, digits"),
         (
             'limit = 10\nwindow = "1s"\nburst = 5\nalgorithm = "fixed-window"',
             "burst: only the gcra algorithm has a burst",
         ),
         ('limit = 10\nwindow = "1s"\nkey = "cookie:sid"', "key: unknown part 'cookie:sid'"),
-        ('limit = 0\nwindow = "1s"', "limit: must be at least 1"),
+        ('limit = 0\nwindow = "1s"', "plugins.rate-limit.limit: must be at least 1, got 0"),
         ('limit = 2000001\nwindow = "2s"', "limit: at most 1000000 per second of window"),
         ('window = "1s"', "limit and window are required"),
         ('limit = 1\nwindow = "1s"\nlimits = [{ limit = 2, window = "1m" }]', "either limit/window/burst or limits"),
@@ -194,7 +202,7 @@ async def test_buckets_survive_a_config_reload(nursery):
             'limit = 1\nwindow = "1s"\nbackend = "redis"\nredis_url = "http://x"',
             "redis_url: expected a URL starting with redis://",
         ),
-        ('limit = 1\nwindow = "1s"\nlocal_max_keys = 0', "local_max_keys: must be at least 1"),
+        ('limit = 1\nwindow = "1s"\nlocal_max_keys = 0', "local_max_keys: must be at least 1, got 0"),
         ('limit = "ten"\nwindow = "1s"', "plugins.rate-limit.limit: expected an integer, got a string"),
     ],
 )

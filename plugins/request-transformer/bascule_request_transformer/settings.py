@@ -38,15 +38,16 @@ class FieldRules:
 class TransformerSettings:
     """``[routes.plugins.request-transformer]``: how to rewrite the request sent upstream."""
 
-    path: str | None = setting(None, 'Upstream path template, e.g. "/v2/users/{id}{rest}"; unset keeps the path.')
+    path: str | None = setting(
+        None,
+        'Upstream path template, e.g. "/v2/users/{id}{rest}"; unset keeps the path.',
+        pattern="^/[^?# \\t\\r\\n]*$",
+        expected="a path starting with '/', without '?', '#' or whitespace (use query rules)",
+    )
     headers: FieldRules = setting(FieldRules(), "Header rules: [routes.plugins.request-transformer.headers].")
     query: FieldRules = setting(FieldRules(), "Query parameter rules: [...request-transformer.query].")
 
     def __post_init__(self) -> None:
-        if self.path is not None and not self.path.startswith("/"):
-            raise ValueError(f"path: {self.path!r} must start with '/'")
-        if self.path is not None and any(c in self.path for c in "?# \t\r\n"):
-            raise ValueError(f"path: {self.path!r} must not contain '?', '#' or whitespace (use query rules)")
         for name in self.headers.names():
             if not _TOKEN.match(name):
                 raise ValueError(f"headers: {name!r} is not a valid header name")

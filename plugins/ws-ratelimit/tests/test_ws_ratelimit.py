@@ -84,7 +84,7 @@ def test_settings_are_checked():
     with pytest.raises(SettingsError) as e:
         parse(WebSocketRateLimitSettings, table)
     assert {(p.key, p.message) for p in e.value.problems} == {
-        ("limit", "must be at least 1"),
-        ("window", "must be positive"),
-        ("burst", "must be at least 1"),
+        ("limit", "must be at least 1, got 0"),
+        ("window", "must be at least 0.001s, got '0s'"),
+        ("burst", "must be at least 1, got 0"),
     }
