@@ -9,6 +9,7 @@ import trio
 from bascule.admin import Admin
 from bascule.server import hypercorn_config
 from bascule.testing import start_gateway, start_upstream
+from bascule_sdk import Plugin, Request, Response, hookimpl
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
@@ -158,3 +159,40 @@ async def test_the_admin_listener_is_not_on_the_public_port(nursery, tmp_path):
     async with gw.client(timeout=30) as client:
         for page in ("/healthz", "/upstreams", "/reload"):
             assert (await client.get(page)).status_code == 404
+
+
+class AdminEcho(Plugin):
+    """Answers POST /echo on the admin listener with the size of the body it was given."""
+
+    name = "admin-echo"
+
+    @hookimpl
+    async def on_admin_request(self, request: Request) -> Response | None:
+        if request.path != "/echo":
+            return None
+        return Response.json({"received": len(request.body)})
+
+
+async def test_admin_body_limit_is_max_body_size(nursery, tmp_path):
+    """The admin listener reads a body up to ``[gateway] max_body_size``, no further: 413 problem+json."""
+    text = config("http://127.0.0.1:9", extra='max_body_size = "1KiB"') + "\n[plugins.admin-echo]\n"
+    (tmp_path / "plugins.toml").write_text(text)
+    gw = await start_gateway(nursery, text, [AdminEcho], entry_points=False)
+    async with await start_admin(nursery, gw, tmp_path / "plugins.toml") as admin:
+        at_limit = await admin.post("/echo", content=b"x" * 1024)
+        assert at_limit.status_code == 200
+        assert at_limit.json() == {"received": 1024}
+
+        async def chunks():  # chunked: no length ahead, the limit is found while reading
+            yield b"x" * 1000
+            yield b"x" * 25
+
+        streamed = await admin.post("/echo", content=chunks())
+        assert streamed.status_code == 413
+        assert streamed.headers["content-type"] == "application/problem+json"
+        assert streamed.json()["status"] == 413
+        assert "1024 bytes" in streamed.json()["detail"]
+
+        over = await admin.post("/reload", content=b"x" * 1025)  # before the built-in pages too
+        assert over.status_code == 413
+        assert over.headers["content-type"] == "application/problem+json"

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bascule_sdk import Headers, HTTPError, Request, Response, TaskState
-from bascule_sdk.http import iterate
+from bascule_sdk.http import ClientDisconnected
 from bascule_sdk.settings import masked
 
-from .asgi import accept_lifespan
+from .asgi import Receive, Scope, Send, accept_lifespan, read_body, send_response
 from .config import Config
 from .configstatus import iso
 from .dashboard import dashboard_page
@@ -147,7 +147,7 @@ class Admin:
         self.available = available
         self.signal_supervisor = signal_supervisor  # a worker: every worker must reload
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await accept_lifespan(receive, send)
             return
@@ -164,46 +164,35 @@ class Admin:
                 status, body = await self._route(scope)
         except HTTPError as e:
             response = e.to_response()
-        if response is not None:
-            await send({"type": "http.response.start", "status": response.status, "headers": response.headers.raw})
-            async for chunk in iterate(response.body):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+        except ClientDisconnected:
             return
-        data = json.dumps(body, indent=2).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+        if response is None:
+            data = json.dumps(body, indent=2).encode()
+            headers = {"content-type": "application/json", "content-length": str(len(data))}
+            response = Response(status, headers, data)
+        await send_response(send, response)
 
-    def _authorise(self, scope: dict) -> None:
+    def _authorise(self, scope: Scope) -> None:
         token = self.gateway.runtime.config.gateway.admin_token
         if token:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + token.encode()):
                 raise HTTPError(401, "Admin token required.", {"www-authenticate": "Bearer"})
 
-    async def _plugin_page(self, scope: dict, receive: Callable) -> Response | None:
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+    async def _plugin_page(self, scope: Scope, receive: Receive) -> Response | None:
+        """A plugin's answer (``on_admin_request``), the request body read up to
+        ``[gateway] max_body_size`` (413 past it)."""
+        limit = self.gateway.runtime.config.gateway.max_body_size
         request = Request(
             scope["method"],
             scope["path"],
             scope["query_string"].decode("latin-1"),
             Headers(scope["headers"]),
-            b"".join(chunks),
+            await read_body(receive, limit),
         )
         return await self.gateway.runtime.plugins.admin_request(request)
 
-    async def _route(self, scope: dict) -> tuple[int, Any]:
+    async def _route(self, scope: Scope) -> tuple[int, Any]:
         method, path = scope["method"], scope["path"]
         rt = self.gateway.runtime
         pages: dict[str, Callable[[], Any]] = {

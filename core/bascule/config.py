@@ -134,7 +134,7 @@ class GatewaySettings:
     tls_cert: str | None = setting(None, "PEM certificate file; enables TLS (and HTTP/2 via ALPN).")
     tls_key: str | None = setting(None, "PEM private key file for tls_cert.")
     trusted_proxies: list[str] = setting([], "CIDRs whose X-Forwarded-*/Forwarded/X-Request-ID are believed.")
-    max_body_size: ByteSize = setting(10 * 1024 * 1024, "Largest request body accepted (413 beyond).")
+    max_body_size: ByteSize = setting(10 * 1024 * 1024, "Largest request body accepted, admin too (413 beyond).")
     max_header_size: ByteSize = setting(16 * 1024, "Largest request head (request line + headers) accepted.")
     buffer_size: ByteSize = setting(64 * 1024, "Bodies of known length up to this are buffered, larger ones stream.")
     read_timeout: Duration = setting(30.0, "Longest wait for bytes from a client.")

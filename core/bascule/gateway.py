@@ -22,9 +22,10 @@ from urllib.parse import urlsplit
 
 import trio
 from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo, TaskState
-from bascule_sdk.http import Body, ClientDisconnected, iterate
+from bascule_sdk.http import Body, ClientDisconnected
 from bascule_sdk.settings import SettingsError
 
+from .asgi import Receive, Scope, Send, receive_chunk, send_response, too_large
 from .config import Config, ConfigError, ConfigProblem, Route, RouteSettings, load_config
 from .configstatus import ConfigStatus
 from .forwarding import InvalidField, TrustedProxies, arrival_headers, parse_host, strip_hop_by_hop
@@ -308,7 +309,7 @@ class Gateway:
 
     # -- ASGI ---------------------------------------------------------------
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self.handle_http(scope, receive, send)
@@ -317,7 +318,7 @@ class Gateway:
         elif kind == "websocket":
             await self._in_flight(partial(self.websockets.serve, self), scope, receive, send)
 
-    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         async with self.supervisor.running():  # background tasks are cancelled when it ends
             try:
@@ -332,10 +333,10 @@ class Gateway:
                 await self.runtime.aclose()
         await send({"type": "lifespan.shutdown.complete"})
 
-    async def handle_http(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._in_flight(self._handle_http, scope, receive, send)
 
-    async def _in_flight(self, handler: Callable[..., Awaitable[None]], scope: dict, *args: Callable) -> None:
+    async def _in_flight(self, handler: Callable[..., Awaitable[None]], scope: Scope, *args: Callable) -> None:
         """``handler(runtime, scope, receive, send)``, counted in flight on the current runtime."""
         rt = self.runtime
         rt.active += 1
@@ -346,7 +347,7 @@ class Gateway:
             if rt.retiring and not rt.active:
                 rt.idle.set()
 
-    async def _handle_http(self, rt: Runtime, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _handle_http(self, rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         try:
             request, request_id, client_ip, error = await arrive(rt, scope, receive)
@@ -383,7 +384,7 @@ class Gateway:
             await response.aclose()
             await pipeline.log(ctx, response)
 
-    async def _send(self, send: Callable, response: Response, ctx: Context, head: bool) -> None:
+    async def _send(self, send: Send, response: Response, ctx: Context, head: bool) -> None:
         hints = _early_hints.get()
         if hints is not None:
             hints.send = None  # the final response starts: no more hints
@@ -391,18 +392,7 @@ class Gateway:
         raw.append((b"x-request-id", ctx.request_id.encode()))
         if not any(k == b"date" for k, _ in raw):
             raw.append((b"date", self._http_date()))
-        await send({"type": "http.response.start", "status": response.status, "headers": raw})
-        body = response.body
-        if isinstance(body, bytes) or head:
-            body = body if isinstance(body, bytes) and not head else b""
-            await send({"type": "http.response.body", "body": body})
-            ctx.bytes_sent = len(body)
-            return
-        ctx.bytes_sent = 0
-        async for chunk in iterate(body):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            ctx.bytes_sent += len(chunk)
-        await send({"type": "http.response.body", "body": b""})
+        await send_response(send, response, head=head, tally=ctx)
 
     def _http_date(self) -> bytes:
         now = int(time.time())
@@ -425,8 +415,8 @@ class _EarlyHints:
 
     __slots__ = ("send",)
 
-    def __init__(self, send: Callable) -> None:
-        self.send: Callable | None = send
+    def __init__(self, send: Send) -> None:
+        self.send: Send | None = send
 
     async def __call__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         links = [v for k, v in headers if k == b"link"] if status == 103 else None
@@ -454,7 +444,7 @@ def match_route(rt: Runtime, request: Request) -> tuple[CompiledRoute | None, di
     return None, {}, "", HTTPError(404, "No route matches this request.")
 
 
-def _head_size(scope: dict) -> int:
+def _head_size(scope: Scope) -> int:
     """Bytes of the request head: request line and header fields, as on the wire."""
     size = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + 12
     for name, value in scope["headers"]:
@@ -462,7 +452,7 @@ def _head_size(scope: dict) -> int:
     return size
 
 
-async def arrive(rt: Runtime, scope: dict, receive: Callable) -> tuple[Request, str, str, HTTPError | None]:
+async def arrive(rt: Runtime, scope: Scope, receive: Receive) -> tuple[Request, str, str, HTTPError | None]:
     """The client's request as the gateway sees it, or the error that answers it.
 
     Returns the request (headers cleaned, Host validated, path normalised,
@@ -568,7 +558,7 @@ class PendingBody:
 
     __slots__ = ("_receive", "_limit", "_buffer_size", "_chunks")
 
-    def __init__(self, receive: Callable, limit: int, buffer_size: int) -> None:
+    def __init__(self, receive: Receive, limit: int, buffer_size: int) -> None:
         self._receive = receive
         self._limit = limit
         self._buffer_size = buffer_size
@@ -580,8 +570,8 @@ class PendingBody:
         return self._chunks
 
     async def resolve(self) -> Body:
-        """Read as ``read_body`` does (bytes if it ends within ``buffer_size``, else a
-        stream), or the rest of the stream when iterating has begun."""
+        """The body as ``_buffer_body`` reads it (bytes if it ends within ``buffer_size``,
+        else a stream), or the rest of the stream when iterating has begun."""
         if self._chunks is not None:
             return self._chunks
         return await _buffer_body(self._receive, self._limit, self._buffer_size)
@@ -607,31 +597,19 @@ def _declares_body(headers: Headers, limit: int, http_version: str = "1.1") -> b
         if int(length) == 0:
             return False
         if int(length) > limit:
-            raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+            raise too_large(limit)
     return True
 
 
-async def read_body(headers: Headers, receive: Callable, limit: int, buffer_size: int) -> Body:
-    """The client's request body: ``bytes`` when it fits in ``buffer_size``, else a stream.
-
-    A body that ends within ``buffer_size`` is read whole (fast, and replayable
-    for a retry); a longer one streams on, its first chunks included. Raises
-    ``HTTPError(413)`` as soon as ``limit`` is exceeded (at once if the
-    declared length does) and ``ClientDisconnected`` if the client goes away.
-    """
-    if not _declares_body(headers, limit):
-        return b""
-    return await _buffer_body(receive, limit, buffer_size)
-
-
-async def _buffer_body(receive: Callable, limit: int, buffer_size: int) -> Body:
+async def _buffer_body(receive: Receive, limit: int, buffer_size: int) -> Body:
+    """The body as bytes if it ends within ``buffer_size``, else a stream of it, its first chunks included."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk, more = await _receive_chunk(receive)
+        chunk, more = await receive_chunk(receive)
         size += len(chunk)
         if size > limit:
-            raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+            raise too_large(limit)
         chunks.append(chunk)
         if not more:
             return b"".join(chunks)
@@ -639,21 +617,14 @@ async def _buffer_body(receive: Callable, limit: int, buffer_size: int) -> Body:
             return _stream_body(chunks, receive, limit, size)
 
 
-async def _receive_chunk(receive: Callable) -> tuple[bytes, bool]:
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnected()
-    return message.get("body", b""), message.get("more_body", False)
-
-
-async def _stream_body(head: list[bytes], receive: Callable, limit: int, size: int) -> AsyncIterator[bytes]:
+async def _stream_body(head: list[bytes], receive: Receive, limit: int, size: int) -> AsyncIterator[bytes]:
     for chunk in head:
         yield chunk
     more = True
     while more:
-        chunk, more = await _receive_chunk(receive)
+        chunk, more = await receive_chunk(receive)
         size += len(chunk)
         if size > limit:
-            raise HTTPError(413, f"The request body is larger than {limit} bytes.")
+            raise too_large(limit)
         if chunk:
             yield chunk

@@ -12,12 +12,13 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, cast
 
 import pluggy
 import trio
 from bascule_sdk import Context, HTTPError, Plugin, Response, hookspecs
+from bascule_sdk.hookspecs import HookKind
 from bascule_sdk.http import ClientDisconnected
 
 from .registry import PluginLoadError, check_contract
@@ -26,9 +27,9 @@ __all__ = ["PHASES", "Hook", "HookReturnError", "Pipeline", "PluginLoadError", "
 
 log = logging.getLogger("bascule")
 
-PHASES = ("on_request", "on_upstream_request", "handle", "on_response", "on_log", "on_websocket_message")
-LIFECYCLE = ("startup", "shutdown", "on_admin_request")
-_SPEC_ARGS = {name: tuple(inspect.signature(getattr(hookspecs, name)).parameters) for name in PHASES + LIFECYCLE}
+#: The hooks of a route's ``Pipeline``: request phases and WebSocket messages, in order.
+PHASES = tuple(n for n, kind in hookspecs.HOOKS.items() if kind in (HookKind.REQUEST, HookKind.WEBSOCKET))
+_SPEC_ARGS = {name: tuple(inspect.signature(getattr(hookspecs, name)).parameters) for name in hookspecs.HOOKS}
 
 
 class HookReturnError(TypeError):
@@ -117,13 +118,13 @@ class PluginSet:
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
-    """The hooks of one route, per phase, in the order they run."""
+    """The hooks of one route, per phase, in the order they run: one field per hook of ``PHASES``."""
 
-    on_request: tuple[Hook, ...]
-    on_upstream_request: tuple[Hook, ...]
-    handle: tuple[Hook, ...]
-    on_response: tuple[Hook, ...]  # lowest priority first
-    on_log: tuple[Hook, ...]
+    on_request: tuple[Hook, ...] = ()
+    on_upstream_request: tuple[Hook, ...] = ()
+    handle: tuple[Hook, ...] = ()
+    on_response: tuple[Hook, ...] = ()  # lowest priority first
+    on_log: tuple[Hook, ...] = ()
     on_websocket_message: tuple[Hook, ...] = ()  # empty on most routes: nothing per message then
 
     @classmethod
@@ -134,15 +135,10 @@ class Pipeline:
         def phase(name: str) -> tuple[Hook, ...]:
             return tuple(h for p in ordered if (h := plugins.hooks(p, name)) is not None)
 
-        handle = phase("handle") + ((default_handle,) if default_handle else ())
-        return cls(
-            on_request=phase("on_request"),
-            on_upstream_request=phase("on_upstream_request"),
-            handle=handle,
-            on_response=tuple(reversed(phase("on_response"))),
-            on_log=phase("on_log"),
-            on_websocket_message=phase("on_websocket_message"),
-        )
+        hooks = {name: phase(name) for name in PHASES}
+        hooks["handle"] += (default_handle,) if default_handle else ()
+        hooks["on_response"] = tuple(reversed(hooks["on_response"]))
+        return cls(**hooks)
 
     async def respond(self, ctx: Context, accepted: Callable[[Context], Awaitable[None]] | None = None) -> Response:
         """Run ``on_request``, ``handle`` and ``on_response`` for ``ctx``.
@@ -224,6 +220,10 @@ class Pipeline:
                 raise
             except Exception:
                 log.exception("plugin %r failed in on_log (request %s)", hook.instance, ctx.request_id)
+
+
+if tuple(f.name for f in fields(Pipeline)) != PHASES:  # a hook added to hookspecs needs its field here
+    raise TypeError(f"Pipeline's fields must be the pipeline hooks of bascule_sdk.hookspecs, in order: {PHASES}")
 
 
 def _error_response(ctx: Context, e: HTTPError) -> Response:

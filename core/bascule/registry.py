@@ -35,17 +35,6 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "bascule.plugins"
-HOOKS = (
-    "startup",
-    "shutdown",
-    "on_request",
-    "on_upstream_request",
-    "handle",
-    "on_response",
-    "on_log",
-    "on_websocket_message",
-    "on_admin_request",
-)
 
 # Names a user may write before installing the distribution that provides them.
 KNOWN_PACKAGES = {
@@ -65,6 +54,14 @@ KNOWN_PACKAGES = {
 
 log = logging.getLogger("bascule")
 
+# Reads @hookimpl marks (pluggy's public ``parse_hookimpl_opts``); holds no plugin.
+_marks = pluggy.PluginManager(hookspecs.PROJECT)
+
+
+def implements(cls: type, hook: str) -> bool:
+    """Whether ``cls`` has a method ``hook`` marked ``@hookimpl``."""
+    return _marks.parse_hookimpl_opts(cls, hook) is not None
+
 
 class PluginLoadError(Exception):
     """A plugin class breaks the hook contract; the message says where and how to fix it."""
@@ -82,7 +79,7 @@ class Available:
     @cached_property
     def hooks(self) -> list[str]:
         """The hooks the class implements, in phase order."""
-        return [name for name in HOOKS if hasattr(getattr(self.cls, name, None), f"{hookspecs.PROJECT}_impl")]
+        return [name for name in hookspecs.HOOKS if implements(self.cls, name)]
 
 
 class Discovered(dict[str, Available]):
@@ -161,17 +158,15 @@ def check_contract(cls: type[Plugin[Any]], name: str | None = None) -> None:
         raise PluginLoadError(f"{label}: {_explain(str(e))}") from None
     for hook in pm.get_hookcallers(probe) or ():
         if not hook.has_spec():
-            hint = did_you_mean(hook.name, HOOKS)
+            hint = did_you_mean(hook.name, hookspecs.HOOKS)
             raise PluginLoadError(
-                f"{label}: @hookimpl method {hook.name} is not a hook{hint} (hooks: {', '.join(HOOKS)})"
+                f"{label}: @hookimpl method {hook.name} is not a hook{hint} (hooks: {', '.join(hookspecs.HOOKS)})"
             )
         for impl in hook.get_hookimpls():
             if not inspect.iscoroutinefunction(impl.function):
                 raise PluginLoadError(f"{label}: hook {hook.name} must be 'async def'")
-    marker = f"{hookspecs.PROJECT}_impl"
-    for hook_name in HOOKS:
-        method = getattr(cls, hook_name, None)
-        if callable(method) and not hasattr(method, marker):
+    for hook_name in hookspecs.HOOKS:
+        if callable(getattr(cls, hook_name, None)) and not implements(cls, hook_name):
             raise PluginLoadError(
                 f"{label}: method {hook_name} is named like a hook but lacks @hookimpl, so it would never run: "
                 f"put @hookimpl (from bascule_sdk import hookimpl) above 'async def {hook_name}', "

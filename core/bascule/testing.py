@@ -34,11 +34,11 @@ from typing import Any
 
 import httpx
 import trio
-from bascule_sdk import Headers, Plugin, Response
-from bascule_sdk.http import iterate
+from bascule_sdk import Headers, HTTPError, Plugin, Response
+from bascule_sdk.http import ClientDisconnected
 from hypercorn.config import Config as HypercornConfig
 
-from .asgi import accept_lifespan
+from .asgi import Receive, Scope, Send, accept_lifespan, read_body, send_response
 from .config import parse_config
 from .gateway import Gateway, Runtime
 from .registry import discover
@@ -107,32 +107,30 @@ class Upstream:
     handler: Handler = echo
     requests: list[Received] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
+    max_body_size: int = 1 << 30  # a larger request body is answered 413, unrecorded
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await accept_lifespan(receive, send)
             return
         at = trio.current_time()
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        try:
+            body = await read_body(receive, self.max_body_size)
+        except HTTPError as e:
+            await send_response(send, e.to_response())
+            return
+        except ClientDisconnected:
+            return
         received = Received(
             scope["method"],
             scope["raw_path"].decode("latin-1"),
             scope["query_string"].decode("latin-1"),
             Headers(scope["headers"]),
-            b"".join(chunks),
+            body,
             at,
         )
         self.requests.append(received)
-        response = await self.handler(received)
-        await send({"type": "http.response.start", "status": response.status, "headers": response.headers.raw})
-        async for chunk in iterate(response.body):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        await send_response(send, await self.handler(received))
 
 
 async def start_upstream(nursery: trio.Nursery, handler: Handler = echo) -> Upstream:

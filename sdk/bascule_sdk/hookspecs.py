@@ -9,9 +9,18 @@ without breaking plugins. The phases, in the order a request meets them::
 To reject a request, raise ``HTTPError``; any other exception is contained: the
 client gets a 500 problem+json carrying the request id, the traceback is logged
 with the plugin and hook name, and the gateway keeps serving.
+
+``HOOKS`` lists every hook with its ``HookKind``, in the order of this module:
+the one list that the core (contract checks, per-route pipelines) derives from.
+Adding a hook is one ``@_spec(kind)`` function here, plus its section in
+docs/plugins.md.
 """
 
 from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -19,14 +28,39 @@ from .context import Context, Gateway
 from .http import Request, Response
 from .websocket import WebSocketMessage
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = ["HOOKS", "HookKind", "hookimpl", "hookspec"]
 
 PROJECT = "bascule"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-@hookspec
+class HookKind(enum.Enum):
+    """When a hook runs: what the core does with it."""
+
+    LIFECYCLE = "lifecycle"  # once per plugin instance, at startup or shutdown
+    REQUEST = "request"  # a phase of each HTTP request, in the route's pipeline
+    WEBSOCKET = "websocket"  # each message of a proxied WebSocket, in the route's pipeline
+    ADMIN = "admin"  # a request to the admin listener, offered to every instance
+
+
+#: Every hook's name and kind, in the order of this module (a request's phases in order).
+HOOKS: dict[str, HookKind] = {}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _spec(kind: HookKind) -> Callable[[_F], _F]:
+    """``@hookspec``, recording the hook in ``HOOKS`` with its kind."""
+
+    def mark(fn: _F) -> _F:
+        HOOKS[fn.__name__] = kind
+        return hookspec(fn)
+
+    return mark
+
+
+@_spec(HookKind.LIFECYCLE)
 async def startup(gateway: Gateway) -> None:
     """Open shared resources (connection pools, key sets) before serving.
 
@@ -37,12 +71,12 @@ async def startup(gateway: Gateway) -> None:
     """
 
 
-@hookspec
+@_spec(HookKind.LIFECYCLE)
 async def shutdown() -> None:
     """Close what ``startup`` opened. Runs once per instance on shutdown."""
 
 
-@hookspec
+@_spec(HookKind.REQUEST)
 async def on_request(ctx: Context) -> Response | None:
     """Inspect the client's request before anything is sent upstream.
 
@@ -54,7 +88,7 @@ async def on_request(ctx: Context) -> Response | None:
     """
 
 
-@hookspec
+@_spec(HookKind.REQUEST)
 async def on_upstream_request(ctx: Context, request: Request) -> None:
     """Change ``request`` (in place) before it is sent to a service.
 
@@ -64,7 +98,7 @@ async def on_upstream_request(ctx: Context, request: Request) -> None:
     """
 
 
-@hookspec
+@_spec(HookKind.REQUEST)
 async def handle(ctx: Context) -> Response | None:
     """Produce the response. The first implementation returning one wins.
 
@@ -73,7 +107,7 @@ async def handle(ctx: Context) -> Response | None:
     """
 
 
-@hookspec
+@_spec(HookKind.REQUEST)
 async def on_response(ctx: Context, response: Response) -> Response | None:
     """Change the response before it is sent to the client.
 
@@ -84,7 +118,7 @@ async def on_response(ctx: Context, response: Response) -> Response | None:
     """
 
 
-@hookspec
+@_spec(HookKind.REQUEST)
 async def on_log(ctx: Context, response: Response) -> None:
     """Observe the finished exchange; runs after the response was sent.
 
@@ -94,7 +128,7 @@ async def on_log(ctx: Context, response: Response) -> None:
     """
 
 
-@hookspec
+@_spec(HookKind.WEBSOCKET)
 async def on_websocket_message(ctx: Context, message: WebSocketMessage) -> object:
     """See each message of a proxied WebSocket, either way, before it is relayed.
 
@@ -109,7 +143,7 @@ async def on_websocket_message(ctx: Context, message: WebSocketMessage) -> objec
     """
 
 
-@hookspec
+@_spec(HookKind.ADMIN)
 async def on_admin_request(request: Request) -> Response | None:
     """Answer a request made to the admin listener (never the public one).
 
