@@ -9,6 +9,7 @@ import trio
 from bascule.admin import Admin
 from bascule.server import hypercorn_config
 from bascule.testing import start_gateway, start_upstream
+from bascule.worker import listen
 from bascule_sdk import Plugin, Request, Response, hookimpl
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
@@ -47,9 +48,7 @@ async def start_admin(nursery, gw, path) -> httpx.AsyncClient:
     """Serve the gateway's admin listener on a free port; return a client for it."""
     admin = Admin(gw.gateway, path, gw.available)
     hc = hypercorn_config(gw.gateway.runtime.config.gateway, "127.0.0.1:0", tls=False)
-    (url,) = await nursery.start(
-        partial(worker_serve, wrap_app(admin, None, "asgi"), hc, shutdown_trigger=gw.stop.wait)
-    )
+    (url,) = await nursery.start(partial(listen, admin, hc, shutdown_trigger=gw.stop.wait))
     return httpx.AsyncClient(base_url=url, timeout=30)
 
 
@@ -174,25 +173,38 @@ class AdminEcho(Plugin):
 
 
 async def test_admin_body_limit_is_max_body_size(nursery, tmp_path):
-    """The admin listener reads a body up to ``[gateway] max_body_size``, no further: 413 problem+json."""
+    """The admin listener takes a body up to ``[gateway] max_body_size``, no further: 413 problem+json."""
     text = config("http://127.0.0.1:9", extra='max_body_size = "1KiB"') + "\n[plugins.admin-echo]\n"
     (tmp_path / "plugins.toml").write_text(text)
     gw = await start_gateway(nursery, text, [AdminEcho], entry_points=False)
     async with await start_admin(nursery, gw, tmp_path / "plugins.toml") as admin:
-        at_limit = await admin.post("/echo", content=b"x" * 1024)
-        assert at_limit.status_code == 200
-        assert at_limit.json() == {"received": 1024}
+        await assert_body_limit(admin, "max_body_size")
 
-        async def chunks():  # chunked: no length ahead, the limit is found while reading
-            yield b"x" * 1000
-            yield b"x" * 25
 
-        streamed = await admin.post("/echo", content=chunks())
-        assert streamed.status_code == 413
-        assert streamed.headers["content-type"] == "application/problem+json"
-        assert streamed.json()["status"] == 413
-        assert "1024 bytes" in streamed.json()["detail"]
+async def test_the_admin_app_bounds_the_body_under_any_asgi_server(nursery, tmp_path):
+    """Served by plain hypercorn (no bascule connection layer counting body bytes), the
+    admin app stops reading at ``max_body_size`` itself (``bascule.asgi.read_body``)."""
+    text = config("http://127.0.0.1:9", extra='max_body_size = "1KiB"') + "\n[plugins.admin-echo]\n"
+    gw = await start_gateway(nursery, text, [AdminEcho], entry_points=False)
+    hc = hypercorn_config(gw.gateway.runtime.config.gateway, "127.0.0.1:0", tls=False)
+    app = wrap_app(Admin(gw.gateway, tmp_path / "plugins.toml", gw.available), None, "asgi")
+    (url,) = await nursery.start(partial(worker_serve, app, hc, shutdown_trigger=gw.stop.wait))
+    async with httpx.AsyncClient(base_url=url) as admin:
+        await assert_body_limit(admin, "larger than 1024 bytes")
 
-        over = await admin.post("/reload", content=b"x" * 1025)  # before the built-in pages too
+
+async def assert_body_limit(admin: httpx.AsyncClient, detail: str) -> None:
+    """1 KiB is read, 1 KiB + 1 (streamed, or declared) is a 413 problem+json whose detail says ``detail``."""
+    at_limit = await admin.post("/echo", content=b"x" * 1024)
+    assert at_limit.status_code == 200
+    assert at_limit.json() == {"received": 1024}
+
+    async def chunks():  # chunked: no length ahead, the limit is found while reading
+        yield b"x" * 1000
+        yield b"x" * 25
+
+    for over in (await admin.post("/echo", content=chunks()), await admin.post("/reload", content=b"x" * 1025)):
         assert over.status_code == 413
         assert over.headers["content-type"] == "application/problem+json"
+        assert over.json()["status"] == 413
+        assert detail in over.json()["detail"]

@@ -40,10 +40,9 @@ from bascule.registry import discover
 from bascule.schema import reference_table
 from bascule.server import hypercorn_config
 from bascule.testing import start_gateway, start_upstream
+from bascule.worker import listen
 from bascule_sdk import Plugin, Response, hookspecs
 from bascule_sdk.settings import parse
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CONFIG_MODELS = (GatewaySettings, ServiceSettings, TargetSettings, RouteSettings, WebSocketSettings, ConsumerSettings)
@@ -55,9 +54,8 @@ CONFIG_MODELS = (GatewaySettings, ServiceSettings, TargetSettings, RouteSettings
 def hookspec_signatures() -> dict[str, str]:
     """``{"on_request": "on_request(ctx)", ...}`` for every hook in the SDK."""
     specs = {}
-    for name, fn in vars(hookspecs).items():
-        if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT}_spec"):
-            specs[name] = f"{name}({', '.join(inspect.signature(fn).parameters)})"
+    for name in hookspecs.HOOKS:
+        specs[name] = f"{name}({', '.join(inspect.signature(getattr(hookspecs, name)).parameters)})"
     return specs
 
 
@@ -249,9 +247,7 @@ async def test_on_admin_request_example(nursery):
         gw = await start_gateway(public, route(upstream.url, "status-counts"), plugins=[counts])
         admin = Admin(gw.gateway, "plugins.toml", gw.available)
         hc = hypercorn_config(gw.gateway.runtime.config.gateway, "127.0.0.1:0", tls=False)
-        (admin_url,) = await nursery.start(
-            partial(worker_serve, wrap_app(admin, None, "asgi"), hc, shutdown_trigger=admin_stop.wait)
-        )
+        (admin_url,) = await nursery.start(partial(listen, admin, hc, shutdown_trigger=admin_stop.wait))
         async with gw.client() as client:
             await client.get("/api/a")
             await client.get("/api/b")

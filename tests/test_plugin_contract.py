@@ -9,16 +9,19 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 from bascule.cli import main
 from bascule.config import ConfigError, parse_config
+from bascule.pipeline import Pipeline
 from bascule.registry import discover
 from bascule.testing import start_gateway, start_upstream
-from bascule_sdk import Context, NoSettings, Plugin, Response, hookimpl, setting
+from bascule_sdk import Context, NoSettings, Plugin, Response, hookimpl, hookspecs, setting
+from bascule_sdk.hookspecs import HookKind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +107,50 @@ def test_a_misspelt_hook_gets_a_suggestion():
         "on_response, on_log, on_websocket_message, on_admin_request)"
     )
     assert refusal(NotAsync) == f"plugin 'not-async' ({__name__}.NotAsync): hook on_log must be 'async def'"
+
+
+def test_the_hook_table_lists_every_hookspec_and_the_pipeline_runs_its_per_route_hooks():
+    """``hookspecs.HOOKS`` is the one hook list: a spec missing from it (a bare ``@hookspec``)
+    would escape the contract checks, and ``Pipeline`` has a field for each route hook."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    specs = [name for name in vars(hookspecs) if pm.parse_hookspec_opts(hookspecs, name) is not None]
+    assert list(hookspecs.HOOKS) == specs
+    per_route = {HookKind.REQUEST, HookKind.WEBSOCKET}
+    assert [f.name for f in fields(Pipeline)] == [n for n, kind in hookspecs.HOOKS.items() if kind in per_route]
+    assert discover([Everything], entry_points=False)["everything"].hooks == list(hookspecs.HOOKS)
+
+
+class Everything(Plugin):
+    """Implements every hook, in reverse order: ``Available.hooks`` lists them in the table's."""
+
+    name = "everything"
+
+    @hookimpl
+    async def on_admin_request(self) -> None: ...
+
+    @hookimpl
+    async def on_websocket_message(self) -> None: ...
+
+    @hookimpl
+    async def on_log(self) -> None: ...
+
+    @hookimpl
+    async def on_response(self) -> None: ...
+
+    @hookimpl
+    async def handle(self) -> None: ...
+
+    @hookimpl
+    async def on_upstream_request(self) -> None: ...
+
+    @hookimpl
+    async def on_request(self) -> None: ...
+
+    @hookimpl
+    async def shutdown(self) -> None: ...
+
+    @hookimpl
+    async def startup(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ class Runtime:
         ]
         unique = list({id(p): p for p in globals_}.values())
         full = Pipeline.build(self.plugins, unique, None)
-        self.fallback = Pipeline((), (), (), full.on_response, full.on_log)
+        self.fallback = Pipeline(on_response=full.on_response, on_log=full.on_log)
 
     def _instance(self, spec: Any) -> Plugin:
         plugin = self.plugins.instances.get(spec.key)
