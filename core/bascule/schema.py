@@ -132,7 +132,7 @@ def _at_least(schema: dict[str, Any], low: float, converted: Converted | None) -
             bound = Fraction(str(low)) / Fraction(str(size))
             number = _decimal_at_least(bound) if decimals else _digits_at_least(math.ceil(bound))
             forms.append(rf"{number}\s*{unit}")
-        if decimals:  # a bare number is seconds
+        if decimals:  # a bare number is in the base unit (seconds)
             forms.append(_decimal_at_least(Fraction(str(low))))
         else:
             forms.append(_digits_at_least(math.ceil(low)))
