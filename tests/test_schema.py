@@ -27,9 +27,19 @@ from bascule.config import (
 )
 from bascule.gateway import Runtime
 from bascule.registry import discover
-from bascule.schema import config_schema
+from bascule.schema import config_schema, type_label
 from bascule_sdk import ByteSize, Duration, Plugin, Secret, hookimpl, setting
-from bascule_sdk.settings import Converter, parse_byte_size, parse_duration, resolve_secret
+from bascule_sdk.settings import (
+    Converter,
+    Model,
+    TypeSpec,
+    Unsupported,
+    model_fields,
+    parse_byte_size,
+    parse_duration,
+    resolve_secret,
+    type_spec,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -680,3 +690,83 @@ def test_the_schema_and_validate_agree_on_the_bundled_plugins(drawn):
         errors = e.lines
     schema_errors = [e.message for e in jsonschema.Draft202012Validator(config_schema(available)).iter_errors(config)]
     assert (not schema_errors) == (not errors), f"{part.plugin} {table}\nschema: {schema_errors}\nvalidate: {errors}"
+
+
+# -- the type grammar: one spec per type, which parse, the schema and the docs all read ----------------
+
+
+MASS_UNITS = {"g": 0.001, "kg": 1.0, "t": 1000.0}
+MASS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(g|kg|t)?\s*$")
+
+
+def parse_mass(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and (m := MASS.match(value)):
+        return float(m[1]) * MASS_UNITS.get(m[2] or "kg", 1.0)
+    raise ValueError(f'expected a mass like "250g" or "2kg", got {value!r}')
+
+
+Mass = Annotated[
+    float,
+    Converter(
+        parse_mass,
+        'mass ("250g", "2kg")',
+        schema={"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": MASS.pattern}]},
+        units=MASS_UNITS,
+        unit=" kg",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Parcel:
+    weight: Mass = setting(2.0, "At least a kilogram.", min=1)
+
+
+class ParcelPlugin(Plugin[Parcel]):
+    name = "parcel"
+    Settings = Parcel
+
+    @hookimpl
+    async def on_request(self, ctx):
+        return None
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [('"1000g"', True), ('"999g"', False), ('"1t"', True), ('"1"', True), ('"0.5"', False), ("0.5", False)],
+)
+def test_a_plugin_s_own_converter_carries_its_schema_and_units(value, valid):
+    # The converter states what it accepts and in which units, so a declared bound reaches its string form.
+    available = discover([ParcelPlugin], entry_points=False)
+    text = f'[plugins.parcel]\nweight = {value}\n[services.a]\ntargets = ["http://127.0.0.1:1"]\n'
+    assert gateway_accepts(available, text) is valid
+    assert schema_accepts(config_schema(available), text) is valid
+    assert type_label(Mass) == "mass"
+    if not valid:
+        with pytest.raises(ConfigError, match=r"weight: must be at least 1 kg"):
+            parse_config(text, "plugins.toml", available)
+
+
+def unsupported(spec: TypeSpec, seen: set[type]) -> list[str]:
+    """The types in ``spec`` (nested models included) that settings cannot hold."""
+    if isinstance(spec, Unsupported):
+        return [repr(spec.tp)]
+    if isinstance(spec, Model):
+        if spec.model in seen:
+            return []
+        seen.add(spec.model)
+        return [bad for f in model_fields(spec.model).values() for bad in unsupported(f.type, seen)]
+    return [bad for part in spec.parts for bad in unsupported(part, seen)]
+
+
+def test_every_setting_of_core_and_the_bundled_plugins_has_a_supported_type():
+    # An unsupported type would only fail when a user first sets that key.
+    available = discover()
+    models = [GatewaySettings, ServiceSettings, RouteSettings, ConsumerSettings]
+    for name in BUNDLED:
+        models += [m for m in (available[name].cls.Settings, available[name].cls.Credentials) if m is not None]
+    seen: set[type] = set()
+    assert [bad for model in models for bad in unsupported(type_spec(model), seen)] == []
+    assert len(seen) > len(models)  # nested models were walked too

@@ -22,14 +22,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from fractions import Fraction
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any
 
-from bascule_sdk import settings
-from bascule_sdk.settings import Converter, parse_byte_size, parse_duration, resolve_secret
+from bascule_sdk.settings import (
+    Converted,
+    Either,
+    FieldSpec,
+    ListOf,
+    Model,
+    Nullable,
+    Scalar,
+    TableOf,
+    TypeSpec,
+    model_fields,
+    parse_byte_size,
+    parse_duration,
+    type_spec,
+)
 
 from .config import (
     ConsumerSettings,
@@ -43,47 +54,11 @@ __all__ = ["config_schema", "reference_table", "settings_schema", "type_label", 
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-# The units of the string forms and their sizes (seconds, bytes): those ``bascule_sdk.settings`` parses.
-_DURATION_UNITS = {unit: Fraction(str(size)) for unit, size in settings._DURATION_UNITS.items() if unit}
-_SIZE_UNITS = {unit: Fraction(size) for unit, size in settings._SIZE_UNITS.items() if unit}
-_UNITS: dict[Callable[[Any], Any], dict[str, Fraction]] = {
-    parse_duration: _DURATION_UNITS,
-    parse_byte_size: _SIZE_UNITS,
-}
-_DURATION = {
-    "anyOf": [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
-    ],
-}
-_BYTE_SIZE = {
-    "anyOf": [
-        {"type": "integer", "minimum": 0},
-        {"type": "string", "pattern": r"^\s*\d+\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$"},
-    ],
-}
-_SECRET = {"type": "string"}
-_CONVERTERS: dict[Callable[[Any], Any], dict[str, Any]] = {
-    parse_duration: _DURATION,
-    parse_byte_size: _BYTE_SIZE,
-    resolve_secret: _SECRET,
-}
-_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
-
-def _fields(model: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(model) if f.init]
-
-
-def _default(f: dataclasses.Field) -> Any:
+def _default(f: FieldSpec) -> Any:
     """The field's default as a JSON value, or ``MISSING`` (required or not JSON-able)."""
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
-        return dataclasses.MISSING
-    if dataclasses.is_dataclass(value):
+    value = f.default()
+    if value is dataclasses.MISSING or dataclasses.is_dataclass(value):
         return dataclasses.MISSING
     try:
         json.dumps(value)
@@ -94,33 +69,23 @@ def _default(f: dataclasses.Field) -> Any:
 
 def type_schema(tp: Any) -> dict[str, Any]:
     """The JSON Schema of one settings field type (see ``bascule_sdk.settings``)."""
-    origin = get_origin(tp)
-    if origin is Annotated:
-        base, *extras = get_args(tp)
-        for extra in extras:
-            if isinstance(extra, Converter):
-                schema = dict(_CONVERTERS.get(extra.fn, {}))
-                schema["description"] = extra.description
-                return schema
-        return type_schema(base)
-    if origin in (Union, types.UnionType):
-        alternatives = [a for a in get_args(tp) if a is not type(None)]
-        if len(alternatives) == 1:  # ``T | None``: TOML has no null, the key is just optional
-            return type_schema(alternatives[0])
-        return {"anyOf": [type_schema(a) for a in alternatives]}
-    if origin is Literal:
-        return {"enum": list(get_args(tp))}
-    if origin in (list, tuple) or tp in (list, tuple):
-        args = get_args(tp)
-        return {"type": "array", "items": type_schema(args[0])} if args else {"type": "array"}
-    if origin is dict or tp is dict:
-        args = get_args(tp)
-        return {"type": "object", "additionalProperties": type_schema(args[1]) if args else {}}
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return settings_schema(tp)
-    if tp in _SCALARS:
-        return {"type": _SCALARS[tp]}
-    return {}  # Any
+    return _schema(type_spec(tp))
+
+
+def _schema(spec: TypeSpec) -> dict[str, Any]:
+    """The JSON Schema of ``spec``: a leaf's own, a composite's made of its parts'."""
+    match spec:
+        case Nullable():  # TOML has no null: the key is just optional
+            return _schema(spec.inner)
+        case Either():
+            return {"anyOf": [_schema(part) for part in spec.parts]}
+        case ListOf():
+            return {"type": "array", "items": _schema(spec.item)} if spec.parts else {"type": "array"}
+        case TableOf():
+            return {"type": "object", "additionalProperties": _schema(spec.value)}
+        case Model():
+            return settings_schema(spec.model)
+    return spec.schema
 
 
 def _digits_at_least(n: int) -> str:
@@ -153,20 +118,21 @@ def _decimal_at_least(bound: Fraction) -> str:
     return rf"(?:{above}|{equal}\.(?:{'|'.join(fraction)}))"
 
 
-def _at_least(schema: dict[str, Any], low: float, units: Mapping[str, Fraction] | None) -> dict[str, Any]:
-    """``schema`` (a number, or a duration or size with ``units``) with values below ``low`` refused."""
+def _at_least(schema: dict[str, Any], low: float, converted: Converted | None) -> dict[str, Any]:
+    """``schema`` (a number, or a duration or size: ``converted``, with units) with values below ``low`` refused."""
     if "anyOf" in schema:
-        return {**schema, "anyOf": [_at_least(a, low, units) for a in schema["anyOf"]]}
+        return {**schema, "anyOf": [_at_least(a, low, converted) for a in schema["anyOf"]]}
     if schema.get("type") in ("integer", "number"):
         return {**schema, "minimum": max(low, schema.get("minimum", low))}
-    if schema.get("type") == "string" and units is not None:
-        decimals = units is _DURATION_UNITS
+    if schema.get("type") == "string" and converted is not None and converted.by.units:
+        base = converted.parts[0]
+        decimals = isinstance(base, Scalar) and base.tp is float  # "1.5s"; an integer's: "2KiB"
         forms = []
-        for unit, size in units.items():
-            bound = Fraction(str(low)) / size
+        for unit, size in converted.by.units.items():
+            bound = Fraction(str(low)) / Fraction(str(size))
             number = _decimal_at_least(bound) if decimals else _digits_at_least(math.ceil(bound))
             forms.append(rf"{number}\s*{unit}")
-        if decimals:  # a bare number is seconds
+        if decimals:  # a bare number is in the base unit (seconds)
             forms.append(_decimal_at_least(Fraction(str(low))))
         else:
             forms.append(_digits_at_least(math.ceil(low)))
@@ -174,24 +140,22 @@ def _at_least(schema: dict[str, Any], low: float, units: Mapping[str, Fraction] 
     return schema
 
 
-def _constrained(schema: dict[str, Any], tp: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """``schema`` of a field of type ``tp`` with the rules of its ``setting(...)`` (``meta``)."""
-    if get_origin(tp) in (Union, types.UnionType):
-        alternatives = [a for a in get_args(tp) if a is not type(None)]
-        tp = alternatives[0] if len(alternatives) == 1 else tp
+def _constrained(schema: dict[str, Any], spec: TypeSpec, rules: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` of a field of type ``spec`` with the rules of its ``setting(...)``."""
+    if isinstance(spec, Nullable):
+        spec = spec.inner
     if schema.get("type") == "array":
-        (item,) = get_args(tp)[:1] or (Any,)
-        if "min_items" in meta:
-            schema = {**schema, "minItems": meta["min_items"]}
-        return {**schema, "items": _constrained(schema.get("items", {}), item, {**meta, "min_items": None})}
-    converter = _converter(tp)
-    units = _UNITS.get(converter) if converter else None
-    if meta.get("min") is not None:
-        schema = _at_least(schema, meta["min"], units)
-    if meta.get("max") is not None:
-        schema = _at_most(schema, meta["max"])
-    if meta.get("pattern") is not None and converter is None:  # a secret's pattern is for its value, not its reference
-        schema = _with_pattern(schema, meta["pattern"])
+        if "min_items" in rules:
+            schema = {**schema, "minItems": rules["min_items"]}
+        item_rules = {key: rule for key, rule in rules.items() if key != "min_items"}
+        return {**schema, "items": _constrained(schema.get("items", {}), spec.items, item_rules)}
+    converted = spec if isinstance(spec, Converted) else None
+    if rules.get("min") is not None:
+        schema = _at_least(schema, rules["min"], converted)
+    if rules.get("max") is not None:
+        schema = _at_most(schema, rules["max"])
+    if rules.get("pattern") is not None and converted is None:  # a secret's pattern is for its value, not its reference
+        schema = _with_pattern(schema, rules["pattern"])
     return schema
 
 
@@ -210,32 +174,21 @@ def _at_most(schema: dict[str, Any], high: float) -> dict[str, Any]:
     return schema
 
 
-def _converter(tp: Any) -> Callable[[Any], Any] | None:
-    """The converter of a field type (``Duration``, ``ByteSize``, ``Secret``...), or ``None``."""
-    for arg in (tp, *get_args(tp)):
-        if get_origin(arg) is Annotated:
-            for extra in get_args(arg)[1:]:
-                if isinstance(extra, Converter):
-                    return extra.fn
-    return None
-
-
 def settings_schema(model: type, *, require: bool = True) -> dict[str, Any]:
     """The JSON Schema of a settings dataclass: an object with exactly its fields.
 
     ``require=False`` leaves out ``required`` (for tables layered over others).
     """
-    hints = typing.get_type_hints(model, include_extras=True)
     properties: dict[str, Any] = {}
     required = []
-    for f in _fields(model):
-        schema = _constrained(type_schema(hints[f.name]), hints[f.name], f.metadata)
-        if f.metadata.get("doc"):
-            schema["description"] = f.metadata["doc"]
+    for f in model_fields(model).values():
+        schema = _constrained(_schema(f.type), f.type, f.rules)
+        if f.doc:
+            schema["description"] = f.doc
         default = _default(f)
         if default is not dataclasses.MISSING and default is not None:
             schema["default"] = default
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        elif f.required:
             required.append(f.name)
         properties[f.name] = schema
         if "_" in f.name:
@@ -327,27 +280,7 @@ def config_schema(available: Mapping[str, Available]) -> dict[str, Any]:
 
 def type_label(tp: Any) -> str:
     """A short human name for a settings type: ``duration``, ``list of string``..."""
-    origin = get_origin(tp)
-    if origin is Annotated:
-        for extra in get_args(tp)[1:]:
-            if isinstance(extra, Converter):
-                return extra.description.split(" (")[0]
-        return type_label(get_args(tp)[0])
-    if origin in (Union, types.UnionType):
-        return " or ".join(type_label(a) for a in get_args(tp) if a is not type(None))
-    if origin is Literal:
-        return " \\| ".join(f'`"{c}"`' if isinstance(c, str) else f"`{c}`" for c in get_args(tp))
-    if origin in (list, tuple) or tp in (list, tuple):
-        args = get_args(tp)
-        return f"list of {type_label(args[0])}" if args else "list"
-    if origin is dict or tp is dict:
-        args = get_args(tp)
-        return f"table of {type_label(args[1])}" if args and args[1] is not Any else "table"
-    if dataclasses.is_dataclass(tp):
-        return "table"
-    if tp is Any:
-        return "any"
-    return _SCALARS.get(tp, getattr(tp, "__name__", str(tp)))
+    return type_spec(tp).label
 
 
 def _toml_value(value: Any) -> str:
@@ -362,9 +295,9 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def _pretty(tp: Any, value: Any) -> str:
+def _pretty(spec: TypeSpec, value: Any) -> str:
     """A default as the user would write it: ``"30s"`` rather than ``30.0`` for a duration."""
-    converter = next((e for e in get_args(tp)[1:] if isinstance(e, Converter)), None)
+    converter = spec.converter if isinstance(spec, Converted) else None
     if converter is not None and converter.fn is parse_duration and isinstance(value, (int, float)):
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
             if value >= size and value % size == 0:
@@ -379,15 +312,14 @@ def _pretty(tp: Any, value: Any) -> str:
 
 def reference_table(model: type) -> str:
     """A Markdown table of ``model``'s keys: key, type, default, description."""
-    hints = typing.get_type_hints(model, include_extras=True)
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
-    for f in _fields(model):
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+    for f in model_fields(model).values():
+        if f.required:
             default = "*required*"
         else:
             value = _default(f)
             unset = value is None or value is dataclasses.MISSING
-            default = "*unset*" if unset else f"`{_pretty(hints[f.name], value)}`"
-        doc = f.metadata.get("doc", "").replace("|", "\\|")
-        rows.append(f"| `{f.name}` | {type_label(hints[f.name])} | {default} | {doc} |")
+            default = "*unset*" if unset else f"`{_pretty(f.type, value)}`"
+        doc = f.doc.replace("|", "\\|")
+        rows.append(f"| `{f.name}` | {f.type.label} | {default} | {doc} |")
     return "\n".join(rows) + "\n"

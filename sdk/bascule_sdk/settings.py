@@ -5,7 +5,10 @@ TOML table into an instance, or raises ``SettingsError`` listing *every*
 problem with the dotted key it belongs to. Supported field types: ``str``,
 ``int``, ``float``, ``bool``, ``Literal[...]``, ``list[T]``, ``dict[str, T]``,
 ``T | None``, nested dataclasses, and the converters below (``Duration``,
-``ByteSize``, ``Secret``) or your own ``Annotated[T, Converter(fn)]``.
+``ByteSize``, ``Secret``) or your own ``Annotated[T, Converter(fn)]``. Each
+type is decoded once into a ``TypeSpec`` (``type_spec``), and each model's
+keys into ``FieldSpec``s (``model_fields``): ``parse`` converts with them,
+``bascule schema`` and the docs describe the same specs.
 
     @dataclass(frozen=True)
     class Settings:
@@ -42,18 +45,31 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 __all__ = [
+    "AnyValue",
     "BinarySecret",
     "ByteSize",
+    "Choice",
+    "Converted",
     "Converter",
     "Duration",
+    "Either",
+    "FieldSpec",
+    "ListOf",
+    "Model",
+    "Nullable",
     "Problem",
+    "Scalar",
     "Secret",
     "SettingsError",
+    "TableOf",
+    "TypeSpec",
     "UnresolvedSecret",
+    "Unsupported",
     "check",
     "describe",
     "did_you_mean",
     "masked",
+    "model_fields",
     "offline_secrets",
     "parse",
     "parse_byte_size",
@@ -61,6 +77,7 @@ __all__ = [
     "resolve_secret",
     "secret_bytes",
     "setting",
+    "type_spec",
 ]
 
 T = TypeVar("T")
@@ -101,11 +118,20 @@ class Converter:
     """Marks an ``Annotated`` type whose TOML value is converted by ``fn``.
 
     ``fn`` receives the raw TOML value and returns the Python value, or raises
-    ``ValueError`` with a message for the user.
+    ``ValueError`` with a message for the user. ``description`` names the type
+    in messages and (up to its `` (``) in docs; ``schema`` is the JSON Schema of
+    the TOML values ``fn`` accepts (``{}``: not stated). A quantity written as
+    a string ``"<number>[unit]"`` (a decimal if the type is ``float``; no unit:
+    the base unit) lists its ``units`` with their sizes in the base unit, which
+    ``unit`` names in messages (``"s"``, ``" bytes"``): a declared ``min``/``max``
+    is in that unit, and ``bascule schema`` states ``min`` for each string form.
     """
 
     fn: Callable[[Any], Any]
     description: str
+    schema: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    units: Mapping[str, float] = dataclasses.field(default_factory=dict, hash=False)
+    unit: str = ""
 
 
 def setting(
@@ -137,8 +163,8 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(rf"^\s*(\d+(?:\.\d+)?)\s*({'|'.join(_DURATION_UNITS)})?\s*$")
 
 
 def parse_duration(value: Any) -> float:
@@ -148,7 +174,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        seconds = float(m.group(1)) * (_DURATION_UNITS[m.group(2)] if m.group(2) else 1.0)
     else:
         raise ValueError(f'expected a duration like "5s" or "250ms", got {value!r}')
     if seconds < 0:
@@ -156,9 +182,7 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNITS = {
-    None: 1,
     "B": 1,
     "KB": 1000,
     "KiB": 1024,
@@ -167,6 +191,7 @@ _SIZE_UNITS = {
     "GB": 1000**3,
     "GiB": 1024**3,
 }
+_SIZE = re.compile(rf"^\s*(\d+)\s*({'|'.join(_SIZE_UNITS)})?\s*$")
 
 
 def parse_byte_size(value: Any) -> int:
@@ -174,7 +199,7 @@ def parse_byte_size(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str) and (m := _SIZE.match(value)):
-        return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+        return int(m.group(1)) * (_SIZE_UNITS[m.group(2)] if m.group(2) else 1)
     raise ValueError(f'expected a size like "64KiB" or "10MB", got {value!r}')
 
 
@@ -285,9 +310,405 @@ def resolve_secret(value: Any) -> str:
     return value
 
 
-Duration = Annotated[float, Converter(parse_duration, 'duration ("250ms", "5s", "1m")')]
-ByteSize = Annotated[int, Converter(parse_byte_size, 'size ("64KiB", "10MB")')]
-Secret = Annotated[str, Converter(resolve_secret, "secret (literal, env:NAME, file:PATH or file+bytes:PATH)")]
+Duration = Annotated[
+    float,
+    Converter(
+        parse_duration,
+        'duration ("250ms", "5s", "1m")',
+        schema={"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]},
+        units=_DURATION_UNITS,
+        unit="s",
+    ),
+]
+ByteSize = Annotated[
+    int,
+    Converter(
+        parse_byte_size,
+        'size ("64KiB", "10MB")',
+        schema={"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern}]},
+        units=_SIZE_UNITS,
+        unit=" bytes",
+    ),
+]
+Secret = Annotated[
+    str,
+    Converter(resolve_secret, "secret (literal, env:NAME, file:PATH or file+bytes:PATH)", schema={"type": "string"}),
+]
+
+
+# -- The type grammar: each settings field type, decoded once ---------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TypeSpec:
+    """A settings field type, decoded once from its annotation by ``type_spec``.
+
+    ``convert`` turns a TOML value into the field's value, appending a
+    ``Problem`` for each invalid part; ``name`` is what messages call the type
+    (``"an integer"``), ``label`` what docs call it (``"list of string"``),
+    ``schema`` the JSON Schema of a leaf (``bascule schema`` composes those of
+    lists, tables, unions and models from their parts). ``parts`` are the specs
+    of its type arguments.
+    """
+
+    parts: tuple[TypeSpec, ...] = ()
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        return raw
+
+    @property
+    def name(self) -> str:
+        return "a value"
+
+    @property
+    def label(self) -> str:
+        return "any"
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def converter(self) -> Converter | None:
+        """The converter of a ``Duration``, ``ByteSize``, ``Secret``... (``None`` for the others)."""
+        return None
+
+    @property
+    def unit(self) -> str:
+        """The unit of a declared ``min``/``max`` in messages."""
+        return ""
+
+    @property
+    def items(self) -> TypeSpec:
+        """The type the declared rules of a field apply to when its value is a list: an item's."""
+        return self
+
+    @property
+    def secret(self) -> bool:
+        """Whether a value of this type is (or holds) a ``Secret``."""
+        return any(part.secret for part in self.parts)
+
+
+@dataclass(frozen=True, eq=False)
+class AnyValue(TypeSpec):
+    """``Any``: the TOML value as it is."""
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Unsupported(TypeSpec):
+    """A type settings cannot hold (a computed ``init=False`` field's): ``convert`` raises ``TypeError``."""
+
+    tp: Any
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        raise TypeError(f"settings field {key!r} has an unsupported type {self.tp!r}")
+
+    @property
+    def label(self) -> str:
+        return str(getattr(self.tp, "__name__", str(self.tp)))
+
+
+_SCALARS: dict[type, tuple[str, str]] = {
+    str: ("a string", "string"),
+    int: ("an integer", "integer"),
+    float: ("a number", "number"),
+    bool: ("a boolean", "boolean"),
+}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Scalar(TypeSpec):
+    """``str``, ``int``, ``float`` (an integer is accepted) or ``bool``: exactly that TOML type."""
+
+    tp: type
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        if self.tp is float and isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)
+        if type(raw) is not self.tp:
+            problems.append(Problem(key, f"expected {self.name}, got {describe(raw)}"))
+            return None
+        return raw
+
+    @property
+    def name(self) -> str:
+        return _SCALARS[self.tp][0]
+
+    @property
+    def label(self) -> str:
+        return _SCALARS[self.tp][1]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {"type": _SCALARS[self.tp][1]}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Choice(TypeSpec):
+    """``Literal[...]``: one of ``choices``."""
+
+    choices: tuple[Any, ...]
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        if raw not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            problems.append(Problem(key, f"must be one of {allowed}, got {raw!r}"))
+        return raw
+
+    @property
+    def label(self) -> str:
+        return " \\| ".join(f'`"{c}"`' if isinstance(c, str) else f"`{c}`" for c in self.choices)
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {"enum": list(self.choices)}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ListOf(TypeSpec):
+    """``list[T]`` (``tuple[T, ...]``: as a tuple): an array of ``item``s (``parts[0]``; none: any)."""
+
+    as_tuple: bool = False
+
+    @property
+    def item(self) -> TypeSpec:
+        return self.parts[0] if self.parts else _ANY
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        if not isinstance(raw, list):
+            problems.append(Problem(key, f"expected an array, got {describe(raw)}"))
+            return None
+        item = self.item
+        items = [item.convert(v, f"{key}[{i}]", problems) for i, v in enumerate(raw)]
+        return tuple(items) if self.as_tuple else items
+
+    @property
+    def name(self) -> str:
+        return "an array"
+
+    @property
+    def label(self) -> str:
+        return f"list of {self.item.label}" if self.parts else "list"
+
+    @property
+    def items(self) -> TypeSpec:
+        return self.item
+
+
+@dataclass(frozen=True, eq=False)
+class TableOf(TypeSpec):
+    """``dict[str, T]``: a table of ``value``s (``parts[-1]``; none: any)."""
+
+    @property
+    def value(self) -> TypeSpec:
+        return self.parts[-1] if self.parts else _ANY
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        if not isinstance(raw, Mapping):
+            problems.append(Problem(key, f"expected a table, got {describe(raw)}"))
+            return None
+        value = self.value
+        return {k: value.convert(v, _join(key, k), problems) for k, v in raw.items()}
+
+    @property
+    def name(self) -> str:
+        return "a table"
+
+    @property
+    def label(self) -> str:
+        return "table" if isinstance(self.value, AnyValue) else f"table of {self.value.label}"
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Model(TypeSpec):
+    """A nested settings dataclass: a table of its keys (see ``model_fields``)."""
+
+    model: type
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        return _parse_dataclass(self.model, raw, key, problems)
+
+    @property
+    def name(self) -> str:
+        return "a table"
+
+    @property
+    def label(self) -> str:
+        return "table"
+
+
+@dataclass(frozen=True, eq=False)
+class Nullable(TypeSpec):
+    """``T | None`` (``parts[0]`` is ``T``'s): TOML has no null, so the key is just optional."""
+
+    @property
+    def inner(self) -> TypeSpec:
+        return self.parts[0]
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        return None if raw is None else self.inner.convert(raw, key, problems)
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def label(self) -> str:
+        return self.inner.label
+
+    @property
+    def converter(self) -> Converter | None:
+        return self.inner.converter
+
+    @property
+    def unit(self) -> str:
+        return self.inner.unit
+
+    @property
+    def items(self) -> TypeSpec:
+        return self.inner.items
+
+
+@dataclass(frozen=True, eq=False)
+class Either(TypeSpec):
+    """``A | B``: the value of the first alternative (``parts``) that accepts it."""
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        for part in self.parts:
+            trial: list[Problem] = []
+            value = part.convert(raw, key, trial)
+            if not trial:
+                return value
+        problems.append(Problem(key, f"expected {self.name}, got {describe(raw)}"))
+        return None
+
+    @property
+    def name(self) -> str:
+        return " or ".join(part.name for part in self.parts)
+
+    @property
+    def label(self) -> str:
+        return " or ".join(part.label for part in self.parts)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Converted(TypeSpec):
+    """``Annotated[T, Converter(fn, ...)]``: ``fn`` converts the value (``parts[0]`` is ``T``'s)."""
+
+    by: Converter
+
+    def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
+        try:
+            return self.by.fn(raw)
+        except ValueError as e:
+            problems.append(Problem(key, str(e)))
+            return None
+
+    @property
+    def name(self) -> str:
+        return f"a {self.by.description}"
+
+    @property
+    def label(self) -> str:
+        return self.by.description.split(" (")[0]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {**self.by.schema, "description": self.by.description}
+
+    @property
+    def converter(self) -> Converter:
+        return self.by
+
+    @property
+    def unit(self) -> str:
+        return self.by.unit
+
+    @property
+    def secret(self) -> bool:
+        return self.by.fn is resolve_secret or super().secret
+
+
+_ANY = AnyValue()
+
+
+@functools.cache
+def type_spec(tp: Any) -> TypeSpec:
+    """The ``TypeSpec`` of a settings field type (see the module's list of supported types)."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is Annotated:
+        by = next((extra for extra in args[1:] if isinstance(extra, Converter)), None)
+        return type_spec(args[0]) if by is None else Converted((type_spec(args[0]),), by=by)
+    if origin in (Union, types.UnionType):
+        alternatives = tuple(type_spec(a) for a in args if a is not type(None))
+        either = alternatives[0] if len(alternatives) == 1 else Either(alternatives)
+        return Nullable((either,)) if len(alternatives) < len(args) else either
+    if origin is Literal:
+        return Choice(choices=args)
+    if origin in (list, tuple) or tp in (list, tuple):
+        return ListOf(_arg_specs(args), as_tuple=origin is tuple)
+    if origin is dict or tp is dict:
+        return TableOf(_arg_specs(args))
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return Model(model=tp)
+    if tp in _SCALARS:
+        return Scalar(tp=tp)
+    if tp is Any:
+        return _ANY
+    return Unsupported(_arg_specs(args), tp=tp)
+
+
+def _arg_specs(args: tuple[Any, ...]) -> tuple[TypeSpec, ...]:
+    """The specs of type arguments (``...`` and unhashable ones, such as a ``Callable``'s, left out)."""
+    try:
+        return tuple(type_spec(a) for a in args if a is not Ellipsis)
+    except TypeError:
+        return ()
+
+
+@dataclass(frozen=True, eq=False)
+class FieldSpec:
+    """One key of a settings model: its dataclass field, its type, whether it must be
+    given (no default), its description and its declared rules (see ``setting``)."""
+
+    field: dataclasses.Field[Any]
+    type: TypeSpec
+    required: bool
+    doc: str
+    rules: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.field.name
+
+    def default(self) -> Any:
+        """The default value (a fresh one from a factory), or ``dataclasses.MISSING``."""
+        if self.field.default is not dataclasses.MISSING:
+            return self.field.default
+        if self.field.default_factory is not dataclasses.MISSING:
+            return self.field.default_factory()
+        return dataclasses.MISSING
+
+
+_RULES = ("min", "max", "pattern", "expected", "min_items")
+
+
+@functools.cache
+def model_fields(model: type) -> dict[str, FieldSpec]:
+    """The keys of a settings dataclass (its ``init`` fields) by field name."""
+    hints = typing.get_type_hints(model, include_extras=True)
+    return {
+        f.name: FieldSpec(
+            field=f,
+            type=type_spec(hints[f.name]),
+            required=f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            doc=f.metadata.get("doc", ""),
+            rules={key: f.metadata[key] for key in _RULES if key in f.metadata},
+        )
+        for f in dataclasses.fields(model)
+        if f.init
+    }
 
 
 def parse(model: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
@@ -318,23 +739,24 @@ def _parse_dataclass(model: type, data: Any, prefix: str, problems: list[Problem
     if not isinstance(data, Mapping):
         problems.append(Problem(prefix, f"expected a table, got {describe(data)}"))
         return None
-    hints = typing.get_type_hints(model, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(model) if f.init}
+    fields = model_fields(model)
     values: dict[str, Any] = {}
     unknown: list[Problem] = []
     before = len(problems)
     for raw_key, raw in data.items():
         name = raw_key.replace("-", "_")
-        if name not in fields:
+        f = fields.get(name)
+        if f is None:
             known = ", ".join(sorted(fields)) or "none"
             hint = did_you_mean(name, fields)
             unknown.append(Problem(_join(prefix, raw_key), f"unknown key{hint} (known keys: {known})"))
             continue
-        values[name] = _convert(hints[name], raw, _join(prefix, raw_key), problems)
-        _check_bounds(fields[name], hints[name], values[name], raw, _join(prefix, raw_key), problems)
+        key = _join(prefix, raw_key)
+        values[name] = f.type.convert(raw, key, problems)
+        if f.rules:
+            _check_rules(f, values[name], raw, key, problems)
     for name, f in fields.items():
-        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if missing and name not in values:
+        if f.required and name not in values:
             problems.append(Problem(_join(prefix, name), "required key is missing"))
     if len(problems) > before:
         problems.extend(unknown)
@@ -375,27 +797,26 @@ def _keyed(model: type, prefix: str, message: str) -> Problem:
     return Problem(prefix, message)
 
 
-def _check_bounds(
-    field: dataclasses.Field[Any], tp: Any, value: Any, raw: Any, key: str, problems: list[Problem]
-) -> None:
-    """The rules declared on ``field`` (of type ``tp``; see ``setting``), on ``value`` or each of its items."""
-    meta = field.metadata
+def _check_rules(f: FieldSpec, value: Any, raw: Any, key: str, problems: list[Problem]) -> None:
+    """The rules declared on ``f`` (see ``setting``), on ``value`` or each of its items."""
     if isinstance(value, list) and isinstance(raw, list):
-        least = meta.get("min_items", 0)
+        least = f.rules.get("min_items", 0)
         if len(value) < least:
             need = "must not be empty" if least == 1 else f"must have at least {least} items, got {len(value)}"
             problems.append(Problem(key, need))
-        (tp,) = get_args(tp)[:1] or (Any,)
-        for i, (item, raw_item) in enumerate(zip(value, raw, strict=True)):
-            _check_value(meta, tp, item, raw_item, f"{key}[{i}]", problems)
+        item = f.type.items
+        for i, (each, raw_item) in enumerate(zip(value, raw, strict=True)):
+            _check_value(f.rules, item, each, raw_item, f"{key}[{i}]", problems)
     else:
-        _check_value(meta, tp, value, raw, key, problems)
+        _check_value(f.rules, f.type, value, raw, key, problems)
 
 
-def _check_value(meta: Mapping[str, Any], tp: Any, value: Any, raw: Any, key: str, problems: list[Problem]) -> None:
+def _check_value(
+    rules: Mapping[str, Any], spec: TypeSpec, value: Any, raw: Any, key: str, problems: list[Problem]
+) -> None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        low, high = meta.get("min"), meta.get("max")
-        unit = _unit(tp)
+        low, high = rules.get("min"), rules.get("max")
+        unit = spec.unit
         too_low = low is not None and not value >= low  # not >=: NaN is out of every range
         too_high = high is not None and not value <= high
         if low is not None and high is not None and (too_low or too_high):
@@ -404,35 +825,18 @@ def _check_value(meta: Mapping[str, Any], tp: Any, value: Any, raw: Any, key: st
             problems.append(Problem(key, f"must be at least {low:g}{unit}, got {raw!r}"))
         elif too_high:
             problems.append(Problem(key, f"must be at most {high:g}{unit}, got {raw!r}"))
-    if isinstance(value, str) and "pattern" in meta and not re.search(meta["pattern"], value):
-        shown = "[secret]" if _is_secret(tp) else repr(value)
-        problems.append(Problem(key, f"expected {meta.get('expected', 'a match of ' + meta['pattern'])}, got {shown}"))
-
-
-def _unit(tp: Any) -> str:
-    """The unit a bound of a field of type ``tp`` is in: ``"s"`` for a duration, ``" bytes"`` for a size."""
-    for arg in (tp, *get_args(tp)):
-        if get_origin(arg) is Annotated:
-            for extra in get_args(arg)[1:]:
-                if isinstance(extra, Converter):
-                    units: dict[Callable[[Any], Any], str] = {parse_duration: "s", parse_byte_size: " bytes"}
-                    return units.get(extra.fn, "")
-    return ""
-
-
-def _is_secret(tp: Any) -> bool:
-    """Whether a field type is (or holds) a ``Secret``: a converter that is ``resolve_secret``."""
-    if get_origin(tp) is Annotated:
-        base, *extras = get_args(tp)
-        return any(isinstance(e, Converter) and e.fn is resolve_secret for e in extras) or _is_secret(base)
-    return any(_is_secret(arg) for arg in get_args(tp))
+    if isinstance(value, str) and "pattern" in rules and not re.search(rules["pattern"], value):
+        shown = "[secret]" if spec.secret else repr(value)
+        problems.append(
+            Problem(key, f"expected {rules.get('expected', 'a match of ' + rules['pattern'])}, got {shown}")
+        )
 
 
 def _secrets_of(model: type, values: Mapping[str, Any]) -> Iterator[str]:
     """The resolved secrets among the field values of ``model`` (references excluded)."""
-    hints = typing.get_type_hints(model, include_extras=True)
+    fields = model_fields(model)
     for name, value in values.items():
-        if name in hints and _is_secret(hints[name]):
+        if name in fields and fields[name].type.secret:
             for text in _strings(value):
                 if not isinstance(text, UnresolvedSecret):
                     yield text
@@ -455,25 +859,18 @@ _REDACTED = "[secret]"
 _FRAGMENT = 8  # a run of this many characters of a secret is never shown
 
 
-@functools.cache
-def _hints(model: type) -> dict[str, Any]:
-    return typing.get_type_hints(model, include_extras=True)
-
-
 def masked(value: Any, tp: Any = None) -> Any:
-    """A JSON-ready view of a settings instance (``tp``: the type of a field's value):
+    """A JSON-ready view of a settings instance (``tp``: the type of a field's value, or its ``TypeSpec``):
     a dataclass becomes a table of its settings (``init`` fields), and every value of
     a ``Secret``-typed field reads ``[secret]`` (``None`` while unset), in lists and
     tables too. What admin pages show of a plugin's effective settings."""
     if value is None:
         return None
-    if (tp is not None and _is_secret(tp)) or isinstance(value, (BinarySecret, UnresolvedSecret)):
+    spec = tp if tp is None or isinstance(tp, TypeSpec) else type_spec(tp)
+    if (spec is not None and spec.secret) or isinstance(value, (BinarySecret, UnresolvedSecret)):
         return _REDACTED
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        hints = _hints(type(value))
-        return {
-            f.name: masked(getattr(value, f.name, None), hints.get(f.name)) for f in dataclasses.fields(value) if f.init
-        }
+        return {name: masked(getattr(value, name, None), f.type) for name, f in model_fields(type(value)).items()}
     if isinstance(value, Mapping):
         return {str(k): masked(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -556,78 +953,3 @@ def describe(value: Any) -> str:
     if isinstance(value, (Mapping, list)):
         return kind
     return f"{kind} ({value!r})"[:120]
-
-
-def _convert(tp: Any, raw: Any, key: str, problems: list[Problem]) -> Any:
-    origin = get_origin(tp)
-    if origin is Annotated:
-        base, *extras = get_args(tp)
-        for extra in extras:
-            if isinstance(extra, Converter):
-                try:
-                    return extra.fn(raw)
-                except ValueError as e:
-                    problems.append(Problem(key, str(e)))
-                    return None
-        return _convert(base, raw, key, problems)
-    if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if raw is None and len(args) < len(get_args(tp)):
-            return None
-        if len(args) == 1:
-            return _convert(args[0], raw, key, problems)
-        for arg in args:  # first alternative that accepts the value
-            trial: list[Problem] = []
-            value = _convert(arg, raw, key, trial)
-            if not trial:
-                return value
-        problems.append(Problem(key, f"expected {_type_name(tp)}, got {describe(raw)}"))
-        return None
-    if origin is Literal:
-        choices = get_args(tp)
-        if raw not in choices:
-            allowed = ", ".join(repr(c) for c in choices)
-            problems.append(Problem(key, f"must be one of {allowed}, got {raw!r}"))
-        return raw
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(raw, list):
-            problems.append(Problem(key, f"expected an array, got {describe(raw)}"))
-            return None
-        (item,) = get_args(tp)[:1] or (Any,)
-        items = [_convert(item, v, f"{key}[{i}]", problems) for i, v in enumerate(raw)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict or tp is dict:
-        if not isinstance(raw, Mapping):
-            problems.append(Problem(key, f"expected a table, got {describe(raw)}"))
-            return None
-        _, item = get_args(tp) or (str, Any)
-        return {k: _convert(item, v, _join(key, k), problems) for k, v in raw.items()}
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _parse_dataclass(tp, raw, key, problems)
-    if tp is Any:
-        return raw
-    if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
-        return float(raw)
-    if tp in (str, int, float, bool):
-        if type(raw) is not tp:
-            problems.append(Problem(key, f"expected {_type_name(tp)}, got {describe(raw)}"))
-            return None
-        return raw
-    raise TypeError(f"settings field {key!r} has an unsupported type {tp!r}")
-
-
-def _type_name(tp: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
-    if tp in names:
-        return names[tp]
-    if get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
-    if get_origin(tp) is Annotated:
-        for extra in get_args(tp)[1:]:
-            if isinstance(extra, Converter):
-                return f"a {extra.description}"
-    if get_origin(tp) is list:
-        return "an array"
-    if dataclasses.is_dataclass(tp) or get_origin(tp) is dict:
-        return "a table"
-    return "a value"
