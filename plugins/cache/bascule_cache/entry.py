@@ -1,15 +1,27 @@
-"""A stored response and the RFC 9111 clock arithmetic around it."""
+"""A stored response and the RFC 9111 rules around it: when a response may be
+stored (section 3), how long it is fresh (4.2) and how a stored one may answer (4.2.4)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from enum import Enum
 
 from bascule_sdk import Headers
 
-from .control import HEURISTIC_STATUSES, age_value, delta_seconds, directives, http_date, select_directives
+from .control import (
+    HEURISTIC_STATUSES,
+    UNDERSTOOD_STATUSES,
+    Directives,
+    age_value,
+    delta_seconds,
+    directives,
+    http_date,
+    parse_vary,
+    select_directives,
+)
 
-__all__ = ["Entry", "Policy", "freshness_lifetime"]
+__all__ = ["Entry", "Policy", "Use", "freshness_lifetime", "serves_on_error", "shareable", "storable", "usable"]
 
 # Header fields a 304 must not overwrite in the stored response (RFC 9111 section 3.2).
 _KEEP_ON_MERGE = frozenset({b"content-length", b"transfer-encoding", b"x-cache-status"})
@@ -35,12 +47,59 @@ _NOT_STORED = (
 
 @dataclass(frozen=True)
 class Policy:
-    """The operator's freshness defaults and targeted fields (from settings)."""
+    """The operator's storage and freshness rules (from settings)."""
 
     default_ttl: float = 0.0
     heuristic_max: float = 86400.0
     #: Targeted cache-control fields (RFC 9213) this cache obeys, lower-cased, first wins.
     targets: tuple[str, ...] = ()
+    #: Statuses that may be stored; ``None``: any final status but 206 and 304.
+    statuses: frozenset[int] | None = None
+    #: Media types that may be stored, lower-cased; empty: any.
+    content_types: frozenset[str] = frozenset()
+    store_set_cookie: bool = False
+    #: How long a stale entry with validators is kept for revalidation.
+    keep_stale: float = 0.0
+
+
+def shareable(cc: Directives) -> bool:
+    """RFC 9111 section 3.5: may a response with directives ``cc`` be stored from, and served
+    to, a request with Authorization?"""
+    return not _SHAREABLE.isdisjoint(cc.keys())
+
+
+_SHAREABLE = frozenset({"public", "s-maxage", "must-revalidate"})
+
+
+def storable(status: int, request: Headers, response: Headers, policy: Policy) -> bool:
+    """RFC 9111 section 3 with the operator's policy: may the response to a GET be stored?
+
+    Its size is the caller's to check.
+    """
+    if status in (206, 304) or status < 200 or (policy.statuses is not None and status not in policy.statuses):
+        return False
+    control, cc = select_directives(response, policy.targets)
+    if "must-understand" in cc:
+        # Stored only if the cache understands the status; then section 5.2.2.3:
+        # no-store is ignored, as the status's own rules apply.
+        if status not in UNDERSTOOD_STATUSES:
+            return False
+    elif "no-store" in cc:
+        return False
+    if "private" in cc and cc["private"] is None:  # qualified private: the fields are left out
+        return False
+    if "authorization" in request and not shareable(cc):
+        return False
+    if "set-cookie" in response and not policy.store_set_cookie:
+        return False
+    if parse_vary(response.get_all("vary")) == ("*",):
+        return False
+    if policy.content_types:
+        media = (response.get("content-type") or "").split(";")[0].strip().lower()
+        if media not in policy.content_types:
+            return False
+    explicit = {"max-age", "s-maxage", "public"} & cc.keys() or (control == "cache-control" and "expires" in response)
+    return bool(explicit) or status in HEURISTIC_STATUSES
 
 
 def freshness_lifetime(status: int, headers: Headers, response_time: float, policy: Policy) -> float:
@@ -157,6 +216,14 @@ class Entry:
         """The ``stale-while-revalidate`` / ``stale-if-error`` window, 0 if none."""
         return float(delta_seconds(self.cc.get(directive)) or 0)
 
+    def keep_for(self, now: float, policy: Policy) -> float:
+        """Seconds the store keeps this entry from ``now``: while fresh, then as long as it
+        may be served stale, or kept for revalidation when it has validators."""
+        extra = max(self.stale_window("stale-while-revalidate"), self.stale_window("stale-if-error"))
+        if self.validators:
+            extra = max(extra, policy.keep_stale)
+        return max(0.0, self.lifetime - self.age(now)) + extra
+
     def merged(self, headers: Headers, request_time: float, response_time: float, policy: Policy) -> Entry:
         """This entry freshened by a 304's header fields (RFC 9111 sections 3.2 and 4.3.4)."""
         update = {k for k, _ in headers.raw} - _KEEP_ON_MERGE
@@ -186,3 +253,52 @@ class Entry:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h["h"]]
         upstream = tuple(h["u"]) if h.get("u") else None
         return cls(h["s"], headers, body, h["t"], h["a"], h["l"], h["k"], upstream, h.get("c", "cache-control"))
+
+
+class Use(Enum):
+    """How a stored response may answer a request."""
+
+    FRESH = "fresh"  #: serve it
+    STALE = "stale"  #: serve it stale: the request allows it (max-stale)
+    STALE_REFRESH = "stale-refresh"  #: serve it stale and revalidate it meanwhile (stale-while-revalidate)
+    FORWARD = "forward"  #: ask the upstream, conditionally when it has validators
+
+
+def usable(entry: Entry | None, request_cc: Directives, now: float) -> Use:
+    """RFC 9111 section 4.2 (freshness) and 4.2.4 (serving stale), with the request's
+    directives (section 5.2.1) and RFC 5861 ``stale-while-revalidate``: how ``entry`` may
+    answer a request with ``request_cc`` at ``now``."""
+    if entry is None:
+        return Use.FORWARD
+    age = entry.age(now)
+    validate = "no-cache" in request_cc or entry.no_cache
+    if "max-age" in request_cc:
+        max_age = delta_seconds(request_cc["max-age"])
+        validate = validate or max_age is None or age > max_age
+    if "min-fresh" in request_cc:
+        min_fresh = delta_seconds(request_cc["min-fresh"])
+        validate = validate or min_fresh is None or entry.lifetime - age < min_fresh
+    if validate:
+        return Use.FORWARD
+    if entry.lifetime > age:
+        return Use.FRESH
+    if not entry.may_serve_stale:
+        return Use.FORWARD
+    staleness = age - entry.lifetime
+    if "max-stale" in request_cc:
+        allowed = delta_seconds(request_cc["max-stale"])
+        if request_cc["max-stale"] is None or (allowed is not None and staleness <= allowed):
+            return Use.STALE
+    if staleness <= entry.stale_window("stale-while-revalidate"):
+        return Use.STALE_REFRESH
+    return Use.FORWARD
+
+
+def serves_on_error(entry: Entry, request_cc: Directives, now: float) -> bool:
+    """RFC 9111 section 4.2.4 with RFC 5861 ``stale-if-error`` (of the response or the
+    request): may ``entry`` answer in place of an upstream's 5xx at ``now``?"""
+    if not entry.may_serve_stale:
+        return False
+    staleness = entry.age(now) - entry.lifetime
+    window = max(entry.stale_window("stale-if-error"), float(delta_seconds(request_cc.get("stale-if-error")) or 0))
+    return staleness <= window
