@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from bascule_sdk import Headers
+from bascule_sdk import Headers, HTTPError, Response
 
 from .control import (
     HEURISTIC_STATUSES,
@@ -21,8 +21,21 @@ from .control import (
     select_directives,
 )
 
-__all__ = ["Entry", "Policy", "Use", "freshness_lifetime", "serves_on_error", "shareable", "storable", "usable"]
+__all__ = [
+    "CONDITIONALS",
+    "Entry",
+    "Policy",
+    "Use",
+    "freshness_lifetime",
+    "read_entry",
+    "serves_on_error",
+    "shareable",
+    "storable",
+    "usable",
+]
 
+#: A request's conditional fields (RFC 9110 section 13.1).
+CONDITIONALS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range")
 # Header fields a 304 must not overwrite in the stored response (RFC 9111 section 3.2).
 _KEEP_ON_MERGE = frozenset({b"content-length", b"transfer-encoding", b"x-cache-status"})
 # Never stored (RFC 9111 section 3.1): connection-specific fields, and what only
@@ -60,6 +73,8 @@ class Policy:
     store_set_cookie: bool = False
     #: How long a stale entry with validators is kept for revalidation.
     keep_stale: float = 0.0
+    #: The largest body stored.
+    max_object_size: int = 1024**2
 
 
 def shareable(cc: Directives) -> bool:
@@ -202,6 +217,13 @@ class Entry:
             found["if-modified-since"] = modified
         return found
 
+    def validate_with(self, request: Headers) -> None:
+        """Make ``request`` ask the upstream whether this entry is still current (RFC 9111
+        section 4.3.1): the client's own conditional fields replaced by its validators."""
+        request.remove(*CONDITIONALS)
+        for name, value in self.validators.items():
+            request.set(name, value)
+
     @property
     def no_cache(self) -> bool:
         """Unqualified ``no-cache``: validate before every use."""
@@ -253,6 +275,30 @@ class Entry:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h["h"]]
         upstream = tuple(h["u"]) if h.get("u") else None
         return cls(h["s"], headers, body, h["t"], h["a"], h["l"], h["k"], upstream, h.get("c", "cache-control"))
+
+
+async def read_entry(
+    request: Headers, response: Response, request_time: float, now: float, policy: Policy
+) -> Entry | None:
+    """The response to a GET as an entry, when ``storable`` and its body fits ``max_object_size``.
+
+    Reads the body only when its length is known and within the limit; 502 when it is cut short.
+    """
+    if not storable(response.status, request, response.headers, policy):
+        return None
+    limit = policy.max_object_size
+    body = response.body
+    if not isinstance(body, bytes):
+        length = response.headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > limit:
+            return None
+        try:
+            body = await response.read(limit)
+        except Exception:
+            raise HTTPError(502, "The upstream response was cut short.") from None
+    elif len(body) > limit:
+        return None
+    return Entry.from_response(response.status, response.headers, body, request_time, now, policy)
 
 
 class Use(Enum):

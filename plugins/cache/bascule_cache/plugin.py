@@ -12,7 +12,6 @@ serving stale), ``keys`` and ``variants``; this module wires them to the hooks.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -24,8 +23,8 @@ import trio
 from bascule_sdk import Context, Gateway, Headers, HTTPError, Plugin, Request, Response, hookimpl
 
 from .control import Directives, parse_cache_control
-from .entry import Entry, Policy, Use, serves_on_error, shareable, storable, usable
-from .keys import Keys
+from .entry import CONDITIONALS, Entry, Use, read_entry, serves_on_error, usable
+from .purge import purge
 from .responses import respond
 from .settings import CacheSettings
 from .storage import SharedStore, SharedStores, Store, StoreUnavailable
@@ -36,7 +35,6 @@ __all__ = ["Cache", "Status"]
 log = logging.getLogger("bascule.cache")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_CONDITIONALS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range")
 _MAX_UNCACHEABLE = 10_000
 
 
@@ -102,18 +100,9 @@ class Cache(Plugin[CacheSettings]):
 
     def __init__(self, settings: CacheSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
-        s = self.settings = settings
-        self.policy = Policy(
-            s.default_ttl,
-            s.heuristic_max,
-            s.targets(),
-            statuses=frozenset(s.statuses) if s.statuses is not None else None,
-            content_types=frozenset(t.lower() for t in s.content_types),
-            store_set_cookie=s.store_set_cookie,
-            keep_stale=s.keep_stale,
-        )
-        query_params = frozenset(s.query_params) if s.query_params is not None else None
-        self.keys = Keys(query_params, frozenset(s.ignore_query_params))
+        self.settings: CacheSettings = settings
+        self.policy = settings.policy()
+        self.keys = settings.keys()
         self.variants = Variants()
         self.counts: Counter[str] = Counter()
         self.waiting = 0
@@ -203,20 +192,14 @@ class Cache(Plugin[CacheSettings]):
             raise HTTPError(504, "No usable response is stored for this request (only-if-cached).")
         request_time = self.clock()
         conditionals = None
-        if entry is not None and (validators := entry.validators):
-            headers = request.headers
-            conditionals = Headers([(k, v) for k, v in headers.raw if k.decode() in _CONDITIONALS])
-            headers.remove(*_CONDITIONALS)
-            for name, value in validators.items():
-                headers.set(name, value)
+        if entry is not None and entry.validators:
+            conditionals = Headers([(k, v) for k, v in request.headers.raw if k.decode() in CONDITIONALS])
+            entry.validate_with(request.headers)
         ctx.state[self.instance] = _Forwarded(key, consumer, request_cc, request_time, entry, conditionals, flight)
         return None
 
     async def _find(self, key: str, consumer: str, request: Request) -> Entry | None:
-        entry = await self.variants.get(self.store, key, consumer, request.headers, self.clock())
-        if entry is not None and "authorization" in request.headers and not shareable(entry.cc):
-            return None
-        return entry
+        return await self.variants.get(self.store, key, consumer, request.headers, self.clock())
 
     # -- coalescing ---------------------------------------------------------------
 
@@ -310,7 +293,7 @@ class Cache(Plugin[CacheSettings]):
             return respond(stale, now, conditionals, request.headers.get("range")), Status.STALE
         new = None
         if request.method == "GET":
-            new = await self._to_entry(request.headers, response, forwarded.request_time, now)
+            new = await read_entry(request.headers, response, forwarded.request_time, now, self.policy)
             if new is not None:
                 new.upstream = forwarded.upstream
                 await self._store(forwarded.key, forwarded.consumer, new, request.headers)
@@ -318,36 +301,10 @@ class Cache(Plugin[CacheSettings]):
             self._remember(_flight_key(forwarded.key, forwarded.consumer), new is not None)
         return response, Status.EXPIRED if stale is not None else Status.MISS
 
-    async def _to_entry(self, headers: Headers, response: Response, request_time: float, now: float) -> Entry | None:
-        """The response as an entry when ``storable`` and its body fits ``max_object_size``.
-
-        Reads the body only when its length is known and within the limit; 502 when it is cut short.
-        """
-        if not storable(response.status, headers, response.headers, self.policy):
-            return None
-        limit = self.settings.max_object_size
-        body = response.body
-        if not isinstance(body, bytes):
-            length = response.headers.get("content-length")
-            if length is None or not length.isdigit() or int(length) > limit:
-                return None
-            try:
-                body = await response.read(limit)
-            except Exception:
-                raise HTTPError(502, "The upstream response was cut short.") from None
-        elif len(body) > limit:
-            return None
-        return Entry.from_response(response.status, response.headers, body, request_time, now, self.policy)
-
     async def _store(self, key: str, consumer: str, entry: Entry, request_headers: Headers) -> None:
-        """Keep ``entry`` as long as ``Entry.keep_for`` says; a store failure only loses it."""
-        now = self.clock()
-        ttl = entry.keep_for(now, self.policy)
-        if ttl <= 0:
-            return
-        entry.keep_until = now + ttl
+        """Store ``entry``; a store failure only loses it."""
         try:
-            await self.variants.put(self.store, key, consumer, entry, request_headers, ttl)
+            await self.variants.put(self.store, key, consumer, entry, request_headers, self.clock(), self.policy)
         except StoreUnavailable:
             pass
 
@@ -364,11 +321,9 @@ class Cache(Plugin[CacheSettings]):
         """Revalidate ``entry`` in the background (stale-while-revalidate)."""
         try:
             path, query, keep_host = entry.upstream or ("", "", False)
-            headers.remove(*_CONDITIONALS)
             if not keep_host:
                 headers.remove("host")
-            for name, value in entry.validators.items():
-                headers.set(name, value)
+            entry.validate_with(headers)
             request_time = self.clock()
             response = await ctx.forward(Request("GET", path, query, headers))
             try:
@@ -376,7 +331,7 @@ class Cache(Plugin[CacheSettings]):
                 if response.status == 304:
                     new: Entry | None = entry.merged(response.headers, request_time, now, self.policy)
                 else:
-                    new = await self._to_entry(headers, response, request_time, now)
+                    new = await read_entry(headers, response, request_time, now, self.policy)
                 if new is not None:
                     new.upstream = entry.upstream
                     await self._store(key, consumer, new, headers)
@@ -400,30 +355,7 @@ class Cache(Plugin[CacheSettings]):
 
     @hookimpl
     async def on_admin_request(self, request: Request) -> Response | None:
-        """``POST {purge_path}`` with ``{"key": URL}``, ``{"prefix": "/path"}`` or ``{"all": true}``."""
+        """``POST {purge_path}``: see ``purge``."""
         if request.path != self.settings.purge_path:
             return None
-        if request.method != "POST":
-            raise HTTPError(405, "Use POST.", {"allow": "POST"})
-        try:
-            data = json.loads(await request.read(None) or b"null")
-        except (ValueError, TypeError):
-            raise HTTPError(400, "The body must be JSON.") from None
-        if (
-            not isinstance(data, dict)
-            or len(data) != 1
-            or not (isinstance(data.get("key"), str) or isinstance(data.get("prefix"), str) or data.get("all") is True)
-        ):
-            raise HTTPError(400, 'Send one of {"key": "http://host/path?query"}, {"prefix": "/path"} or {"all": true}.')
-        purged = 0
-        try:
-            for store in self._stores.all():
-                if "key" in data:
-                    purged += await store.delete([data["key"]])
-                elif "prefix" in data:
-                    purged += await store.purge_prefix(data["prefix"])
-                else:
-                    purged += await store.clear()
-        except StoreUnavailable:
-            raise HTTPError(503, "The cache store is unavailable.") from None
-        return Response.json({"purged": purged})
+        return await purge(request, self._stores.all())

@@ -1,11 +1,13 @@
-"""The stored variants of a URI, chosen by the request fields its Vary names (RFC 9111 section 4.1)."""
+"""The stored response selected for a request (RFC 9111 section 4): by URI, by the
+request fields its Vary names (section 4.1), and shared with Authorization only when
+allowed (section 3.5)."""
 
 from __future__ import annotations
 
 from bascule_sdk import Headers
 
 from .control import parse_vary
-from .entry import Entry
+from .entry import Entry, Policy, shareable
 from .storage import Store
 
 __all__ = ["Variants"]
@@ -32,7 +34,13 @@ class Variants:
         self._hints: dict[str, tuple[str, ...]] = {}
 
     async def get(self, store: Store, key: str, consumer: str, headers: Headers, now: float) -> Entry | None:
-        """The entry of ``key`` for a request with ``headers``, unless none is kept at ``now``."""
+        """The entry of ``key`` for a request with ``headers`` that is kept at ``now``, if any."""
+        entry = await self._get(store, key, consumer, headers, now)
+        if entry is not None and "authorization" in headers and not shareable(entry.cc):
+            return None
+        return entry
+
+    async def _get(self, store: Store, key: str, consumer: str, headers: Headers, now: float) -> Entry | None:
         hint = self._hints.get(key, ())
         vary, entry = await store.get(key, ["v" + consumer, _variant(consumer, hint, headers)])
         if not isinstance(vary, str):
@@ -47,8 +55,15 @@ class Variants:
             return None
         return entry
 
-    async def put(self, store: Store, key: str, consumer: str, entry: Entry, headers: Headers, ttl: float) -> None:
-        """Store ``entry`` as the variant of ``key`` for a request with ``headers``, for ``ttl`` seconds."""
+    async def put(
+        self, store: Store, key: str, consumer: str, entry: Entry, headers: Headers, now: float, policy: Policy
+    ) -> None:
+        """Store ``entry`` as the variant of ``key`` for a request with ``headers``, for as
+        long as ``Entry.keep_for`` says."""
+        ttl = entry.keep_for(now, policy)
+        if ttl <= 0:
+            return
+        entry.keep_until = now + ttl
         names = parse_vary(entry.view.get_all("vary"))
         self._hints[key] = names
         items: dict[str, str | Entry] = {"v" + consumer: ",".join(names), _variant(consumer, names, headers): entry}
