@@ -7,12 +7,12 @@ before it goes upstream; concurrent misses for one URI wait for the first
 stale entry (REVALIDATED), or serves the stale entry when the upstream failed
 and ``stale-if-error`` allows it. Every answer carries ``X-Cache-Status`` and
 ``ctx.tags["cache"]``. The RFC's rules live in ``entry`` (storing, freshness,
-serving stale), ``keys`` and ``variants``; this module wires them to the hooks.
+serving stale), ``keys`` and ``variants``, background revalidation in
+``refresh``; this module wires them to the hooks and coalesces misses.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,15 +25,13 @@ from bascule_sdk import Context, Gateway, Headers, HTTPError, Plugin, Request, R
 from .control import Directives, parse_cache_control
 from .entry import CONDITIONALS, Entry, Use, read_entry, serves_on_error, usable
 from .purge import purge
+from .refresh import Refresher
 from .responses import respond
 from .settings import CacheSettings
 from .storage import SharedStore, SharedStores, Store, StoreUnavailable
 from .variants import Variants
 
 __all__ = ["Cache", "Status"]
-
-log = logging.getLogger("bascule.cache")
-
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MAX_UNCACHEABLE = 10_000
 
@@ -104,10 +102,10 @@ class Cache(Plugin[CacheSettings]):
         self.policy = settings.policy()
         self.keys = settings.keys()
         self.variants = Variants()
+        self.refresher = Refresher(self.policy, self.clock, self._store)
         self.counts: Counter[str] = Counter()
         self.waiting = 0
         self._flights: dict[str, _Flight] = {}
-        self._refreshing: set[str] = set()
         self._uncacheable: dict[str, float] = {}  # flight key -> until when misses skip coalescing
         self._stores = SharedStores()
         self._shared: SharedStore | None = None
@@ -182,7 +180,7 @@ class Cache(Plugin[CacheSettings]):
                 entry, use = again, usable(again, request_cc, self.clock())
         if entry is not None and use is not Use.FORWARD:
             if use is Use.STALE_REFRESH:
-                self._refresh_soon(ctx, key, consumer, entry)
+                self.refresher.soon(self.gateway, ctx, key, consumer, entry)
             ctx.state[self.instance] = Status.HIT if use is Use.FRESH else Status.STALE
             return respond(entry, self.clock(), request.headers, request.headers.get("range"))
         if "only-if-cached" in request_cc:
@@ -307,40 +305,6 @@ class Cache(Plugin[CacheSettings]):
             await self.variants.put(self.store, key, consumer, entry, request_headers, self.clock(), self.policy)
         except StoreUnavailable:
             pass
-
-    # -- background refresh ------------------------------------------------------
-
-    def _refresh_soon(self, ctx: Context, key: str, consumer: str, entry: Entry) -> None:
-        fkey = _flight_key(key, consumer)
-        if entry.upstream is None or self.gateway is None or fkey in self._refreshing:
-            return
-        self._refreshing.add(fkey)
-        self.gateway.start_soon(self._refresh, ctx, key, consumer, entry, ctx.request.headers.copy())
-
-    async def _refresh(self, ctx: Context, key: str, consumer: str, entry: Entry, headers: Headers) -> None:
-        """Revalidate ``entry`` in the background (stale-while-revalidate)."""
-        try:
-            path, query, keep_host = entry.upstream or ("", "", False)
-            if not keep_host:
-                headers.remove("host")
-            entry.validate_with(headers)
-            request_time = self.clock()
-            response = await ctx.forward(Request("GET", path, query, headers))
-            try:
-                now = self.clock()
-                if response.status == 304:
-                    new: Entry | None = entry.merged(response.headers, request_time, now, self.policy)
-                else:
-                    new = await read_entry(headers, response, request_time, now, self.policy)
-                if new is not None:
-                    new.upstream = entry.upstream
-                    await self._store(key, consumer, new, headers)
-            finally:
-                await response.aclose()
-        except Exception as e:
-            log.warning("cache: background refresh of %s failed: %r", key, e)
-        finally:
-            self._refreshing.discard(_flight_key(key, consumer))
 
     # -- invalidation and purge --------------------------------------------------
 
