@@ -32,6 +32,7 @@ from .storage import SharedStore, SharedStores, Store, StoreUnavailable
 from .variants import Variants
 
 __all__ = ["Cache", "Status"]
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MAX_UNCACHEABLE = 10_000
 
