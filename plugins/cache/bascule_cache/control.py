@@ -15,6 +15,7 @@ __all__ = [
     "HEURISTIC_STATUSES",
     "MAX_DELTA",
     "UNDERSTOOD_STATUSES",
+    "Directives",
     "age_value",
     "delta_seconds",
     "directives",
@@ -25,6 +26,9 @@ __all__ = [
     "select_directives",
     "weak_match",
 ]
+
+#: Cache-Control directives by lower-cased name; ``None`` for a directive without argument.
+Directives = dict[str, str | None]
 
 #: Statuses cacheable by default (RFC 9110 section 15.1): heuristic freshness applies.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})

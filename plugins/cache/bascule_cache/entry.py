@@ -1,16 +1,41 @@
-"""A stored response and the RFC 9111 clock arithmetic around it."""
+"""A stored response and the RFC 9111 rules around it: when a response may be
+stored (section 3), how long it is fresh (4.2) and how a stored one may answer (4.2.4)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from enum import Enum
 
-from bascule_sdk import Headers
+from bascule_sdk import Headers, HTTPError, Response
 
-from .control import HEURISTIC_STATUSES, age_value, delta_seconds, directives, http_date, select_directives
+from .control import (
+    HEURISTIC_STATUSES,
+    UNDERSTOOD_STATUSES,
+    Directives,
+    age_value,
+    delta_seconds,
+    directives,
+    http_date,
+    parse_vary,
+    select_directives,
+)
 
-__all__ = ["Entry", "Policy", "freshness_lifetime"]
+__all__ = [
+    "CONDITIONALS",
+    "Entry",
+    "Policy",
+    "Use",
+    "freshness_lifetime",
+    "read_entry",
+    "serves_on_error",
+    "shareable",
+    "storable",
+    "usable",
+]
 
+#: A request's conditional fields (RFC 9110 section 13.1).
+CONDITIONALS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range")
 # Header fields a 304 must not overwrite in the stored response (RFC 9111 section 3.2).
 _KEEP_ON_MERGE = frozenset({b"content-length", b"transfer-encoding", b"x-cache-status"})
 # Never stored (RFC 9111 section 3.1): connection-specific fields, and what only
@@ -35,12 +60,61 @@ _NOT_STORED = (
 
 @dataclass(frozen=True)
 class Policy:
-    """The operator's freshness defaults and targeted fields (from settings)."""
+    """The operator's storage and freshness rules (from settings)."""
 
     default_ttl: float = 0.0
     heuristic_max: float = 86400.0
     #: Targeted cache-control fields (RFC 9213) this cache obeys, lower-cased, first wins.
     targets: tuple[str, ...] = ()
+    #: Statuses that may be stored; ``None``: any final status but 206 and 304.
+    statuses: frozenset[int] | None = None
+    #: Media types that may be stored, lower-cased; empty: any.
+    content_types: frozenset[str] = frozenset()
+    store_set_cookie: bool = False
+    #: How long a stale entry with validators is kept for revalidation.
+    keep_stale: float = 0.0
+    #: The largest body stored.
+    max_object_size: int = 1024**2
+
+
+def shareable(cc: Directives) -> bool:
+    """RFC 9111 section 3.5: may a response with directives ``cc`` be stored from, and served
+    to, a request with Authorization?"""
+    return not _SHAREABLE.isdisjoint(cc.keys())
+
+
+_SHAREABLE = frozenset({"public", "s-maxage", "must-revalidate"})
+
+
+def storable(status: int, request: Headers, response: Headers, policy: Policy) -> bool:
+    """RFC 9111 section 3 with the operator's policy: may the response to a GET be stored?
+
+    Its size is the caller's to check.
+    """
+    if status in (206, 304) or status < 200 or (policy.statuses is not None and status not in policy.statuses):
+        return False
+    control, cc = select_directives(response, policy.targets)
+    if "must-understand" in cc:
+        # Stored only if the cache understands the status; then section 5.2.2.3:
+        # no-store is ignored, as the status's own rules apply.
+        if status not in UNDERSTOOD_STATUSES:
+            return False
+    elif "no-store" in cc:
+        return False
+    if "private" in cc and cc["private"] is None:  # qualified private: the fields are left out
+        return False
+    if "authorization" in request and not shareable(cc):
+        return False
+    if "set-cookie" in response and not policy.store_set_cookie:
+        return False
+    if parse_vary(response.get_all("vary")) == ("*",):
+        return False
+    if policy.content_types:
+        media = (response.get("content-type") or "").split(";")[0].strip().lower()
+        if media not in policy.content_types:
+            return False
+    explicit = {"max-age", "s-maxage", "public"} & cc.keys() or (control == "cache-control" and "expires" in response)
+    return bool(explicit) or status in HEURISTIC_STATUSES
 
 
 def freshness_lifetime(status: int, headers: Headers, response_time: float, policy: Policy) -> float:
@@ -143,6 +217,13 @@ class Entry:
             found["if-modified-since"] = modified
         return found
 
+    def validate_with(self, request: Headers) -> None:
+        """Make ``request`` ask the upstream whether this entry is still current (RFC 9111
+        section 4.3.1): the client's own conditional fields replaced by its validators."""
+        request.remove(*CONDITIONALS)
+        for name, value in self.validators.items():
+            request.set(name, value)
+
     @property
     def no_cache(self) -> bool:
         """Unqualified ``no-cache``: validate before every use."""
@@ -156,6 +237,14 @@ class Entry:
     def stale_window(self, directive: str) -> float:
         """The ``stale-while-revalidate`` / ``stale-if-error`` window, 0 if none."""
         return float(delta_seconds(self.cc.get(directive)) or 0)
+
+    def keep_for(self, now: float, policy: Policy) -> float:
+        """Seconds the store keeps this entry from ``now``: while fresh, then as long as it
+        may be served stale, or kept for revalidation when it has validators."""
+        extra = max(self.stale_window("stale-while-revalidate"), self.stale_window("stale-if-error"))
+        if self.validators:
+            extra = max(extra, policy.keep_stale)
+        return max(0.0, self.lifetime - self.age(now)) + extra
 
     def merged(self, headers: Headers, request_time: float, response_time: float, policy: Policy) -> Entry:
         """This entry freshened by a 304's header fields (RFC 9111 sections 3.2 and 4.3.4)."""
@@ -186,3 +275,76 @@ class Entry:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h["h"]]
         upstream = tuple(h["u"]) if h.get("u") else None
         return cls(h["s"], headers, body, h["t"], h["a"], h["l"], h["k"], upstream, h.get("c", "cache-control"))
+
+
+async def read_entry(
+    request: Headers, response: Response, request_time: float, now: float, policy: Policy
+) -> Entry | None:
+    """The response to a GET as an entry, when ``storable`` and its body fits ``max_object_size``.
+
+    Reads the body only when its length is known and within the limit; 502 when it is cut short.
+    """
+    if not storable(response.status, request, response.headers, policy):
+        return None
+    limit = policy.max_object_size
+    body = response.body
+    if not isinstance(body, bytes):
+        length = response.headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > limit:
+            return None
+        try:
+            body = await response.read(limit)
+        except Exception:
+            raise HTTPError(502, "The upstream response was cut short.") from None
+    elif len(body) > limit:
+        return None
+    return Entry.from_response(response.status, response.headers, body, request_time, now, policy)
+
+
+class Use(Enum):
+    """How a stored response may answer a request."""
+
+    FRESH = "fresh"  #: serve it
+    STALE = "stale"  #: serve it stale: the request allows it (max-stale)
+    STALE_REFRESH = "stale-refresh"  #: serve it stale and revalidate it meanwhile (stale-while-revalidate)
+    FORWARD = "forward"  #: ask the upstream, conditionally when it has validators
+
+
+def usable(entry: Entry | None, request_cc: Directives, now: float) -> Use:
+    """RFC 9111 section 4.2 (freshness) and 4.2.4 (serving stale), with the request's
+    directives (section 5.2.1) and RFC 5861 ``stale-while-revalidate``: how ``entry`` may
+    answer a request with ``request_cc`` at ``now``."""
+    if entry is None:
+        return Use.FORWARD
+    age = entry.age(now)
+    validate = "no-cache" in request_cc or entry.no_cache
+    if "max-age" in request_cc:
+        max_age = delta_seconds(request_cc["max-age"])
+        validate = validate or max_age is None or age > max_age
+    if "min-fresh" in request_cc:
+        min_fresh = delta_seconds(request_cc["min-fresh"])
+        validate = validate or min_fresh is None or entry.lifetime - age < min_fresh
+    if validate:
+        return Use.FORWARD
+    if entry.lifetime > age:
+        return Use.FRESH
+    if not entry.may_serve_stale:
+        return Use.FORWARD
+    staleness = age - entry.lifetime
+    if "max-stale" in request_cc:
+        allowed = delta_seconds(request_cc["max-stale"])
+        if request_cc["max-stale"] is None or (allowed is not None and staleness <= allowed):
+            return Use.STALE
+    if staleness <= entry.stale_window("stale-while-revalidate"):
+        return Use.STALE_REFRESH
+    return Use.FORWARD
+
+
+def serves_on_error(entry: Entry, request_cc: Directives, now: float) -> bool:
+    """RFC 9111 section 4.2.4 with RFC 5861 ``stale-if-error`` (of the response or the
+    request): may ``entry`` answer in place of an upstream's 5xx at ``now``?"""
+    if not entry.may_serve_stale:
+        return False
+    staleness = entry.age(now) - entry.lifetime
+    window = max(entry.stale_window("stale-if-error"), float(delta_seconds(request_cc.get("stale-if-error")) or 0))
+    return staleness <= window

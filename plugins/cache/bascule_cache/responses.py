@@ -7,17 +7,12 @@ from bascule_sdk import Headers, Response
 from .control import http_date, weak_match
 from .entry import Entry
 
-__all__ = ["respond", "shareable"]
+__all__ = ["respond"]
 
 # Fields a 304 answer carries over from the stored 200 (RFC 9110 section 15.4.5).
 _NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified", b"age"}
 )
-
-
-def shareable(entry: Entry) -> bool:
-    """May a response be served to (and stored from) a request with Authorization? (RFC 9111 3.5)"""
-    return bool({"public", "s-maxage", "must-revalidate"} & entry.cc.keys())
 
 
 def _not_modified(entry: Entry, conditionals: Headers | None) -> bool:

@@ -9,6 +9,9 @@ from typing import Literal
 from bascule_sdk import ByteSize, Duration, Secret, setting
 from bascule_sdk.redis import check_redis_url
 
+from .entry import Policy
+from .keys import Keys
+
 __all__ = ["CacheSettings"]
 
 _FIELD_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
@@ -90,6 +93,24 @@ class CacheSettings:
         if self.statuses is not None and {206, 304} & set(self.statuses):
             raise ValueError("statuses: 206 and 304 responses cannot be stored")
         self.targets()
+
+    def policy(self) -> Policy:
+        """The storage and freshness rules these settings set."""
+        return Policy(
+            self.default_ttl,
+            self.heuristic_max,
+            self.targets(),
+            statuses=frozenset(self.statuses) if self.statuses is not None else None,
+            content_types=frozenset(t.lower() for t in self.content_types),
+            store_set_cookie=self.store_set_cookie,
+            keep_stale=self.keep_stale,
+            max_object_size=self.max_object_size,
+        )
+
+    def keys(self) -> Keys:
+        """The cache keys with these settings' query parameter selection."""
+        query_params = frozenset(self.query_params) if self.query_params is not None else None
+        return Keys(query_params, frozenset(self.ignore_query_params))
 
     def targets(self) -> tuple[str, ...]:
         """``targeted_cache_control`` as lower-cased field names; ``ValueError`` when one is not a field name."""

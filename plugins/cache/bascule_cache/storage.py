@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
+from bascule_sdk import Gateway
 from bascule_sdk.redis import open_redis
 from cachetools import LRUCache
 
 from .entry import Entry
+from .settings import CacheSettings
 
-__all__ = ["MemoryStore", "RedisStore", "Store", "StoreUnavailable", "uri_path"]
+__all__ = ["MemoryStore", "RedisStore", "SharedStore", "SharedStores", "Store", "StoreUnavailable", "uri_path"]
 
 log = logging.getLogger("bascule.cache")
 
@@ -211,3 +214,50 @@ def _decode(field: str, value: bytes | None) -> Value | None:
     except (ValueError, KeyError, TypeError, IndexError):
         log.warning("cache: unreadable entry in Redis (field %r); treated as missing", field)
         return None
+
+
+@dataclass
+class SharedStore:
+    """A store and the number of cache instances using it."""
+
+    id: tuple
+    store: Store
+    users: int = 0
+    redis: RedisStore | None = None
+
+
+class SharedStores:
+    """The stores of one gateway: cache instances with the same backend settings share
+    one, across routes and config reloads; the last to release it closes it."""
+
+    def __init__(self) -> None:
+        self._stores: dict[tuple, SharedStore] = {}
+
+    def acquire(self, s: CacheSettings, clock: Callable[[], float], gateway: Gateway) -> SharedStore:
+        """The store for settings ``s``, opened if new (a Redis client runs as a ``gateway`` task)."""
+        if s.backend == "redis":
+            id: tuple = ("redis", s.redis_url, s.key_prefix, s.redis_timeout)
+        else:
+            id = ("memory", s.max_size)
+        shared = self._stores.get(id)
+        if shared is None:
+            if s.backend == "redis":
+                redis = RedisStore(s.redis_url or "", s.key_prefix, s.redis_timeout)
+                shared = SharedStore(id, redis, redis=redis)
+                gateway.start_soon(redis.run)
+            else:
+                shared = SharedStore(id, MemoryStore(s.max_size, clock))
+            self._stores[id] = shared
+        shared.users += 1
+        return shared
+
+    def release(self, shared: SharedStore) -> None:
+        shared.users -= 1
+        if shared.users == 0:
+            self._stores.pop(shared.id, None)
+            if shared.redis is not None:
+                shared.redis.close()
+
+    def all(self) -> list[Store]:
+        """Every store of the gateway: invalidation and purges reach all routes' caches."""
+        return [shared.store for shared in list(self._stores.values())]

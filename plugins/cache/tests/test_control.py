@@ -1,10 +1,10 @@
-"""RFC 9111 arithmetic: directive parsing, HTTP dates, freshness."""
+"""RFC 9111 arithmetic and rules: directive parsing, HTTP dates, freshness, storing, serving stale."""
 
 from __future__ import annotations
 
 import pytest
 from bascule_cache.control import delta_seconds, http_date, parse_cache_control, parse_vary, weak_match
-from bascule_cache.entry import Entry, Policy, freshness_lifetime
+from bascule_cache.entry import Entry, Policy, Use, freshness_lifetime, serves_on_error, storable, usable
 from bascule_sdk import Headers
 
 NOW = 1_800_000_000.0  # Fri, 15 Jan 2027 08:00:00 GMT
@@ -134,6 +134,84 @@ def test_entries_survive_serialisation():
         60,
         ("/p", "q=1", False),
     )
+
+
+def stored(cc: str, age: float = 0, **fields: str) -> Entry:
+    """An entry of a 200 with Cache-Control ``cc``, ``age`` seconds old at NOW."""
+    headers = Headers.of({"cache-control": cc, "date": date(-age), **fields})
+    return Entry.from_response(200, headers, b"", NOW - age, NOW - age, Policy())
+
+
+@pytest.mark.parametrize(
+    ("cc", "age", "request_cc", "use"),
+    [
+        ("max-age=60", 10, {}, Use.FRESH),
+        ("max-age=60", 70, {}, Use.FORWARD),
+        ("max-age=60", 10, {"no-cache": None}, Use.FORWARD),
+        ("no-cache", 0, {}, Use.FORWARD),  # section 5.2.2.4: validate on every use
+        ("max-age=60", 10, {"max-age": "5"}, Use.FORWARD),
+        ("max-age=60", 10, {"min-fresh": "55"}, Use.FORWARD),  # 50 s of freshness left
+        ("max-age=60", 70, {"max-stale": None}, Use.STALE),
+        ("max-age=60", 70, {"max-stale": "5"}, Use.FORWARD),  # 10 s stale
+        ("max-age=60, must-revalidate", 70, {"max-stale": None}, Use.FORWARD),  # section 4.2.4
+        ("s-maxage=60", 70, {"max-stale": None}, Use.FORWARD),  # s-maxage implies proxy-revalidate
+        ("max-age=60, stale-while-revalidate=30", 80, {}, Use.STALE_REFRESH),
+        ("max-age=60, stale-while-revalidate=30", 100, {}, Use.FORWARD),
+    ],
+)
+def test_how_a_stored_response_may_answer(cc, age, request_cc, use):
+    assert usable(stored(cc, age), request_cc, NOW) is use
+
+
+def test_nothing_stored_means_forward():
+    assert usable(None, {}, NOW) is Use.FORWARD
+
+
+def test_stale_if_error_from_the_response_or_the_request():
+    assert serves_on_error(stored("max-age=60, stale-if-error=30", 80), {}, NOW)
+    assert not serves_on_error(stored("max-age=60, stale-if-error=30", 100), {}, NOW)
+    assert serves_on_error(stored("max-age=60", 100), {"stale-if-error": "60"}, NOW)
+    assert not serves_on_error(stored("max-age=60, must-revalidate, stale-if-error=30", 80), {}, NOW)
+
+
+@pytest.mark.parametrize(
+    ("status", "request_fields", "response_fields", "policy", "expected"),
+    [
+        (200, {}, {"cache-control": "max-age=60"}, Policy(), True),
+        (200, {}, {}, Policy(), True),  # cacheable by default: heuristic freshness
+        (201, {}, {}, Policy(), False),  # not cacheable by default, no explicit freshness
+        (201, {}, {"cache-control": "max-age=60"}, Policy(), True),
+        (206, {}, {"cache-control": "max-age=60"}, Policy(), False),
+        (200, {}, {"cache-control": "max-age=60, no-store"}, Policy(), False),
+        (200, {}, {"cache-control": "max-age=60, no-store, must-understand"}, Policy(), True),
+        (429, {}, {"cache-control": "max-age=60, must-understand"}, Policy(statuses=frozenset({429})), False),
+        (200, {}, {"cache-control": "private"}, Policy(), False),
+        (200, {}, {"cache-control": 'private="x", max-age=60'}, Policy(), True),  # stored without x
+        (200, {"authorization": "Bearer t"}, {"cache-control": "max-age=60"}, Policy(), False),
+        (200, {"authorization": "Bearer t"}, {"cache-control": "public, max-age=60"}, Policy(), True),
+        (200, {}, {"cache-control": "max-age=60", "set-cookie": "a=1"}, Policy(), False),
+        (200, {}, {"cache-control": "max-age=60", "set-cookie": "a=1"}, Policy(store_set_cookie=True), True),
+        (200, {}, {"cache-control": "max-age=60", "vary": "*"}, Policy(), False),
+        (200, {}, {"cache-control": "max-age=60"}, Policy(statuses=frozenset({404})), False),
+        (
+            200,
+            {},
+            {"cache-control": "max-age=60", "content-type": "Application/JSON; charset=utf-8"},
+            Policy(content_types=frozenset({"application/json"})),
+            True,
+        ),
+        (200, {}, {"cache-control": "max-age=60"}, Policy(content_types=frozenset({"application/json"})), False),
+    ],
+)
+def test_what_may_be_stored(status, request_fields, response_fields, policy, expected):
+    assert storable(status, Headers.of(request_fields), Headers.of(response_fields), policy) is expected
+
+
+def test_kept_while_fresh_then_as_long_as_it_may_serve_stale_or_be_revalidated():
+    policy = Policy(keep_stale=3600)
+    assert stored("max-age=60", 10).keep_for(NOW, policy) == 50
+    assert stored("max-age=60, stale-if-error=300", 10).keep_for(NOW, policy) == 350
+    assert stored("max-age=60", 10, etag='"v"').keep_for(NOW, policy) == 3650
 
 
 def test_readme_lists_every_setting():
