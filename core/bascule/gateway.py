@@ -27,7 +27,15 @@ from bascule_sdk.settings import SettingsError
 
 from .config import Config, ConfigError, ConfigProblem, Route, RouteSettings, load_config
 from .configstatus import ConfigStatus
-from .forwarding import InvalidField, TrustedProxies, arrival_headers, parse_host, strip_hop_by_hop
+from .headers import (
+    InvalidField,
+    TrustedProxies,
+    arrival_headers,
+    departure_headers,
+    frame_body,
+    parse_host,
+    response_headers,
+)
 from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
 from .proxy import Proxy, ProxySettings
@@ -140,21 +148,13 @@ class Runtime:
             raise HTTPError(500, "The route names no service to forward to.")
         await pipeline.upstream_request(ctx, request)
         headers = request.headers
-        length = headers.get("content-length")
-        raw = upstream_headers(ctx, request)
-        body = request.body
-        if isinstance(body, bytes):
-            if body or request.method in ("POST", "PUT", "PATCH"):
-                raw.append((b"content-length", str(len(body)).encode()))
-        elif length is not None:
-            raw.append((b"content-length", length.encode()))
-        else:
-            raw.append((b"transfer-encoding", b"chunked"))
+        raw = departure_headers(ctx, request)
+        frame_body(raw, request, headers.get("content-length"))
         headers.raw = raw
         response, pool, seconds = await self.upstreams[name].send(request, ctx, _early_hints.get())
         ctx.upstream = pool.url
         ctx.upstream_seconds = (ctx.upstream_seconds or 0.0) + seconds
-        strip_hop_by_hop(response.headers)
+        response_headers(response.headers)
         return response
 
     async def startup(self, gateway: Gateway) -> None:
@@ -171,29 +171,6 @@ class Runtime:
         """Shut plugins down and close pools (those ``keep`` took over stay open)."""
         await self.plugins.shutdown()
         await self.upstreams.aclose(keep.upstreams if keep else None)
-
-
-_FORWARD_COPY = frozenset(
-    {
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"forwarded",
-        b"x-real-ip",
-        b"via",
-        b"x-request-id",
-    }
-)
-_REWRITTEN = _FORWARD_COPY | {b"content-length", b"transfer-encoding"}
-
-
-def upstream_headers(ctx: Context, request: Request) -> list[tuple[bytes, bytes]]:
-    """The fields of ``request`` (after ``on_upstream_request``) as a service receives them,
-    less body framing: hop-by-hop fields removed, the forwarding fields and request id
-    that arrival wrote for ``ctx`` (whatever a plugin set in their place)."""
-    strip_hop_by_hop(request.headers)
-    raw = [(k, v) for k, v in request.headers.raw if k not in _REWRITTEN]
-    return raw + [(k, v) for k, v in ctx.request.headers.raw if k in _FORWARD_COPY]  # written on arrival
 
 
 @dataclass(frozen=True, eq=False)

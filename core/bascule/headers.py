@@ -1,16 +1,38 @@
-"""Header hygiene between client, gateway and upstream (RFC 9110 section 7.6).
+"""Header policy: every field the gateway drops, keeps or writes, in both directions.
 
-- Hop-by-hop fields (and every field named in ``Connection``) never cross
-  the gateway, in either direction.
-- Forwarding fields (``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``,
-  ``X-Request-ID``) from a client are believed only when the connection comes
-  from a ``trusted_proxies`` address; otherwise they are dropped on arrival
-  and the gateway writes its own.
-- Identity fields (``X-Consumer-*``) are only ever written by the gateway's
-  auth plugins: a client's copies are dropped on arrival, on every route.
-- Nothing is written from a value that was not validated: the Host (``parse_host``)
-  and, from a trusted proxy, every member of the forwarding fields it sends
-  (``InvalidField`` otherwise, a 400).
+Read top to bottom, this is the whole of it (RFC 9110 section 7.6, RFC 7239).
+
+Arrival (``arrival_headers``, once per request, before any plugin runs):
+
+- Hop-by-hop fields (``HOP_BY_HOP`` and every field named in ``Connection``)
+  are dropped: they described the client's connection, not the request.
+- Forwarding fields (``FORWARDING``: ``X-Forwarded-*``, ``Forwarded``,
+  ``X-Real-IP``, ``Via``, ``X-Request-ID``) from a client are believed only
+  when the connection comes from a ``trusted_proxies`` address, and then only
+  if every member is valid (``InvalidField`` otherwise, a 400); a trusted
+  proxy's chain is extended, anyone else's is dropped, and the gateway writes
+  its own.
+- Identity fields (``X-Consumer-*``, ``IDENTITY_PREFIX``, the SDK's) are only
+  ever written by the gateway's auth plugins: a client's copies are dropped,
+  on every route.
+- Nothing is written from a value that was not validated: the Host is checked
+  with ``parse_host`` first.
+
+Departure (``departure_headers``, once per request sent upstream, after the
+``on_upstream_request`` hooks; ``handshake_headers`` for a WebSocket):
+
+- The route's request fields, whatever the plugins made of them, less
+  hop-by-hop fields (plugins may add some), less body framing
+  (``Content-Length``/``Transfer-Encoding``: ``frame_body`` writes the one
+  that matches the body sent), less forwarding fields: those are always the
+  ones arrival wrote, so a plugin cannot forge them.
+- Host (``with_host``, per attempt): the client's only with the route's
+  ``preserve_host`` (``outbound_copy``), otherwise the target's authority.
+- ``traceparent``/``tracestate`` (``set_trace``, per attempt): each attempt's
+  own span.
+
+Response (``response_headers``, once per upstream response): hop-by-hop
+fields from the service are dropped before plugins or the client see them.
 """
 
 from __future__ import annotations
@@ -19,9 +41,29 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from bascule_sdk import Headers
+from bascule_sdk import Context, Headers, Request
+from bascule_sdk.identity import PREFIX as IDENTITY_PREFIX
+from bascule_sdk.tracecontext import Trace
 
-__all__ = ["FORWARDING", "HOP_BY_HOP", "InvalidField", "TrustedProxies", "parse_host", "strip_hop_by_hop"]
+__all__ = [
+    "FORWARDING",
+    "HOP_BY_HOP",
+    "IDENTITY_PREFIX",
+    "InvalidField",
+    "TrustedProxies",
+    "arrival_headers",
+    "departure_headers",
+    "frame_body",
+    "handshake_headers",
+    "host_for",
+    "outbound_copy",
+    "parse_host",
+    "response_headers",
+    "set_trace",
+    "with_host",
+]
+
+Field = tuple[bytes, bytes]
 
 HOP_BY_HOP = frozenset(
     {
@@ -48,7 +90,20 @@ FORWARDING = frozenset(
         b"via",
     }
 )
-IDENTITY_PREFIX = b"x-consumer-"
+# Body framing: written for the body actually sent (``frame_body``), never copied.
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# A WebSocket handshake's own fields: wsproto writes them anew for the service (Host per attempt).
+HANDSHAKE = frozenset(
+    {
+        b"host",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+        b"sec-websocket-accept",
+    }
+)
+_NOT_DEPARTING = HOP_BY_HOP | FRAMING | FORWARDING
 VIA = "1.1 bascule"
 
 
@@ -144,13 +199,18 @@ def _check_trusted(headers: Headers) -> tuple[str, str, str, str, str]:
     return ", ".join(xff), ", ".join(protos), ", ".join(hosts), ", ".join(forwarded), ", ".join(via)
 
 
-def strip_hop_by_hop(headers: Headers) -> None:
-    """Remove hop-by-hop fields, including those listed in ``Connection``."""
-    raw = headers.raw
-    drop = HOP_BY_HOP
+def _with_connection(raw: list[Field], drop: frozenset[bytes]) -> frozenset[bytes]:
+    """``drop`` plus the fields ``raw``'s ``Connection`` lines name (RFC 9110 7.6.1)."""
     for name, value in raw:
         if name == b"connection":
             drop = drop | {t.strip().lower() for t in value.split(b",")}
+    return drop
+
+
+def _strip_hop_by_hop(headers: Headers) -> None:
+    """Remove hop-by-hop fields, including those listed in ``Connection``."""
+    raw = headers.raw
+    drop = _with_connection(raw, HOP_BY_HOP)
     if any(name in drop for name, _ in raw):
         headers.raw = [(k, v) for k, v in raw if k not in drop]
 
@@ -209,7 +269,7 @@ def arrival_headers(
     ``InvalidField`` when a trusted peer's forwarding fields are not valid
     (nothing is written then: the caller answers 400).
     """
-    strip_hop_by_hop(headers)
+    _strip_hop_by_hop(headers)
     host = headers.get("host", "")
     if host and parse_host(host) is None:
         raise InvalidField("The Host field is not a valid host.")
@@ -234,3 +294,70 @@ def arrival_headers(
     if fwd_host:
         raw.append((b"x-forwarded-host", fwd_host.encode("latin-1")))
     headers.raw = raw
+
+
+def outbound_copy(headers: Headers, preserve_host: bool) -> Headers:
+    """A copy of the client's (arrived) fields for the route to send on: its Host
+    only with ``preserve_host``, else none, so ``with_host`` writes the target's."""
+    copy = headers.copy()
+    if not preserve_host:
+        copy.remove("host")
+    return copy
+
+
+def departure_headers(ctx: Context, request: Request) -> list[Field]:
+    """The fields of ``request`` (after ``on_upstream_request``) as a service receives them,
+    less body framing (``frame_body``): hop-by-hop fields removed, the forwarding fields
+    and request id that arrival wrote for ``ctx`` (whatever a plugin set in their place)."""
+    raw = request.headers.raw
+    drop = _with_connection(raw, _NOT_DEPARTING)
+    return [(k, v) for k, v in raw if k not in drop] + [(k, v) for k, v in ctx.request.headers.raw if k in FORWARDING]
+
+
+def handshake_headers(ctx: Context, request: Request) -> list[Field]:
+    """``departure_headers`` for a WebSocket handshake, less the fields wsproto writes (``HANDSHAKE``)."""
+    return [(k, v) for k, v in departure_headers(ctx, request) if k not in HANDSHAKE]
+
+
+def frame_body(raw: list[Field], request: Request, length: str | None) -> None:
+    """Append to ``raw`` the framing of the body sent: its size for a buffered body (none
+    for an empty one, except POST/PUT/PATCH), ``length`` (the declared Content-Length) for
+    a stream that declared one, chunked otherwise."""
+    body = request.body
+    if isinstance(body, bytes):
+        if body or request.method in ("POST", "PUT", "PATCH"):
+            raw.append((b"content-length", str(len(body)).encode()))
+    elif length is not None:
+        raw.append((b"content-length", length.encode()))
+    else:
+        raw.append((b"transfer-encoding", b"chunked"))
+
+
+def host_for(raw: list[Field], authority: bytes) -> bytes:
+    """The Host a service receives: ``raw``'s own (``preserve_host`` kept it) or else
+    ``authority``, the target's."""
+    for k, v in raw:
+        if k == b"host":
+            return v
+    return authority
+
+
+def with_host(raw: list[Field], authority: bytes) -> list[Field]:
+    """``raw`` with its Host (``host_for``): as it is when it has one, else the target's first."""
+    if any(k == b"host" for k, _ in raw):
+        return raw
+    return [(b"host", authority), *raw]
+
+
+def set_trace(headers: Headers, trace: Trace, span_id: str) -> None:
+    """Write the W3C ``traceparent`` naming the attempt's span ``span_id``, and the trace's ``tracestate``."""
+    headers.set("traceparent", trace.traceparent(span_id))
+    if trace.tracestate:
+        headers.set("tracestate", trace.tracestate)
+    else:
+        headers.remove("tracestate")
+
+
+def response_headers(headers: Headers) -> None:
+    """An upstream response's fields as the gateway passes them on: hop-by-hop ones removed."""
+    _strip_hop_by_hop(headers)
