@@ -15,8 +15,15 @@ Arrival (``arrival_headers``, once per request, before any plugin runs):
 - Identity fields (``X-Consumer-*``, ``IDENTITY_PREFIX``, the SDK's) are only
   ever written by the gateway's auth plugins: a client's copies are dropped,
   on every route.
+- Request smuggling: a request framed by both Content-Length and
+  Transfer-Encoding is refused (``check_framing``), the framing decided before
+  hop-by-hop fields go.
+- Host: one valid ``uri-host [":" port]`` or none (``check_host``, grammar in
+  ``parse_host``); several differing Host lines, or an absolute-form target
+  whose authority is not a host (``absolute_form``: it replaces Host), are a
+  400, and an invalid Host is removed so that nothing downstream sees it.
 - Nothing is written from a value that was not validated: the Host is checked
-  with ``parse_host`` first.
+  first.
 
 Departure (``departure_headers``, once per request sent upstream, after the
 ``on_upstream_request`` hooks; ``handshake_headers`` for a WebSocket):
@@ -40,8 +47,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
-from bascule_sdk import Context, Headers, Request
+from bascule_sdk import Context, Headers, HTTPError, Request
 from bascule_sdk.identity import PREFIX as IDENTITY_PREFIX
 from bascule_sdk.tracecontext import Trace
 
@@ -51,7 +59,10 @@ __all__ = [
     "IDENTITY_PREFIX",
     "InvalidField",
     "TrustedProxies",
+    "absolute_form",
     "arrival_headers",
+    "check_framing",
+    "check_host",
     "departure_headers",
     "frame_body",
     "handshake_headers",
@@ -213,6 +224,60 @@ def _strip_hop_by_hop(headers: Headers) -> None:
     drop = _with_connection(raw, HOP_BY_HOP)
     if any(name in drop for name, _ in raw):
         headers.raw = [(k, v) for k, v in raw if k not in drop]
+
+
+def absolute_form(headers: Headers, target: bytes) -> tuple[bytes, HTTPError | None]:
+    """An absolute-form request target's path, its authority written as the Host
+    (RFC 9112 3.2.2), then validated by ``check_host`` as any Host; the 400 for an
+    authority with userinfo (RFC 9110 4.2.4) or no host (4.2.1), its Host removed.
+    A target in any other form is returned as it is."""
+    try:
+        absolute = urlsplit(target.decode("latin-1"))
+    except ValueError:  # an unclosed "["
+        absolute = urlsplit("")
+    if absolute.scheme not in ("http", "https"):
+        return target, None
+    error = None
+    if "@" in absolute.netloc or not absolute.netloc:
+        error = HTTPError(400, "The request target's authority is not a valid host.")
+        headers.remove("host")
+    else:
+        headers.set("host", absolute.netloc)
+    return absolute.path.encode("latin-1") or b"/", error
+
+
+def check_host(headers: Headers, http_version: str) -> HTTPError | None:
+    """The 400 for a Host that is not one valid ``uri-host [":" port]`` (RFC 9112 3.2), else None.
+
+    HTTP/2's ``:authority`` arrives as ``host`` too (hypercorn), possibly next
+    to a ``host`` field: every line must carry the same value. An invalid Host
+    is removed, so nothing downstream (plugins, logs, the upstream) sees it.
+    An empty Host is an error (RFC 9110 4.2.1), except in HTTP/1.0 where it
+    counts as absent.
+    """
+    values = headers.get_all("host")
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        headers.remove("host")
+        return HTTPError(400, "The request has more than one Host.")
+    if len(values) > 1:
+        headers.set("host", values[0])
+    if values[0] == "" and http_version == "1.0":
+        headers.remove("host")
+        return None
+    if parse_host(values[0]) is None:
+        headers.remove("host")
+        return HTTPError(400, "The Host field is not a valid host (RFC 9112 3.2).")
+    return None
+
+
+def check_framing(headers: Headers) -> HTTPError | None:
+    """The 400 (connection closed) for a request framed both by Content-Length and by
+    Transfer-Encoding, the classic smuggling vector (RFC 9112 6.1), else None."""
+    if "content-length" in headers and "transfer-encoding" in headers:
+        return HTTPError(400, "Content-Length and Transfer-Encoding together are ambiguous.", {"connection": "close"})
+    return None
 
 
 class TrustedProxies:
