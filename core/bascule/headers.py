@@ -55,6 +55,8 @@ from bascule_sdk.tracecontext import Trace
 
 __all__ = [
     "FORWARDING",
+    "FRAMING",
+    "HANDSHAKE",
     "HOP_BY_HOP",
     "IDENTITY_PREFIX",
     "InvalidField",
@@ -76,6 +78,8 @@ __all__ = [
 
 Field = tuple[bytes, bytes]
 
+# About one connection, not the request (RFC 9110 7.6.1); Proxy-Authenticate/-Authorization
+# address this proxy (RFC 9110 11.7). Never forwarded, in either direction, nor what Connection names.
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -89,6 +93,8 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
+# Written by the gateway on arrival (a trusted proxy's values extended, anyone else's dropped);
+# departure copies arrival's, whatever a plugin set.
 FORWARDING = frozenset(
     {
         b"x-forwarded-for",

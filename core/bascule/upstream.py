@@ -47,7 +47,7 @@ from .admission import Admission
 from .balancing import make_balancer
 from .config import ServiceSettings
 from .h11conn import H11Connection, Informational
-from .headers import set_trace, with_host
+from .headers import FRAMING, frame_body, set_trace, with_host
 from .health import ServiceHealth, TargetHealth
 from .retries import RetryBudget
 
@@ -188,11 +188,9 @@ class Pool:
         body = request.body
         replayable = isinstance(body, bytes)
         headers = with_host(request.headers.raw, self.host_header)
-        framed = any(k == b"content-length" or k == b"transfer-encoding" for k, _ in headers)
-        if not framed and not replayable:  # a caller that did not frame its body
-            headers = [*headers, (b"transfer-encoding", b"chunked")]
-        elif not framed and body:
-            headers = [*headers, (b"content-length", str(len(body)).encode())]  # type: ignore[arg-type]
+        if not any(k in FRAMING for k, _ in headers):  # a caller that did not frame its body
+            headers = [*headers]
+            frame_body(headers, request, None)
         method = request.method.encode()
         idle = self._idle_h11
         while True:
