@@ -1,10 +1,10 @@
-"""The Host field (RFC 9112 3.2, RFC 3986 3.2.2): one grammar, ``forwarding.parse_host``,
+"""The Host field (RFC 9112 3.2, RFC 3986 3.2.2): one grammar, ``headers.parse_host``,
 and over a real socket: an invalid Host is a 400 and nothing reaches the upstream."""
 
 import json
 
 import pytest
-from bascule.forwarding import InvalidField, arrival_headers, parse_host
+from bascule.headers import InvalidField, arrival_headers, parse_host
 from bascule.testing import parse_response, raw_exchange, start_gateway, start_upstream
 from bascule_sdk import Headers
 

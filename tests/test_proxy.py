@@ -64,6 +64,48 @@ async def test_hop_by_hop_headers_do_not_cross_the_gateway(nursery):
     assert r.headers["x-kept"] == "yes"
 
 
+class Forger(Plugin):
+    """Tries, in ``on_upstream_request``, to forge what only the gateway writes upstream."""
+
+    name = "forger"
+
+    @hookimpl
+    async def on_upstream_request(self, ctx, request):
+        for name, value in [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-port", "1"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("via", "1.1 evil"),
+            ("x-request-id", "forged"),
+            ("connection", "x-plugin-private"),
+            ("x-plugin-private", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "999"),
+        ]:
+            request.headers.set(name, value)
+        request.headers.set("x-plugin-kept", "yes")
+
+
+async def test_a_plugin_cannot_forge_forwarding_hop_by_hop_or_framing_fields(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(nursery, config(upstream.url, "[routes.plugins.forger]"), [Forger])
+    async with gw.client() as client:
+        r = await client.post("/x", content=b"body")
+    assert r.status_code == 200
+    seen = upstream.requests[0]
+    assert (seen.body, seen.headers.get_all("content-length")) == (b"body", ["4"])
+    for name in ("x-forwarded-port", "connection", "x-plugin-private", "te", "transfer-encoding"):
+        assert name not in seen.headers, name
+    assert seen.headers.get_all("x-forwarded-for") == ["127.0.0.1"]
+    assert seen.headers.get_all("x-real-ip") == ["127.0.0.1"]
+    assert seen.headers.get_all("via") == ["1.1 bascule"]
+    assert seen.headers.get_all("forwarded") == [f'for=127.0.0.1;proto=http;host="{r.request.headers["host"]}"']
+    assert seen.headers.get_all("x-request-id") == [r.headers["x-request-id"]]
+    assert seen.header("x-plugin-kept") == "yes"
+
+
 async def test_untrusted_client_cannot_spoof_forwarded_headers(nursery):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url))

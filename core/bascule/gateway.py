@@ -18,7 +18,6 @@ from email.utils import formatdate
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo, TaskState
@@ -28,7 +27,18 @@ from bascule_sdk.settings import SettingsError
 from .asgi import Receive, Scope, Send, receive_chunk, send_response, too_large
 from .config import Config, ConfigError, ConfigProblem, Route, RouteSettings, load_config
 from .configstatus import ConfigStatus
-from .forwarding import InvalidField, TrustedProxies, arrival_headers, parse_host, strip_hop_by_hop
+from .headers import (
+    InvalidField,
+    TrustedProxies,
+    absolute_form,
+    arrival_headers,
+    check_framing,
+    check_host,
+    departure_headers,
+    frame_body,
+    parse_host,
+    response_headers,
+)
 from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
 from .proxy import Proxy, ProxySettings
@@ -141,21 +151,13 @@ class Runtime:
             raise HTTPError(500, "The route names no service to forward to.")
         await pipeline.upstream_request(ctx, request)
         headers = request.headers
-        length = headers.get("content-length")
-        raw = upstream_headers(ctx, request)
-        body = request.body
-        if isinstance(body, bytes):
-            if body or request.method in ("POST", "PUT", "PATCH"):
-                raw.append((b"content-length", str(len(body)).encode()))
-        elif length is not None:
-            raw.append((b"content-length", length.encode()))
-        else:
-            raw.append((b"transfer-encoding", b"chunked"))
+        raw = departure_headers(ctx, request)
+        frame_body(raw, request, headers.get("content-length"))
         headers.raw = raw
         response, pool, seconds = await self.upstreams[name].send(request, ctx, _early_hints.get())
         ctx.upstream = pool.url
         ctx.upstream_seconds = (ctx.upstream_seconds or 0.0) + seconds
-        strip_hop_by_hop(response.headers)
+        response_headers(response.headers)
         return response
 
     async def startup(self, gateway: Gateway) -> None:
@@ -172,29 +174,6 @@ class Runtime:
         """Shut plugins down and close pools (those ``keep`` took over stay open)."""
         await self.plugins.shutdown()
         await self.upstreams.aclose(keep.upstreams if keep else None)
-
-
-_FORWARD_COPY = frozenset(
-    {
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"forwarded",
-        b"x-real-ip",
-        b"via",
-        b"x-request-id",
-    }
-)
-_REWRITTEN = _FORWARD_COPY | {b"content-length", b"transfer-encoding"}
-
-
-def upstream_headers(ctx: Context, request: Request) -> list[tuple[bytes, bytes]]:
-    """The fields of ``request`` (after ``on_upstream_request``) as a service receives them,
-    less body framing: hop-by-hop fields removed, the forwarding fields and request id
-    that arrival wrote for ``ctx`` (whatever a plugin set in their place)."""
-    strip_hop_by_hop(request.headers)
-    raw = [(k, v) for k, v in request.headers.raw if k not in _REWRITTEN]
-    return raw + [(k, v) for k, v in ctx.request.headers.raw if k in _FORWARD_COPY]  # written on arrival
 
 
 @dataclass(frozen=True, eq=False)
@@ -474,21 +453,11 @@ async def arrive(rt: Runtime, scope: Scope, receive: Receive) -> tuple[Request, 
     if _head_size(scope) > rt.max_header_size:
         # hypercorn (h11) itself only limits a head still incomplete after one 64 KiB read.
         error = HTTPError(431, f"The request head is larger than {rt.max_header_size} bytes.", {"connection": "close"})
-    if not raw_path.startswith(b"/"):  # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
-        try:
-            absolute = urlsplit(raw_path.decode("latin-1"))
-        except ValueError:  # an unclosed "["
-            absolute = urlsplit("")
-        if absolute.scheme in ("http", "https"):
-            if "@" in absolute.netloc or not absolute.netloc:  # userinfo (RFC 9110 4.2.4), no host (4.2.1)
-                error = error or HTTPError(400, "The request target's authority is not a valid host.")
-                headers.remove("host")
-            else:
-                headers.set("host", absolute.netloc)  # validated below, as any Host
-            raw_path = absolute.path.encode("latin-1") or b"/"
-    error = _check_host(headers, scope.get("http_version", "1.1")) or error
-    if error is None and "content-length" in headers and "transfer-encoding" in headers:
-        error = HTTPError(400, "Content-Length and Transfer-Encoding together are ambiguous.", {"connection": "close"})
+    if not raw_path.startswith(b"/"):
+        raw_path, target_error = absolute_form(headers, raw_path)
+        error = error or target_error
+    error = check_host(headers, scope.get("http_version", "1.1")) or error
+    error = error or check_framing(headers)
     body: Body = b""
     if error is None:
         try:  # decided before hop-by-hop fields (Transfer-Encoding) go; read once accepted
@@ -518,32 +487,6 @@ def _prefix(path: str, depth: int) -> str:
         return ""
     segments = [s for s in path.split("/") if s]
     return "/" + "/".join(segments[:depth])
-
-
-def _check_host(headers: Headers, http_version: str) -> HTTPError | None:
-    """The 400 for a Host that is not one valid ``uri-host [":" port]`` (RFC 9112 3.2), else None.
-
-    HTTP/2's ``:authority`` arrives as ``host`` too (hypercorn), possibly next
-    to a ``host`` field: every line must carry the same value. An invalid Host
-    is removed, so nothing downstream (plugins, logs, the upstream) sees it.
-    An empty Host is an error (RFC 9110 4.2.1), except in HTTP/1.0 where it
-    counts as absent.
-    """
-    values = headers.get_all("host")
-    if not values:
-        return None
-    if len(set(values)) > 1:
-        headers.remove("host")
-        return HTTPError(400, "The request has more than one Host.")
-    if len(values) > 1:
-        headers.set("host", values[0])
-    if values[0] == "" and http_version == "1.0":
-        headers.remove("host")
-        return None
-    if parse_host(values[0]) is None:
-        headers.remove("host")
-        return HTTPError(400, "The Host field is not a valid host (RFC 9112 3.2).")
-    return None
 
 
 class PendingBody:

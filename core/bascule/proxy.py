@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from bascule_sdk import Context, Plugin, Request, Response, hookimpl, setting
 
+from .headers import outbound_copy
+
 __all__ = ["Proxy", "upstream_request"]
 
 
@@ -39,7 +41,4 @@ def upstream_request(ctx: Context, strip_path: bool, preserve_host: bool) -> Req
     path = client.path
     if strip_path:
         path = path[len(ctx.matched_path) :]  # "" or "/...": the match is segment-aligned
-    headers = client.headers.copy()
-    if not preserve_host:
-        headers.remove("host")
-    return Request(client.method, path, client.query, headers, client.body)
+    return Request(client.method, path, client.query, outbound_copy(client.headers, preserve_host), client.body)

@@ -47,6 +47,7 @@ from .admission import Admission
 from .balancing import make_balancer
 from .config import ServiceSettings
 from .h11conn import H11Connection, Informational
+from .headers import FRAMING, frame_body, set_trace, with_host
 from .health import ServiceHealth, TargetHealth
 from .retries import RetryBudget
 
@@ -156,9 +157,7 @@ class Pool:
             target += b"?" + request.query.encode()
         url = httpcore.URL(scheme=self.origin.scheme, host=self.origin.host, port=self.origin.port, target=target)
         replayable = isinstance(request.body, bytes)
-        headers = request.headers.raw
-        if not any(k == b"host" for k, _ in headers):
-            headers = [(b"host", self.host_header), *headers]
+        headers = with_host(request.headers.raw, self.host_header)
         while True:
             conn, reused = await self._checkout()
             core_request = httpcore.Request(
@@ -188,19 +187,10 @@ class Pool:
             target += b"?" + request.query.encode()
         body = request.body
         replayable = isinstance(body, bytes)
-        headers = request.headers.raw
-        host = framed = False
-        for k, _ in headers:
-            if k == b"host":
-                host = True
-            elif k == b"content-length" or k == b"transfer-encoding":
-                framed = True
-        if not host:
-            headers = [(b"host", self.host_header), *headers]
-        if not framed and not replayable:  # a caller that did not frame its body
-            headers = [*headers, (b"transfer-encoding", b"chunked")]
-        elif not framed and body:
-            headers = [*headers, (b"content-length", str(len(body)).encode())]  # type: ignore[arg-type]
+        headers = with_host(request.headers.raw, self.host_header)
+        if not any(k in FRAMING for k, _ in headers):  # a caller that did not frame its body
+            headers = [*headers]
+            frame_body(headers, request, None)
         method = request.method.encode()
         idle = self._idle_h11
         while True:
@@ -509,11 +499,7 @@ class Service:
         ctx.upstream_calls.append(call)
         if (trace := ctx.trace) is not None:
             call.span_id = new_span_id()
-            request.headers.set("traceparent", trace.traceparent(call.span_id))
-            if trace.tracestate:
-                request.headers.set("tracestate", trace.tracestate)
-            else:
-                request.headers.remove("tracestate")
+            set_trace(request.headers, trace, call.span_id)
         return call
 
     def _pick(self, now: float, key: str | None, tried: Collection[Pool]) -> Pool | None:

@@ -11,7 +11,7 @@ client and hands the gateway an ASGI ``websocket`` scope. ``WebSockets.serve``:
    upgrade (ASGI's websocket denial response): problem+json with the request id.
 2. **Service.** A target chosen by the service's balancer; the request's
    fields as a proxied request's (``proxy.upstream_request``, the
-   ``on_upstream_request`` hooks, ``gateway.upstream_headers``); the client's
+   ``on_upstream_request`` hooks, ``headers.handshake_headers``); the client's
    subprotocols and its permessage-deflate offer. wsproto speaks the client
    side over a trio stream (TLS for ``https://`` targets). Targets are tried
    by ``Service.call``, the retry rule of HTTP requests: nothing is retried
@@ -71,7 +71,7 @@ from wsproto.utilities import ProtocolError
 from . import gateway as _gateway
 from .admission import Admission
 from .config import WebSocketSettings
-from .forwarding import strip_hop_by_hop
+from .headers import handshake_headers, host_for, response_headers
 from .proxy import upstream_request
 from .upstream import Pool, Service
 from .worker import WEBSOCKET_OPTIONS
@@ -89,17 +89,6 @@ _RECEIVE = 64 * 1024
 _HTTP_SCHEME = {"ws": "http", "wss": "https"}
 _GOING_AWAY, _INTERNAL_ERROR, _TOO_BIG = 1001, 1011, 1009
 _NOT_SENDABLE = frozenset({1004, 1005, 1006, 1015})  # reserved, or only ever reported locally (RFC 6455 7.4.1)
-# The client's handshake fields that wsproto writes anew for the service.
-_HANDSHAKE_FIELDS = frozenset(
-    {
-        b"host",
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-protocol",
-        b"sec-websocket-extensions",
-        b"sec-websocket-accept",
-    }
-)
 
 
 class WebSockets:
@@ -508,14 +497,14 @@ async def _connect(
     ``max_requests`` and ``max_queue`` full) or 504 (no answer within
     ``timeout``).
     """
-    host = request.headers.get("host")  # preserve_host: the client's
-    request.headers.raw = [(k, v) for k, v in _gateway.upstream_headers(ctx, request) if k not in _HANDSHAKE_FIELDS]
+    fields = request.headers.raw  # the Host in them, if preserve_host kept it
+    request.headers.raw = handshake_headers(ctx, request)
     query = f"?{request.query}" if request.query else ""
     settings = service.settings
 
     def attempt(pool: Pool) -> Awaitable[_ServiceSocket | Response]:
         handshake = Handshake(
-            host=host or pool.host_header.decode(),
+            host=host_for(fields, pool.host_header).decode("latin-1"),
             target=((pool.base_path + request.path) or "/") + query,
             extra_headers=request.headers.raw,  # the attempt's traceparent included
             subprotocols=subprotocols,
@@ -599,7 +588,7 @@ async def _answer(stream: trio.abc.Stream, ws: WSConnection, buffer_size: int, p
                 return _ServiceSocket(stream, ws, event.subprotocol, deflate, pool)
             if isinstance(event, RejectConnection):
                 headers = Headers(event.headers)
-                strip_hop_by_hop(headers)
+                response_headers(headers)
                 headers.remove("content-length")  # _deny writes the body's
                 refusal = Response(event.status_code, headers)
                 if not event.has_body:

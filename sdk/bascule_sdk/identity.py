@@ -23,6 +23,7 @@ from .http import Headers, HTTPError, Request
 
 __all__ = [
     "MULTIPLE_CREDENTIALS",
+    "PREFIX",
     "Credential",
     "header_value",
     "multiple_credentials",
@@ -31,7 +32,7 @@ __all__ = [
     "strip_identity",
 ]
 
-PREFIX = b"x-consumer-"
+PREFIX = b"x-consumer-"  # the identity headers' names; the core drops a client's on arrival
 _PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
