@@ -49,7 +49,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from bascule_sdk import Context, Headers, HTTPError, Request
+from bascule_sdk import Context, Headers, HTTPError, Request, http
 from bascule_sdk.identity import PREFIX as IDENTITY_PREFIX
 from bascule_sdk.tracecontext import Trace
 
@@ -80,19 +80,7 @@ Field = tuple[bytes, bytes]
 
 # About one connection, not the request (RFC 9110 7.6.1); Proxy-Authenticate/-Authorization
 # address this proxy (RFC 9110 11.7). Never forwarded, in either direction, nor what Connection names.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
+HOP_BY_HOP = frozenset(name.encode() for name in http.HOP_BY_HOP)
 # Written by the gateway on arrival (a trusted proxy's values extended, anyone else's dropped);
 # departure copies arrival's, whatever a plugin set.
 FORWARDING = frozenset(
@@ -170,7 +158,7 @@ def parse_host(value: str) -> tuple[str, str] | None:
 
 _PROTO = frozenset({"http", "https"})
 # RFC 7239 4: forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] ), pair = token "=" value
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = http.TOKEN
 _QUOTED = r'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _PAIR = rf"{_TOKEN}=(?:{_TOKEN}|{_QUOTED})"
 _FORWARDED_ELEMENT = re.compile(rf"(?:{_PAIR})?(?:[ \t]*;[ \t]*(?:{_PAIR})?)*")

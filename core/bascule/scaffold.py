@@ -213,9 +213,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bascule_sdk import Context, Plugin, Response, hookimpl, setting
+from bascule_sdk import TOKEN, Context, Plugin, Response, hookimpl, setting
 
-_FIELD_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # RFC 9110 field-name
+_FIELD_NAME = rf"^{TOKEN}$"  # RFC 9110 field-name
 
 
 @dataclass(frozen=True)

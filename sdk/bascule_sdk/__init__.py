@@ -7,13 +7,15 @@ See ``hookspecs`` for the phases and ``settings`` for settings models.
 
 from .context import Consumer, Context, Gateway, Phase, RouteInfo, TaskState, UpstreamCall
 from .hookspecs import hookimpl, hookspec
-from .http import Headers, HTTPError, Request, Response
+from .http import HOP_BY_HOP, TOKEN, Headers, HTTPError, Request, Response
 from .plugin import NoSettings, Plugin
 from .settings import ByteSize, Duration, Secret, SettingsError, secret_bytes, setting
 from .websocket import DROP, WebSocketClose, WebSocketMessage
 
 __all__ = [
     "DROP",
+    "HOP_BY_HOP",
+    "TOKEN",
     "ByteSize",
     "Consumer",
     "Context",

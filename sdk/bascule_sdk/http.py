@@ -13,9 +13,40 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, overload
 
-__all__ = ["Body", "ClientDisconnected", "HTTPError", "Headers", "Request", "Response", "problem_body"]
+__all__ = [
+    "HOP_BY_HOP",
+    "TOKEN",
+    "Body",
+    "ClientDisconnected",
+    "HTTPError",
+    "Headers",
+    "Request",
+    "Response",
+    "problem_body",
+]
 
 Body = bytes | AsyncIterable[bytes]
+
+#: An RFC 9110 token (5.6.2): a field name, a method, an auth-scheme; a regular-expression
+#: fragment, anchored where it is used (``rf"^{TOKEN}$"``).
+TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+
+#: Hop-by-hop fields, lower case: they describe one connection (RFC 9110 7.6.1; Proxy-Authenticate
+#: and Proxy-Authorization address the proxy, 11.7), so a proxy never forwards them, nor the fields
+#: ``Connection`` names, and a cache never stores them (RFC 9111 3.1).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
 
 
 def _b(value: str | bytes) -> bytes:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bascule_sdk import ByteSize, Duration, setting
+from bascule_sdk import TOKEN, ByteSize, Duration, setting
 
 from .template import CLIENT_SOURCES, Ref, Template
 
@@ -14,7 +14,7 @@ __all__ = ["MAX_DEPTH_LIMIT", "AggregateSettings", "Backend"]
 
 MAX_DEPTH_LIMIT = 256  # the most nesting max_depth may allow (shaping recurses per level)
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")  # RFC 3986 path characters
-_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # RFC 9110 field-name
+_TOKEN = rf"^{TOKEN}$"  # RFC 9110 field-name
 _DOTTED = r"^[^.]+(\.[^.]+)*$"  # a field path: "data.ride"
 _NAME = rf"^(?!({'|'.join(CLIENT_SOURCES)})$)[A-Za-z_][A-Za-z0-9_]*$"  # placeholders name it: {name.field}
 _NO_CONTROLS = r"^[^\r\n\x00]*$"

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from bascule_sdk import Headers, HTTPError, Response
+from bascule_sdk import HOP_BY_HOP, Headers, HTTPError, Response
 
 from .control import (
     HEURISTIC_STATUSES,
@@ -41,16 +41,8 @@ _KEEP_ON_MERGE = frozenset({b"content-length", b"transfer-encoding", b"x-cache-s
 # Never stored (RFC 9111 section 3.1): connection-specific fields, and what only
 # concerns the one exchange or the one user.
 _NOT_STORED = (
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
+    *HOP_BY_HOP,
     "proxy-authentication-info",
-    "proxy-authorization",
     "age",
     "x-cache-status",
     "set-cookie",

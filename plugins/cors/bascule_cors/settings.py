@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bascule_sdk import Duration, setting
+from bascule_sdk import TOKEN, Duration, setting
 
 __all__ = ["CORSSettings"]
 
 # "*", "null" or scheme://host[:port], host possibly "*.example.com", in any case, trailing "/" allowed.
 _ORIGIN = r"^(\*|[Nn][Uu][Ll][Ll]|[A-Za-z][A-Za-z0-9+.-]*://(\*\.)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?)/*$"
-_TOKEN = r"^(\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)$"  # an RFC 9110 token (a method, a field name) or "*"
+_TOKEN = rf"^(\*|{TOKEN})$"  # an RFC 9110 token (a method, a field name) or "*"
 
 
 @dataclass(frozen=True)

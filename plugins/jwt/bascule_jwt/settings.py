@@ -6,13 +6,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bascule_sdk import ByteSize, Duration, Secret, setting
+from bascule_sdk import TOKEN, ByteSize, Duration, Secret, setting
 
 from .keys import ALGORITHMS, VerificationKey, key_from_jwk, key_from_pem, key_from_secret
 
 __all__ = ["Credentials", "JwksConfig", "KeyConfig", "Settings"]
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (a header or scheme name)
+_TOKEN = re.compile(rf"^{TOKEN}$")  # RFC 9110 token (a header or scheme name)
 _NAME = f"{_TOKEN.pattern}|^$"  # a token, or '' (off)
 _NO_QUOTES = r'^[^"\\]*$'  # a quoted-string's content, as we write it: no quote, no backslash
 _SCOPE = r'^[^ "\\]+$'  # RFC 6749 §3.3 scope-token

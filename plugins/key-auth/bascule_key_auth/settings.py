@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bascule_sdk import ByteSize, setting
+from bascule_sdk import TOKEN, ByteSize, setting
 
 __all__ = ["Credentials", "Settings", "parse_hashed_key"]
 
-_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # RFC 9110 token: a header name, an auth-scheme
+_TOKEN = rf"^{TOKEN}$"  # RFC 9110 token: a header name, an auth-scheme
 _NO_QUOTES = r'^[^"\\]*$'  # a quoted-string's content, as we write it: no quote, no backslash
 _HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 

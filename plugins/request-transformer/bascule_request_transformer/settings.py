@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bascule_sdk import setting
+from bascule_sdk import TOKEN, setting
 
 from .template import Template
 
 __all__ = ["FieldRules", "TransformerSettings"]
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
+_TOKEN = re.compile(rf"^{TOKEN}$")  # RFC 9110 field-name
 
 
 @dataclass(frozen=True)
