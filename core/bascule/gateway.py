@@ -327,28 +327,15 @@ class Gateway:
                 rt.idle.set()
 
     async def _handle_http(self, rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        try:
-            request, request_id, client_ip, error = await arrive(rt, scope, receive)
-        except ClientDisconnected:
+        begun = await begin(rt, scope, receive)
+        if begun is None:
             return
-        route, params, matched = None, dict[str, str](), ""
-        if error is None:
-            route, params, matched, error = match_route(rt, request)
-        ctx = Context(
-            request,
-            request_id=request_id,
-            route=route.info if route else NO_ROUTE,
-            path_params=params,
-            matched_path=matched,
-            client_ip=client_ip,
-            started=started,
-            forward=route.forward if route else None,
-        )
+        ctx, route, error = begun
+        request = ctx.request
         pipeline = route.pipeline if route else rt.fallback
         if error is not None:
             ctx.error = error.detail
-            response = await pipeline.finish(ctx, error.to_response(request_id))
+            response = await pipeline.finish(ctx, error.to_response(ctx.request_id))
         else:
             try:
                 _early_hints.set(_EarlyHints(send) if _EARLY_HINT in (scope.get("extensions") or ()) else None)
@@ -408,6 +395,34 @@ class _EarlyHints:
 
 # The early hints of the request that the current task serves (None: not offered).
 _early_hints: ContextVar[_EarlyHints | None] = ContextVar("bascule_early_hints", default=None)
+
+
+async def begin(
+    rt: Runtime, scope: Scope, receive: Receive
+) -> tuple[Context, CompiledRoute | None, HTTPError | None] | None:
+    """What every exchange starts with, HTTP request or WebSocket handshake (``bascule.websocket``):
+    ``arrive``, ``match_route`` and the request's ``Context``, timed from now. Returns the context, the
+    route (None when none matched) and the error that answers the request, if any; None when the
+    client left before its request head was read (nothing to answer, nothing to log)."""
+    started = time.perf_counter()
+    try:
+        request, request_id, client_ip, error = await arrive(rt, scope, receive)
+    except ClientDisconnected:
+        return None
+    route, params, matched = None, dict[str, str](), ""
+    if error is None:
+        route, params, matched, error = match_route(rt, request)
+    ctx = Context(
+        request,
+        request_id=request_id,
+        route=route.info if route else NO_ROUTE,
+        path_params=params,
+        matched_path=matched,
+        client_ip=client_ip,
+        started=started,
+        forward=route.forward if route else None,
+    )
+    return ctx, route, error
 
 
 def match_route(rt: Runtime, request: Request) -> tuple[CompiledRoute | None, dict[str, str], str, HTTPError | None]:

@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import httpcore
 import trio
 from bascule_sdk import DROP, Context, Headers, HTTPError, Request, Response, WebSocketClose, WebSocketMessage
-from bascule_sdk.http import ClientDisconnected
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState as WebSocketState
 from wsproto.events import (
@@ -116,32 +115,19 @@ class WebSockets:
 
     async def serve(self, gateway: Gateway, rt: Runtime, scope: dict, receive: Callable, send: Callable) -> None:
         """Serve one ASGI ``websocket`` scope on runtime ``rt``."""
-        started = time.perf_counter()
         if (await receive())["type"] != "websocket.connect":
             return
         # The handshake as the HTTP request it is: a GET (RFC 8441's CONNECT too), http(s) (ASGI says ws(s)).
         http = {**scope, "method": "GET", "scheme": _HTTP_SCHEME.get(scope.get("scheme", "ws"), "http")}
-        try:
-            request, request_id, client_ip, error = await _gateway.arrive(rt, http, receive)
-        except ClientDisconnected:
+        begun = await _gateway.begin(rt, http, receive)
+        if begun is None:
             return
+        ctx, route, error = begun
+        request, request_id = ctx.request, ctx.request_id
         request.body = b""
-        route, params, matched = None, dict[str, str](), ""
-        if error is None:
-            route, params, matched, error = _gateway.match_route(rt, request)
         settings = route.settings if route else None
         if error is None and (settings is None or settings.websocket is None):
             error = HTTPError(403, f"The route {route.info.name if route else ''!r} does not accept WebSockets.")
-        ctx = Context(
-            request,
-            request_id=request_id,
-            route=route.info if route else _gateway.NO_ROUTE,
-            path_params=params,
-            matched_path=matched,
-            client_ip=client_ip,
-            started=started,
-            forward=route.forward if route else None,
-        )
         ctx.tags["websocket"] = {}  # a WebSocket handshake; the socket's facts once it closed
         pipeline = route.pipeline if route else rt.fallback
         if error is not None:
