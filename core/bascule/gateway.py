@@ -165,7 +165,7 @@ class Runtime:
         when it is started for a reload, before it is swapped in."""
 
         def view(plugin: Plugin) -> PluginGateway:
-            return PluginGateway(self.config.consumers, gateway.shared, plugin.instance, gateway.supervisor, gateway)
+            return PluginGateway(self.config.consumers, plugin.instance, gateway)
 
         await self.plugins.startup(view)
         self.upstreams.start(gateway.start_soon)  # active health checks; kept services go on
@@ -182,16 +182,18 @@ class PluginGateway:
     the tasks it starts are tagged with its instance name."""
 
     consumers: Mapping[str, Consumer]
-    shared: dict[str, Any]
     plugin: str
-    supervisor: Supervisor
     gateway: Gateway
 
+    @property
+    def shared(self) -> dict[str, Any]:
+        return self.gateway.shared
+
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
-        self.supervisor.start_soon(fn, *args, name=name, plugin=self.plugin)
+        self.gateway.supervisor.start_soon(fn, *args, name=name, plugin=self.plugin)
 
     def tasks(self) -> Sequence[TaskState]:
-        return self.supervisor.states()
+        return self.gateway.supervisor.states()
 
     def connection_errors(self) -> int:
         return contained_errors()

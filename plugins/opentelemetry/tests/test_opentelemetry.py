@@ -38,6 +38,18 @@ def otel(endpoint: str, extra: str = "") -> str:
     """
 
 
+def api_route(url: str) -> str:
+    """Service ``api`` at ``url`` and route ``/api`` to it."""
+    return f"""
+        [services.api]
+        targets = ["{url}"]
+        [[routes]]
+        name = "api"
+        paths = ["/api"]
+        service = "api"
+    """
+
+
 def sent_span(received: Received) -> tuple[str, str, str]:
     _, trace_id, span_id, flags = (received.header("traceparent") or "").split("-")
     return trace_id, span_id, flags
@@ -176,15 +188,7 @@ async def test_sampling_is_parent_based_on_a_ratio(nursery, collector):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(
         nursery,
-        otel(collector.endpoint, "sample_ratio = 0.0")
-        + f"""
-        [services.api]
-        targets = ["{upstream.url}"]
-        [[routes]]
-        name = "api"
-        paths = ["/api"]
-        service = "api"
-        """,
+        otel(collector.endpoint, "sample_ratio = 0.0") + api_route(upstream.url),
     )
     unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
     async with gw.client() as client:
@@ -201,15 +205,7 @@ async def test_untrusted_trace_context_is_not_continued(nursery, collector):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(
         nursery,
-        otel(collector.endpoint, "continue_trace = false")
-        + f"""
-        [services.api]
-        targets = ["{upstream.url}"]
-        [[routes]]
-        name = "api"
-        paths = ["/api"]
-        service = "api"
-        """,
+        otel(collector.endpoint, "continue_trace = false") + api_route(upstream.url),
     )
     async with gw.client() as client:
         await client.get("/api/x", headers={"traceparent": INCOMING, "tracestate": "congo=t61"})
@@ -227,15 +223,7 @@ async def test_a_stopped_collector_costs_requests_nothing_and_is_logged_once(nur
     collector.upstream.stop.set()  # the collector is down: its port refuses connections
     gw = await start_gateway(
         nursery,
-        otel(endpoint, 'export_timeout = "200ms"\nretry_interval = "50ms"')
-        + f"""
-        [services.api]
-        targets = ["{upstream.url}"]
-        [[routes]]
-        name = "api"
-        paths = ["/api"]
-        service = "api"
-        """,
+        otel(endpoint, 'export_timeout = "200ms"\nretry_interval = "50ms"') + api_route(upstream.url),
     )
     caplog.set_level(logging.INFO, logger="bascule.opentelemetry")
     async with gw.client() as client:
