@@ -3,6 +3,10 @@
 Each decision is one Lua script (EVALSHA), atomic on the server, with the time
 read from the Redis server (``TIME``), never from a gateway's clock. Every key
 of one request shares a hash tag, so the script also suits a cluster slot.
+The decisions that requests ask for while one round trip is under way leave
+together in the next, as one pipeline: every request still waits for its own
+answer from Redis, and a busy gateway pays one round trip per batch, not per
+request (about a quarter of the client's CPU time per decision at 25 a batch).
 Each call is bounded by ``timeout``; a failure raises ``BackendError`` and the
 plugin applies ``on_error``. The client reconnects by itself once Redis is
 back (and reloads the script if Redis lost it). The URL may name a Sentinel
@@ -100,13 +104,35 @@ class BackendError(Exception):
     """The backend could not decide (unreachable, too slow, or failed)."""
 
 
+class _Call:
+    """One decision waiting for its batch: the script's keys and arguments, then its answer."""
+
+    __slots__ = ("keys", "args", "done", "answer", "error")
+
+    def __init__(self, keys: list[str], args: list[Any]) -> None:
+        self.keys = keys
+        self.args = args
+        self.done = trio.Event()
+        self.answer: list[Any] | None = None
+        self.error: str | None = None
+
+    def settle(self, answer: Any) -> None:
+        if isinstance(answer, BaseException):
+            self.error = f"{type(answer).__name__}: {answer}"
+        else:
+            self.answer = answer
+        self.done.set()
+
+
 class RedisBackend:
-    """Decisions on a Redis server through one coredis client (multiplexed)."""
+    """Decisions on a Redis server through one coredis client, batched (see the module)."""
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
         self.timeout = timeout
-        self._script: Any = None
+        self._running = False
+        self._pending: list[_Call] = []
+        self._wake = trio.Event()  # set when ``_pending`` gets its first call
         self._closed = trio.Event()
 
     async def open(self, start_soon: Callable[..., Any]) -> None:
@@ -122,39 +148,93 @@ class RedisBackend:
     async def _hold(self, ready: trio.Event) -> None:
         try:
             async with open_redis(self.url, timeout=self.timeout) as client:  # coredis' pool lives in this block
-                self._script = client.register_script(SCRIPT)
+                script = client.register_script(SCRIPT)
                 with trio.move_on_after(self.timeout):
                     try:  # load the script now rather than on the first requests; Redis may be down
                         await client.script_load(SCRIPT)
                     except coredis.exceptions.RedisError:
                         pass
+                self._running = True
                 ready.set()
-                await self._closed.wait()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_batches, client, script)
+                    await self._closed.wait()
+                    nursery.cancel_scope.cancel()
         except Exception:
             log.exception("rate-limit: cannot start the Redis client for %s", safe_url(self.url))
         finally:
-            self._script = None
+            self._running = False
+            for call in self._pending:
+                call.settle(BackendError("the Redis client stopped"))
+            self._pending = []
             ready.set()
+
+    async def _send_batches(self, client: Any, script: Any) -> None:
+        """Send what is pending as one pipeline, wait for its answers, and again."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            batch, self._pending = self._pending, []
+            await self._send(client, script, batch)
+
+    async def _send(self, client: Any, script: Any, batch: list[_Call]) -> None:
+        """One pipeline of ``batch``'s scripts; each call gets its answer or error. The calls it
+        could not decide go alone, as coredis routes and recovers single commands: all of them
+        when the pipeline failed (a node down, a cluster failover: the slot map is refreshed
+        there only), those that met a Redis that lost the script (restarted, flushed)."""
+        answers: list[Any] = [None] * len(batch)  # None: undecided
+        with trio.move_on_after(self.timeout) as waited:
+            try:
+                async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+                    sent = [pipe.evalsha(script.sha, keys=call.keys, args=call.args) for call in batch]
+                for i, request in enumerate(sent):
+                    try:
+                        answers[i] = await request
+                    except coredis.exceptions.NoScriptError:
+                        pass
+                    except coredis.exceptions.RedisError as e:
+                        answers[i] = e
+            except Exception:
+                pass
+        if waited.cancelled_caught:  # Redis does not answer: each call's own timeout answers it
+            return
+        async with trio.open_nursery() as nursery:
+            for call, answer in zip(batch, answers, strict=True):
+                if answer is None:
+                    nursery.start_soon(self._send_alone, script, call)
+                else:
+                    call.settle(answer)
+
+    async def _send_alone(self, script: Any, call: _Call) -> None:
+        """``call`` as a command of its own (coredis loads a missing script and retries)."""
+        with trio.move_on_after(self.timeout):
+            try:
+                call.settle(await script(keys=call.keys, args=call.args))
+            except Exception as e:
+                call.settle(e)
+
+    def _queue(self, call: _Call) -> None:
+        if not self._pending:
+            self._wake.set()
+        self._pending.append(call)
 
     async def aclose(self) -> None:
         self._closed.set()
 
     async def decide(self, keys: Sequence[str], policies: Sequence[Policy]) -> Decision:
         """Check and consume on Redis; raise ``BackendError`` on any failure or timeout."""
-        script = self._script
-        if script is None:
+        if not self._running:
             raise BackendError("the Redis client is not running")
         args: list[Any] = []
         for p in policies:
             args += [p.algorithm, p.limit, int(p.window * 1_000_000), p.burst]
-        raw = None
-        try:
-            with trio.move_on_after(self.timeout):
-                raw = await script(keys=list(keys), args=args)
-        except Exception as e:
-            raise BackendError(f"{type(e).__name__}: {e}") from e
+        call = _Call(list(keys), args)
+        self._queue(call)
+        with trio.move_on_after(self.timeout):
+            await call.done.wait()
+        raw = call.answer
         if raw is None:
-            raise BackendError(f"no answer within {self.timeout * 1000:g} ms")
+            raise BackendError(call.error or f"no answer within {self.timeout * 1000:g} ms")
         outcomes = tuple(
             Outcome(p, bool(raw[i]), int(raw[i + 1]), raw[i + 2] / 1000, raw[i + 3] / 1000)
             for p, i in zip(policies, range(1, len(raw), 4), strict=True)

@@ -223,3 +223,26 @@ async def test_a_gateway_starts_while_redis_is_down(nursery):
         with redis:
             assert [(await client.get("/closed")).status_code for _ in range(2)] == [200, 429]
     assert len(upstream.requests) == 1
+
+
+async def test_concurrent_decisions_survive_a_redis_that_lost_the_script(nursery, redis):
+    """Decisions leave in batches (one pipeline per round trip); a Redis that lost the script
+    (SCRIPT FLUSH, a restart) gets it again and the batch that met NOSCRIPT is decided, exactly."""
+    from bascule.testing import redis_command
+
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(
+        nursery,
+        f"""
+        [services.api]
+        targets = ["{upstream.url}"]
+        {route("api", "limit = 30", 'window = "1h"', f'redis_url = "{redis.url}"', 'redis_timeout = "5s"')}
+    """,
+        plugins=[RateLimit],
+    )
+    async with gw.client() as client:
+        assert (await client.get("/api")).status_code == 200
+        assert redis_command(redis.port, "SCRIPT", "FLUSH") == "OK"
+        codes = await fire([client], "/api", 40)
+    assert sorted(codes) == [200] * 29 + [429] * 11
+    assert len(upstream.requests) == 30
