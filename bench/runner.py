@@ -613,12 +613,12 @@ def matcher_costs(counts: Iterable[int]) -> dict[str, float]:
     the matcher alone, free of the server's cost and of other load's noise."""
     import timeit
 
-    from bascule.routing import RoutePattern, Router
+    from bascule.routing import Router, RouterEntry
 
     timers = {}
     for n in counts:
         router = Router(
-            [RoutePattern(path, i, order=i) for i in range(n) for path in (f"/svc{i}/items/{{id}}", f"/svc{i}/static")]
+            [RouterEntry(path, i, order=i) for i in range(n) for path in (f"/svc{i}/items/{{id}}", f"/svc{i}/static")]
         )
         path = f"/svc{n - 1}/items/42"
         assert router.match("GET", path).target == n - 1

@@ -263,8 +263,8 @@ async def test_a_plugin_may_replace_the_response(nursery, phase):
 
 def test_a_sync_hook_is_rejected_at_load():
     from bascule import ConfigError, parse_config
-    from bascule.gateway import Runtime
     from bascule.registry import discover
+    from bascule.runtime import check_config
 
     class Sync(Plugin):
         name = "sync"
@@ -283,7 +283,8 @@ def test_a_sync_hook_is_rejected_at_load():
         [routes.plugins.sync]
     """
     with pytest.raises(ConfigError, match=r"plugin 'sync' \(.*Sync\): hook on_request must be 'async def'"):
-        Runtime(parse_config(config, "plugins.toml", discover([Sync], entry_points=False)))
+        available = discover([Sync], entry_points=False)
+        check_config(parse_config(config, "plugins.toml", available), available)
 
 
 async def test_unmatched_requests_still_meet_global_plugins(nursery):

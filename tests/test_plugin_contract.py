@@ -121,7 +121,7 @@ def test_the_hook_table_lists_every_hookspec_and_the_pipeline_runs_its_per_route
 
 
 class Everything(Plugin):
-    """Implements every hook, in reverse order: ``Available.hooks`` lists them in the table's."""
+    """Implements every hook, in reverse order: ``InstalledPlugin.hooks`` lists them in the table's."""
 
     name = "everything"
 

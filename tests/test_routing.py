@@ -1,8 +1,8 @@
-from bascule.routing import RoutePattern, Router
+from bascule.routing import Router, RouterEntry
 
 
 def router(*specs):
-    return Router([RoutePattern(order=i, **spec) for i, spec in enumerate(specs)])
+    return Router([RouterEntry(order=i, **spec) for i, spec in enumerate(specs)])
 
 
 def target(r, method, path, host=""):

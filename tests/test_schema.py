@@ -25,8 +25,8 @@ from bascule.config import (
     compile_config,
     parse_config,
 )
-from bascule.gateway import Runtime
 from bascule.registry import discover
+from bascule.runtime import check_config
 from bascule.schema import config_schema, type_label
 from bascule_sdk import ByteSize, Duration, Plugin, Secret, hookimpl, setting
 from bascule_sdk.settings import (
@@ -396,7 +396,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
 def test_the_schema_and_validate_accept_and_reject_the_same_configs(config):
     available = discover([BoundedPlugin], entry_points=False)
     try:
-        Runtime(compile_config(config, "plugins.toml", available))
+        check_config(compile_config(config, "plugins.toml", available), available)
         errors = []
     except ConfigError as e:
         errors = e.lines
@@ -591,7 +591,7 @@ def test_every_bundled_settings_model_is_drawn():
 @pytest.mark.parametrize("part", PARTS, ids=lambda p: "/".join(map(str, (p.plugin, *p.path))))
 def test_the_table_each_bundled_part_is_drawn_from_is_valid(part):
     available = discover()
-    Runtime(compile_config(part_config(part, part.base), "plugins.toml", available))
+    check_config(compile_config(part_config(part, part.base), "plugins.toml", available), available)
 
 
 def violations(tp: Any, meta: Mapping[str, Any]) -> list[tuple[Any, str]]:
@@ -641,7 +641,7 @@ def test_a_value_breaking_a_declared_rule_of_a_bundled_plugin_is_refused_by_both
     available = discover()
     config = part_config(part, part.base | {key: value})
     with pytest.raises(ConfigError) as e:
-        Runtime(compile_config(config, "plugins.toml", available))
+        check_config(compile_config(config, "plugins.toml", available), available)
     (line,) = e.value.lines
     assert f".{key}" in line or f"{key}" in line.split(": ")[2], line
     assert message in line, line
@@ -684,7 +684,7 @@ def test_the_schema_and_validate_agree_on_the_bundled_plugins(drawn):
     available = discover()
     config = part_config(part, table)
     try:
-        Runtime(compile_config(config, "plugins.toml", available))
+        check_config(compile_config(config, "plugins.toml", available), available)
         errors = []
     except ConfigError as e:
         errors = e.lines

@@ -43,8 +43,9 @@ from .asgi import Receive, Scope, Send, accept_lifespan, read_body, send_respons
 from .config import Config
 from .configstatus import iso
 from .dashboard import dashboard_page
-from .gateway import Gateway, Runtime
-from .registry import Available
+from .gateway import Gateway
+from .registry import InstalledPlugin
+from .runtime import Runtime
 
 if TYPE_CHECKING:
     from .fleet import FleetAgent
@@ -85,7 +86,7 @@ def describe_routes(config: Config) -> list[dict[str, Any]]:
     ]
 
 
-def describe_plugins(available: Mapping[str, Available]) -> list[dict[str, Any]]:
+def describe_plugins(available: Mapping[str, InstalledPlugin]) -> list[dict[str, Any]]:
     """Installed plugins: name, version, distribution, hooks implemented."""
     return [
         {
@@ -136,7 +137,7 @@ class Admin:
         self,
         gateway: Gateway,
         path: str | Path,
-        available: Mapping[str, Available],
+        available: Mapping[str, InstalledPlugin],
         *,
         signal_supervisor: bool = False,
         fleet: FleetAgent | None = None,

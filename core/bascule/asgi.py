@@ -1,25 +1,33 @@
 """The ASGI plumbing shared by the gateway's apps (gateway, admin listener, test upstreams):
-typed ``Scope``/``Receive``/``Send``, sending a ``Response``, reading a request body."""
+typed ``Scope``/``Receive``/``Send``, sending a ``Response``, reading a request body, passing
+an upstream's early hints on."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from bascule_sdk import HTTPError, Response
 from bascule_sdk.http import ClientDisconnected, iterate
 
 __all__ = [
+    "EARLY_HINT",
+    "EarlyHints",
     "Message",
     "Receive",
     "Scope",
     "Send",
     "accept_lifespan",
+    "early_hints",
     "read_body",
     "receive_chunk",
     "send_response",
     "too_large",
 ]
+
+log = logging.getLogger("bascule")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -90,3 +98,32 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+EARLY_HINT = "http.response.early_hint"
+
+
+class EarlyHints:
+    """Passes an upstream's ``103 Early Hints`` on to the client (its ``Link``
+    fields: all that hypercorn's ``http.response.early_hint`` extension sends)
+    until the final response starts. Other 1xx responses (100 Continue) stop
+    here. Set per request only when the server offers the extension: hypercorn
+    0.18 does for HTTP/2 and HTTP/3, not HTTP/1.x."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Send) -> None:
+        self.send: Send | None = send
+
+    async def __call__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        links = [v for k, v in headers if k == b"link"] if status == 103 else None
+        if links and self.send is not None:
+            try:
+                await self.send({"type": EARLY_HINT, "links": links})
+            except Exception:  # a hint is optional: never fail the request over it
+                log.debug("could not send early hints", exc_info=True)
+
+
+#: The early hints of the request that the current task serves (None: not offered): set by the
+#: gateway per request (``bascule.gateway``), passed upstream by a route's forward (``bascule.runtime``).
+early_hints: ContextVar[EarlyHints | None] = ContextVar("bascule_early_hints", default=None)

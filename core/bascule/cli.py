@@ -23,7 +23,6 @@ bascule fleet status --store URL [--format text|json]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -34,11 +33,11 @@ from typing import Any
 from bascule_sdk.redis import safe_url
 
 from .admin import describe_plugins, describe_routes
-from .config import Config, ConfigError, load_config
+from .config import ConfigError
 from .configstore import KEEP, StoreUnavailable, Version, check_store_url, open_store
 from .fleet import FleetSettings, default_state_dir, describe_fleet
-from .gateway import Runtime
 from .registry import discover
+from .runtime import check_config
 
 DEFAULT_CONFIG = "plugins.toml"
 
@@ -119,8 +118,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "validate":
         return _validate(args.file, offline=args.offline, as_json=args.format == "json")
     try:
-        config = load_config(args.config, discover())
-        Runtime(config)
+        config = check_config(args.config, discover())
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -139,8 +137,7 @@ def _main(argv: list[str] | None) -> int:
 def _validate(path: str, *, offline: bool, as_json: bool) -> int:
     """``bascule validate``: exit 0 when valid, 1 with every problem."""
     try:
-        config = load_config(path, discover(), offline=offline)
-        Runtime(_checkable(config))
+        config = check_config(path, discover(), offline=offline)
     except ConfigError as e:
         if as_json:
             print(json.dumps({"file": path, "valid": False, "errors": [p.as_dict() for p in e.problems]}, indent=2))
@@ -168,22 +165,6 @@ def _validate(path: str, *, offline: bool, as_json: bool) -> int:
 def _count(n: int, noun: str) -> str:
     """``"1 route"``, ``"2 routes"``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _checkable(config: Config) -> Config:
-    """``config`` without the routes whose plugins' checks needed a secret ``--offline`` did not read.
-
-    Their settings were built unchecked, so their plugins are not instantiated.
-    """
-    skipped = {p.where for p in config.unchecked}
-    if not skipped:
-        return config
-    routes = tuple(
-        r
-        for r in config.routes
-        if f'route "{r.name}"' not in skipped and not any(f"plugins.{s.instance}" in skipped for s in r.plugins)
-    )
-    return dataclasses.replace(config, routes=routes)
 
 
 def _fleet_parsers(sub: Any) -> None:
@@ -327,7 +308,7 @@ def _schema(config: str | None, output: str | None) -> int:
     available = discover()
     if config is not None:
         try:
-            Runtime(load_config(config, available))
+            check_config(config, available)
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 1

@@ -41,17 +41,17 @@ from bascule_sdk.settings import (
     setting,
 )
 
-from .registry import Available, not_installed_message
-from .routing import RoutePattern
+from .registry import InstalledPlugin, not_installed_message
+from .routing import RouterEntry
 
 __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "ConfiguredPlugin",
+    "ConfiguredRoute",
     "ConsumerSettings",
     "GatewaySettings",
-    "PluginSpec",
-    "Route",
     "RouteSettings",
     "ServiceSettings",
     "compile_config",
@@ -307,20 +307,24 @@ SECTIONS = ("consumers", "gateway", "plugins", "routes", "services")
 
 
 @dataclass(frozen=True)
-class PluginSpec:
-    """One plugin instance: which plugin, its validated settings, its priority."""
+class ConfiguredPlugin:
+    """One plugin instance as configured: which installed plugin, its validated settings, its
+    priority (``runtime.Runtime`` makes the instance)."""
 
     instance: str
-    plugin: Available
+    plugin: InstalledPlugin
     settings: Any
     priority: int
     key: str  # identity: equal keys share one instance across routes
 
 
 @dataclass(frozen=True)
-class Route:
+class ConfiguredRoute:
+    """One ``[[routes]]`` table, validated: its settings and its plugins (compiled into a
+    ``runtime.CompiledRoute``)."""
+
     settings: RouteSettings
-    plugins: tuple[PluginSpec, ...]  # highest priority first
+    plugins: tuple[ConfiguredPlugin, ...]  # highest priority first
 
     @property
     def name(self) -> str:
@@ -334,9 +338,9 @@ class Config:
     path: str
     gateway: GatewaySettings
     services: Mapping[str, ServiceSettings]
-    routes: tuple[Route, ...]
+    routes: tuple[ConfiguredRoute, ...]
     consumers: Mapping[str, Consumer]
-    available: Mapping[str, Available]
+    available: Mapping[str, InstalledPlugin]
     global_plugins: tuple[str, ...]
     #: Offline (``offline=True``): the checks skipped because they need a secret's value.
     unchecked: tuple[ConfigProblem, ...] = ()
@@ -344,7 +348,7 @@ class Config:
     sha256: str = ""
 
 
-def load_config(path: str | Path, available: Mapping[str, Available], *, offline: bool = False) -> Config:
+def load_config(path: str | Path, available: Mapping[str, InstalledPlugin], *, offline: bool = False) -> Config:
     """Read and validate ``path``; raise ``ConfigError`` naming every problem.
 
     ``offline``: ``env:``/``file:`` secrets are not read, only their syntax is
@@ -364,7 +368,9 @@ def load_config(path: str | Path, available: Mapping[str, Available], *, offline
     return dataclasses.replace(config, sha256=hashlib.sha256(data).hexdigest())
 
 
-def parse_config(text: str, filename: str, available: Mapping[str, Available], *, offline: bool = False) -> Config:
+def parse_config(
+    text: str, filename: str, available: Mapping[str, InstalledPlugin], *, offline: bool = False
+) -> Config:
     """Validate TOML ``text`` (``filename`` is only used in messages)."""
     try:
         data = tomllib.loads(text)
@@ -389,7 +395,7 @@ def _syntax_error(text: str, filename: str, message: str) -> ConfigProblem:
 
 
 def compile_config(
-    data: dict[str, Any], filename: str, available: Mapping[str, Available], *, offline: bool = False
+    data: dict[str, Any], filename: str, available: Mapping[str, InstalledPlugin], *, offline: bool = False
 ) -> Config:
     """Validate already-parsed TOML ``data`` (as ``tomllib`` returns it)."""
     if not offline:
@@ -433,11 +439,13 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
 
 
 class _Compiler:
-    def __init__(self, filename: str, available: Mapping[str, Available], skipped: list[Problem] | None = None) -> None:
+    def __init__(
+        self, filename: str, available: Mapping[str, InstalledPlugin], skipped: list[Problem] | None = None
+    ) -> None:
         self.filename = filename
         self.available = available
         self.errors: list[ConfigProblem] = []
-        self.specs: dict[str, PluginSpec] = {}
+        self.configured: dict[str, ConfiguredPlugin] = {}
         self.skipped = skipped  # offline: where offline_secrets() notes the checks it skips
         self.unchecked: list[ConfigProblem] = []
 
@@ -520,7 +528,7 @@ class _Compiler:
             if not isinstance(table, Mapping):
                 self.error(where, "", f"expected a table, got {describe(table)}")
                 continue
-            self._spec(where, name, table)
+            self._configure(where, name, table)
             result[name] = table
         return result
 
@@ -530,11 +538,11 @@ class _Compiler:
             creds: dict[str, Any] = {}
             for plugin_name, table in c.credentials.items():
                 where = f"consumers.{name}"
-                available = self.available.get(plugin_name)
-                if available is None:
+                installed = self.available.get(plugin_name)
+                if installed is None:
                     self.error(where, f"credentials.{plugin_name}", not_installed_message(plugin_name, self.available))
                     continue
-                model = available.cls.Credentials
+                model = installed.cls.Credentials
                 if model is None:
                     self.error(
                         where, f"credentials.{plugin_name}", f"plugin {plugin_name!r} takes no consumer credentials"
@@ -547,8 +555,8 @@ class _Compiler:
             result[name] = Consumer(name=name, id=c.id or name, groups=frozenset(c.groups), credentials=creds)
         return result
 
-    def _routes(self, raw_routes: list[Any], global_tables: Mapping[str, Any]) -> list[Route]:
-        routes: list[Route] = []
+    def _routes(self, raw_routes: list[Any], global_tables: Mapping[str, Any]) -> list[ConfiguredRoute]:
+        routes: list[ConfiguredRoute] = []
         seen: set[str] = set()
         for i, raw in enumerate(raw_routes):
             label = raw.get("name") if isinstance(raw, Mapping) else None
@@ -565,7 +573,7 @@ class _Compiler:
                 hint = did_you_mean(service, self.service_names)
                 self.error(where, "service", f"unknown service {service!r}{hint} (services: {known})")
             before = len(self.errors)
-            specs = self._route_plugins(where, plugins, global_tables) if isinstance(plugins, Mapping) else []
+            configured = self._route_plugins(where, plugins, global_tables) if isinstance(plugins, Mapping) else []
             if settings is None:
                 continue
             plugins_failed = len(self.errors) > before
@@ -574,63 +582,63 @@ class _Compiler:
             seen.add(settings.name)
             for p in settings.paths:
                 try:
-                    RoutePattern(p, None)
+                    RouterEntry(p, None)
                 except ValueError as e:
                     self.error(where, "paths", str(e))
-            handles = any("handle" in s.plugin.hooks for s in specs)
+            handles = any("handle" in p.plugin.hooks for p in configured)
             if settings.service is None and not handles and not plugins_failed:
                 self.error(where, "service", "required: no plugin on this route handles requests itself")
-            routes.append(Route(settings, tuple(specs)))
+            routes.append(ConfiguredRoute(settings, tuple(configured)))
         return routes
 
     def _route_plugins(
         self, where: str, route_tables: Mapping[str, Any], global_tables: Mapping[str, Any]
-    ) -> list[PluginSpec]:
+    ) -> list[ConfiguredPlugin]:
         for name, value in route_tables.items():
             if not isinstance(value, (bool, Mapping)):
                 self.error(where, f"plugins.{name}", f"expected a table, true or false, got {describe(value)}")
             elif value is False and name not in global_tables and name not in self.available:
-                # true reaches _spec (and its message) below; false would be ignored without a word
+                # true reaches _configure (and its message) below; false would be ignored without a word
                 self.error(where, f"plugins.{name}", not_installed_message(name, self.available))
         tables = layer_plugin_tables(global_tables, route_tables)
-        specs = []
+        configured = []
         for instance, table in tables.items():
             from_route = isinstance(route_tables.get(instance), Mapping)
-            spec = self._spec(
+            plugin = self._configure(
                 where if from_route else f"plugins.{instance}",
                 instance,
                 table,
                 global_tables.get(instance) if from_route else None,
             )
-            if spec is not None:
-                specs.append(spec)
-        specs.sort(key=lambda s: (-s.priority, s.instance))
-        return specs
+            if plugin is not None:
+                configured.append(plugin)
+        configured.sort(key=lambda p: (-p.priority, p.instance))
+        return configured
 
-    def _spec(
+    def _configure(
         self, where: str, instance: str, table: Mapping[str, Any], inherited: Mapping[str, Any] | None = None
-    ) -> PluginSpec | None:
+    ) -> ConfiguredPlugin | None:
         """Validate one instance's table; ``inherited`` is the global table a route layered over."""
         prefix = f"plugins.{instance}" if where.startswith("route") else ""
         plugin_name = table.get("plugin", instance)
-        available = self.available.get(plugin_name) if isinstance(plugin_name, str) else None
-        if available is None:
+        installed = self.available.get(plugin_name) if isinstance(plugin_name, str) else None
+        if installed is None:
             key = "plugin" if "plugin" in table else ""
             self.error(
                 where, ".".join(x for x in (prefix, key) if x), not_installed_message(str(plugin_name), self.available)
             )
             return None
-        priority = table.get("priority", available.cls.priority)
+        priority = table.get("priority", installed.cls.priority)
         if not isinstance(priority, int) or isinstance(priority, bool):
             key = ".".join(x for x in (prefix, "priority") if x)
             self.error(where, key, f"expected an integer, got {describe(priority)}")
             return None
         settings_table = {k: v for k, v in table.items() if k not in RESERVED_PLUGIN_KEYS}
         identity = json.dumps([instance, plugin_name, priority, settings_table], sort_keys=True, default=str)
-        if identity in self.specs:
-            return self.specs[identity]
+        if identity in self.configured:
+            return self.configured[identity]
         try:
-            settings = self.parse(where, available.cls.Settings, settings_table, prefix)
+            settings = self.parse(where, installed.cls.Settings, settings_table, prefix)
         except SettingsError as e:
             # A bad value the route inherited from [plugins.X] is reported there, once.
             for p in e.problems:
@@ -640,9 +648,9 @@ class _Compiler:
                 else:
                     self.error(where, ".".join(x for x in (prefix, p.key) if x), p.message)
             return None
-        spec = PluginSpec(instance, available, settings, priority, identity)
-        self.specs[identity] = spec
-        return spec
+        plugin = ConfiguredPlugin(instance, installed, settings, priority, identity)
+        self.configured[identity] = plugin
+        return plugin
 
 
 __all__ += ["Problem", "TargetSettings", "WebSocketSettings"]

@@ -8,7 +8,7 @@ kept with its version in ``STATE_DIR/applied.json``. ``FleetAgent``:
   the version is invalid here) the file already there is served: a gateway
   starts while its store is down. No file and no store: ``StartupError``.
 - ``run()`` (a supervised background task): watch the store; each new version
-  is checked on this host (``Runtime``: plugins instantiated, as ``bascule
+  is checked on this host (``runtime.check_config``: plugins instantiated, as ``bascule
   validate`` does), written to the served file and applied through the same
   reload as SIGHUP. A version that fails here is logged and reported
   (``last_error``); the previous file is put back and stays served. A lost
@@ -36,8 +36,8 @@ from bascule_sdk.redis import safe_url
 
 from .config import ConfigError, parse_config
 from .configstore import ConfigStore, NodeStatus, StoreUnavailable, Version, open_store
-from .gateway import Runtime
-from .registry import Available
+from .registry import InstalledPlugin
+from .runtime import check_config
 from .tasks import Backoff
 
 __all__ = ["RETRY", "FleetAgent", "FleetSettings", "default_state_dir", "describe_fleet", "iso"]
@@ -84,7 +84,7 @@ def iso(timestamp: float | None) -> str | None:
 class FleetAgent:
     """This gateway's side of the config store (see the module's docstring)."""
 
-    def __init__(self, settings: FleetSettings, available: Mapping[str, Available]) -> None:
+    def __init__(self, settings: FleetSettings, available: Mapping[str, InstalledPlugin]) -> None:
         self.settings = settings
         self.available = available
         self.latest: int | None = None  # the newest version the store announced
@@ -138,7 +138,7 @@ class FleetAgent:
         """Why ``version`` cannot run on this host (as ``bascule validate``), or None."""
         try:
             name = f"{safe_url(self.settings.store)} version {version.version}"
-            Runtime(parse_config(version.text, name, self.available))
+            check_config(parse_config(version.text, name, self.available), self.available)
         except ConfigError as e:
             return str(e)
         return None

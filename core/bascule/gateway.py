@@ -1,9 +1,10 @@
-"""The gateway as an ASGI application: a compiled config and the request path.
+"""The gateway as an ASGI application: the request edge.
 
-``Runtime`` is one config compiled: router, per-route pipelines, plugin
-instances, upstream pools. ``Gateway`` serves requests with the current
-runtime; ``reload`` swaps it atomically, so a request in flight finishes on
-the runtime it started with.
+A request arrives (``arrive``: headers checked, path normalised), is matched
+(``match_route``), runs its route's pipeline and is sent, on the current
+``Runtime`` (a config compiled, ``bascule.runtime``). ``Gateway.reload`` swaps
+in a new runtime atomically, so a request in flight finishes on the runtime it
+started with.
 """
 
 from __future__ import annotations
@@ -11,205 +12,39 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import formatdate
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
-from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo, TaskState
+from bascule_sdk import Context, Headers, HTTPError, Request, Response, RouteInfo
 from bascule_sdk.http import Body, ClientDisconnected
-from bascule_sdk.settings import SettingsError
 
-from .asgi import Receive, Scope, Send, receive_chunk, send_response, too_large
-from .config import Config, ConfigError, ConfigProblem, Route, RouteSettings, load_config
+from .asgi import EARLY_HINT, EarlyHints, Receive, Scope, Send, early_hints, receive_chunk, send_response, too_large
+from .config import Config, ConfigError
 from .configstatus import ConfigStatus
-from .headers import (
-    InvalidField,
-    TrustedProxies,
-    absolute_form,
-    arrival_headers,
-    check_framing,
-    check_host,
-    departure_headers,
-    frame_body,
-    parse_host,
-    response_headers,
-)
+from .headers import InvalidField, absolute_form, arrival_headers, check_framing, check_host, parse_host
 from .paths import InvalidPath, normalise
-from .pipeline import Pipeline, PluginLoadError, PluginSet
-from .proxy import Proxy, ProxySettings
-from .registry import Available
-from .routing import RoutePattern, Router
+from .registry import InstalledPlugin
+from .runtime import CompiledRoute, Runtime, compile_runtime
 from .tasks import Backoff, Supervisor
-from .upstream import Upstreams
 from .websocket import WebSockets
-from .worker import contained_errors
 
-__all__ = ["Gateway", "Runtime"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger("bascule")
 
 _SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-@dataclass(frozen=True)
-class CompiledRoute:
-    info: RouteInfo
-    pipeline: Pipeline
-    forward: Callable[[Context, Request, str | None], Awaitable[Response]]
-    settings: RouteSettings | None = None  # WebSockets are proxied from these (bascule.websocket)
-
-
-class Runtime:
-    """One configuration, compiled once: nothing is looked up per request
-    that could be resolved here."""
-
-    def __init__(self, config: Config, previous: Runtime | None = None) -> None:
-        self.config = config
-        gw = config.gateway
-        self.active = 0  # requests in flight on this runtime
-        self.retiring = False
-        self.idle = trio.Event()  # set once retiring and no request is in flight
-        self.trusted = TrustedProxies(gw.trusted_proxies)
-        self.max_body_size = gw.max_body_size
-        self.max_header_size = gw.max_header_size
-        self.buffer_size = gw.buffer_size
-        self.upstreams: Upstreams = Upstreams(config.services, gw.buffer_size, previous.upstreams if previous else None)
-        self.plugins = PluginSet()
-        self.routes: dict[str, CompiledRoute] = {}
-        errors: list[ConfigProblem] = []
-        patterns: list[RoutePattern[CompiledRoute]] = []
-        for order, route in enumerate(config.routes):
-            try:
-                compiled = self._compile(route)
-            except (PluginLoadError, SettingsError, ValueError) as e:
-                errors.append(ConfigProblem(config.path, f'route "{route.name}"', None, str(e), route.name))
-                continue
-            self.routes[route.name] = compiled
-            s = route.settings
-            methods = set(s.methods)
-            if "GET" in methods:
-                methods.add("HEAD")
-            for path in s.paths:
-                patterns.append(
-                    RoutePattern(
-                        path,
-                        compiled,
-                        exact=s.match == "exact",
-                        methods=frozenset(methods),
-                        hosts=tuple(h.lower() for h in s.hosts),
-                        order=order,
-                    )
-                )
-        if errors:
-            raise ConfigError.of(errors)
-        self.router: Router[CompiledRoute] = Router(patterns)
-        # Requests that match no route still meet the global plugins' on_response/on_log.
-        globals_ = [
-            self._instance(spec) for r in config.routes for spec in r.plugins if spec.instance in config.global_plugins
-        ]
-        unique = list({id(p): p for p in globals_}.values())
-        full = Pipeline.build(self.plugins, unique, None)
-        self.fallback = Pipeline(on_response=full.on_response, on_log=full.on_log)
-
-    def _instance(self, spec: Any) -> Plugin:
-        plugin = self.plugins.instances.get(spec.key)
-        if plugin is None:
-            plugin = spec.plugin.cls(spec.settings, instance=spec.instance)
-            self.plugins.add(spec.key, plugin)
-        return plugin
-
-    def _compile(self, route: Route) -> CompiledRoute:
-        s = route.settings
-        ordered = [self._instance(spec) for spec in route.plugins]
-        default_handle = None
-        if s.service is not None:
-            proxy = Proxy(ProxySettings(s.strip_path, s.preserve_host), instance="proxy")
-            key = f"_proxy:{s.strip_path}:{s.preserve_host}"
-            if key not in self.plugins.instances:
-                self.plugins.add(key, proxy)
-            default_handle = self.plugins.hooks(self.plugins.instances[key], "handle")
-        pipeline = Pipeline.build(self.plugins, ordered, default_handle)
-        info = RouteInfo(route.name, s.service, tuple(spec.instance for spec in route.plugins))
-        forward = partial(self._forward, pipeline, s.service)
-        return CompiledRoute(info, pipeline, forward, s)
-
-    async def _forward(
-        self,
-        pipeline: Pipeline,
-        default_service: str | None,
-        ctx: Context,
-        request: Request,
-        service: str | None,
-    ) -> Response:
-        name = service or default_service
-        if name is None or name not in self.upstreams.services:
-            raise HTTPError(500, "The route names no service to forward to.")
-        await pipeline.upstream_request(ctx, request)
-        headers = request.headers
-        raw = departure_headers(ctx, request)
-        frame_body(raw, request, headers.get("content-length"))
-        headers.raw = raw
-        response, pool, seconds = await self.upstreams[name].send(request, ctx, _early_hints.get())
-        ctx.upstream = pool.url
-        ctx.upstream_seconds = (ctx.upstream_seconds or 0.0) + seconds
-        response_headers(response.headers)
-        return response
-
-    async def startup(self, gateway: Gateway) -> None:
-        """Start this runtime's plugins. They see this runtime's consumers even
-        when it is started for a reload, before it is swapped in."""
-
-        def view(plugin: Plugin) -> PluginGateway:
-            return PluginGateway(self.config.consumers, plugin.instance, gateway)
-
-        await self.plugins.startup(view)
-        self.upstreams.start(gateway.start_soon)  # active health checks; kept services go on
-
-    async def aclose(self, keep: Runtime | None = None) -> None:
-        """Shut plugins down and close pools (those ``keep`` took over stay open)."""
-        await self.plugins.shutdown()
-        await self.upstreams.aclose(keep.upstreams if keep else None)
-
-
-@dataclass(frozen=True, eq=False)
-class PluginGateway:
-    """The ``bascule_sdk.Gateway`` that one plugin instance gets in ``startup``:
-    the tasks it starts are tagged with its instance name."""
-
-    consumers: Mapping[str, Consumer]
-    plugin: str
-    gateway: Gateway
-
-    @property
-    def shared(self) -> dict[str, Any]:
-        return self.gateway.shared
-
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
-        self.gateway.supervisor.start_soon(fn, *args, name=name, plugin=self.plugin)
-
-    def tasks(self) -> Sequence[TaskState]:
-        return self.gateway.supervisor.states()
-
-    def connection_errors(self) -> int:
-        return contained_errors()
-
-    def upstreams(self) -> Mapping[str, Mapping[str, Any]]:
-        return self.gateway.describe_upstreams()
-
-    def reloads(self) -> Mapping[str, int]:
-        return self.gateway.reload_results
-
-
 class Gateway:
     """ASGI application serving the current ``Runtime``.
 
-    ``start_soon`` runs background tasks under ``supervisor`` until shutdown
-    (plugins reach it through ``PluginGateway``).
+    It hosts each runtime it serves (``runtime.RuntimeHost``): ``start_soon`` runs
+    background tasks under ``supervisor`` until shutdown (plugins reach it through
+    their ``runtime.PluginView``).
     """
 
     def __init__(self, runtime: Runtime, backoff: Backoff | None = None) -> None:
@@ -225,33 +60,34 @@ class Gateway:
         """The admin listener's ``/upstreams`` document: each service of the current config."""
         return {name: svc.describe() for name, svc in self.runtime.upstreams.services.items()}
 
-    async def reload(self, config: Config) -> None:
-        """Compile and start ``config``, then swap it in atomically.
+    async def reload(self, source: str | Path | Config, available: Mapping[str, InstalledPlugin]) -> Config:
+        """Compile and start ``source`` (``runtime.compile_runtime``), then swap it in atomically;
+        the config now in force.
 
         Raises ``ConfigError`` (the current config stays), also when a
         plugin's ``startup`` fails. Requests in flight
         finish on the old runtime, which closes once they are done (or after
         ``graceful_timeout``); pools of unchanged services carry over.
         """
-        new = Runtime(config, previous=self.runtime)
+        new = compile_runtime(source, available, previous=self.runtime)
         try:
             await new.startup(self)
         except Exception as e:
             log.exception("reload: a plugin failed to start; the old config stays")
             await new.aclose(keep=self.runtime)
-            raise ConfigError([f"{config.path}: a plugin failed to start: {e}"]) from e
+            raise ConfigError([f"{new.config.path}: a plugin failed to start: {e}"]) from e
         old, self.runtime = self.runtime, new
         self.start_soon(self._retire, old, new)
+        return new.config
 
     async def reload_file(
-        self, path: str | Path, available: Mapping[str, Available], trigger: str
+        self, path: str | Path, available: Mapping[str, InstalledPlugin], trigger: str
     ) -> ConfigError | None:
         """The one reload of a config file (``trigger``: ``SIGHUP``, ``POST /reload``, ``config store``):
-        load ``path``, swap it in (``reload``) and record the outcome (``reloaded``). The error that kept
+        swap ``path`` in (``reload``) and record the outcome (``reloaded``). The error that kept
         the old config, or None."""
         try:
-            config = load_config(path, available)
-            await self.reload(config)
+            config = await self.reload(path, available)
         except ConfigError as e:
             self.reloaded(trigger, path, error=e)
             return e
@@ -340,7 +176,7 @@ class Gateway:
             response = await pipeline.finish(ctx, error.to_response(ctx.request_id))
         else:
             try:
-                _early_hints.set(_EarlyHints(send) if _EARLY_HINT in (scope.get("extensions") or ()) else None)
+                early_hints.set(EarlyHints(send) if EARLY_HINT in (scope.get("extensions") or ()) else None)
                 response = await pipeline.respond(ctx, _take_body)
             except ClientDisconnected:  # still logged: nginx's 499, client closed request
                 ctx.error = "The client disconnected while sending its request."
@@ -353,7 +189,7 @@ class Gateway:
             await pipeline.log(ctx, response)
 
     async def _send(self, send: Send, response: Response, ctx: Context, head: bool) -> None:
-        hints = _early_hints.get()
+        hints = early_hints.get()
         if hints is not None:
             hints.send = None  # the final response starts: no more hints
         raw = response.headers.raw
@@ -371,32 +207,6 @@ class Gateway:
 
 #: ``ctx.route`` of a request that no route serves (refused on arrival, or 404/405).
 NO_ROUTE = RouteInfo("", None)
-_EARLY_HINT = "http.response.early_hint"
-
-
-class _EarlyHints:
-    """Passes an upstream's ``103 Early Hints`` on to the client (its ``Link``
-    fields: all that hypercorn's ``http.response.early_hint`` extension sends)
-    until the final response starts. Other 1xx responses (100 Continue) stop
-    here. Set per request only when the server offers the extension: hypercorn
-    0.18 does for HTTP/2 and HTTP/3, not HTTP/1.x."""
-
-    __slots__ = ("send",)
-
-    def __init__(self, send: Send) -> None:
-        self.send: Send | None = send
-
-    async def __call__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        links = [v for k, v in headers if k == b"link"] if status == 103 else None
-        if links and self.send is not None:
-            try:
-                await self.send({"type": _EARLY_HINT, "links": links})
-            except Exception:  # a hint is optional: never fail the request over it
-                log.debug("could not send early hints", exc_info=True)
-
-
-# The early hints of the request that the current task serves (None: not offered).
-_early_hints: ContextVar[_EarlyHints | None] = ContextVar("bascule_early_hints", default=None)
 
 
 async def begin(
@@ -432,8 +242,8 @@ def match_route(rt: Runtime, request: Request) -> tuple[CompiledRoute | None, di
     or no route and the 404, or the 405 with ``Allow``, that answers it. Sends nothing.
     HTTP requests and WebSocket handshakes (``bascule.websocket``) are routed by it."""
     m = rt.router.match(request.method, request.path, request.host)
-    if m.pattern is not None:
-        return m.target, m.params, _prefix(request.path, m.pattern.depth), None
+    if m.entry is not None:
+        return m.target, m.params, _prefix(request.path, m.entry.depth), None
     if m.allowed:
         allow = ", ".join(sorted(m.allowed | ({"HEAD"} if "GET" in m.allowed else set())))
         return None, {}, "", HTTPError(405, f"{request.method} is not allowed here.", {"allow": allow})

@@ -80,12 +80,12 @@ class TargetHealth:
         "cool_off",
         "service",
         "state",
-        "failures",
+        "consecutive_failures",
         "ejected_until",
         "probe_down",
         "probe_streak",
         "requests",
-        "failed",
+        "failures",
         "ejections",
     )
 
@@ -95,12 +95,12 @@ class TargetHealth:
         self.cool_off = cool_off
         self.service = service
         self.state = HEALTHY  # of the passive breaker
-        self.failures = 0  # consecutive
+        self.consecutive_failures = 0
         self.ejected_until = 0.0
         self.probe_down = False  # held out by active checks
         self.probe_streak = 0  # consecutive probe results of the same kind (+passed / -failed)
         self.requests = 0
-        self.failed = 0
+        self.failures = 0  # in all
         self.ejections = 0
 
     def available(self, now: float) -> bool:
@@ -116,21 +116,23 @@ class TargetHealth:
             self.state = HALF_OPEN
 
     def succeeded(self) -> None:
-        self.failures = 0
+        """A request to the target succeeded: the breaker closes."""
+        self.consecutive_failures = 0
         if self.state is not HEALTHY:
             log.info("target %s is healthy again", self.url)
             self.state = HEALTHY
             if not self.probe_down:
                 self._report(1)
 
-    def failed_once(self, now: float) -> None:
-        self.failed += 1
+    def failed(self, now: float) -> None:
+        """A request to the target failed: counted, and the target ejected at ``max_failures`` in a row."""
         self.failures += 1
+        self.consecutive_failures += 1
         if self.state is EJECTED or not self.max_failures:
             return  # requests sent before the ejection (or in panic mode) may still fail
-        if self.state is HALF_OPEN or self.failures >= self.max_failures:
+        if self.state is HALF_OPEN or self.consecutive_failures >= self.max_failures:
             if self.state is HEALTHY:
-                log.warning("target %s ejected after %d failures", self.url, self.failures)
+                log.warning("target %s ejected after %d failures", self.url, self.consecutive_failures)
                 if not self.probe_down:
                     self._report(-1)
             self.state = EJECTED
@@ -173,9 +175,9 @@ class TargetHealth:
             state = self.state
         return {
             "state": state,
-            "consecutive_failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
             "requests": self.requests,
-            "failures": self.failed,
+            "failures": self.failures,
             "ejections": self.ejections,
             "ejected_for": round(max(self.ejected_until - now, 0.0), 3) if state == EJECTED else 0.0,
         }

@@ -88,20 +88,21 @@ class PluginSet:
         self.instances[key] = plugin
         self._hooks[id(plugin)] = hooks
 
-    def hooks(self, plugin: Plugin, phase: str) -> Hook | None:
+    def hook(self, plugin: Plugin, phase: str) -> Hook | None:
+        """``plugin``'s implementation of ``phase``, or None."""
         return self._hooks[id(plugin)].get(phase)
 
     async def startup(self, gateway_for: Callable[[Plugin], Any]) -> None:
         """Call each instance's ``startup`` with its own view of the gateway, ``gateway_for(plugin)``."""
         for plugin in self.instances.values():
-            if hook := self.hooks(plugin, "startup"):
+            if hook := self.hook(plugin, "startup"):
                 await hook.call(gateway_for(plugin))
 
     async def admin_request(self, request: Any) -> Response | None:
         """Offer an admin-listener request to each instance; the first response wins."""
         ordered = sorted(self.instances.values(), key=lambda p: -p.priority)
         for plugin in ordered:
-            if hook := self.hooks(plugin, "on_admin_request"):
+            if hook := self.hook(plugin, "on_admin_request"):
                 response = _returned(hook, await hook.call(request))
                 if response is not None:
                     return response
@@ -109,7 +110,7 @@ class PluginSet:
 
     async def shutdown(self) -> None:
         for plugin in self.instances.values():
-            if hook := self.hooks(plugin, "shutdown"):
+            if hook := self.hook(plugin, "shutdown"):
                 try:
                     await hook.call()
                 except Exception:
@@ -133,7 +134,7 @@ class Pipeline:
         ordered = list(ordered)
 
         def phase(name: str) -> tuple[Hook, ...]:
-            return tuple(h for p in ordered if (h := plugins.hooks(p, name)) is not None)
+            return tuple(h for p in ordered if (h := plugins.hook(p, name)) is not None)
 
         hooks = {name: phase(name) for name in PHASES}
         hooks["handle"] += (default_handle,) if default_handle else ()

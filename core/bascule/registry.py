@@ -27,8 +27,8 @@ from bascule_sdk.settings import did_you_mean
 __all__ = [
     "ENTRY_POINT_GROUP",
     "KNOWN_PACKAGES",
-    "Available",
     "Discovered",
+    "InstalledPlugin",
     "PluginLoadError",
     "check_contract",
     "discover",
@@ -68,7 +68,7 @@ class PluginLoadError(Exception):
 
 
 @dataclass(frozen=True)
-class Available:
+class InstalledPlugin:
     """An installed plugin class and where it came from."""
 
     name: str
@@ -82,7 +82,7 @@ class Available:
         return [name for name in hookspecs.HOOKS if implements(self.cls, name)]
 
 
-class Discovered(dict[str, Available]):
+class Discovered(dict[str, InstalledPlugin]):
     """The usable plugins by name; ``broken`` holds, by name, why each unusable one is refused
     (it failed to import, breaks the hook contract, or two distributions declare its name)."""
 
@@ -128,7 +128,7 @@ def discover(extra: Iterable[type[Plugin[Any]]] = (), entry_points: bool = True)
                 log.error("plugin %r refused: %s", ep.name, found.broken[ep.name])
                 continue
             name, version = (ep.dist.name, ep.dist.version) if ep.dist else ("?", "?")
-            found[ep.name] = Available(ep.name, cls, name, version)
+            found[ep.name] = InstalledPlugin(ep.name, cls, name, version)
     for cls in extra:
         found.pop(cls.name, None)
         found.broken.pop(cls.name, None)
@@ -137,7 +137,7 @@ def discover(extra: Iterable[type[Plugin[Any]]] = (), entry_points: bool = True)
         except PluginLoadError as e:
             found.broken[cls.name] = str(e)
             continue
-        found[cls.name] = Available(cls.name, cls, cls.__module__.split(".")[0], "local")
+        found[cls.name] = InstalledPlugin(cls.name, cls, cls.__module__.split(".")[0], "local")
     return found
 
 
@@ -219,7 +219,7 @@ def install_hint(name: str) -> str:
     return f"pip install --find-links DIST {distribution}, DIST being the dist/ folder that make dist builds"
 
 
-def not_installed_message(name: str, available: Mapping[str, Available]) -> str:
+def not_installed_message(name: str, available: Mapping[str, InstalledPlugin]) -> str:
     """The error text for a plugin name that is not usable: why it was refused, or that it is not installed."""
     broken = getattr(available, "broken", {})
     if name in broken:

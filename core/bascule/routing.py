@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["Match", "RoutePattern", "Router", "split_path"]
+__all__ = ["Match", "Router", "RouterEntry", "split_path"]
 
 T = TypeVar("T")
 
@@ -36,8 +36,9 @@ def split_path(path: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class RoutePattern(Generic[T]):
-    """One path of one route, with what the route matches on besides the path."""
+class RouterEntry(Generic[T]):
+    """An entry of the ``Router``: one path of one route, with what the route matches on besides the
+    path (methods, hosts), and ``target``, what a match returns (the compiled route)."""
 
     path: str
     target: T
@@ -86,13 +87,13 @@ class RoutePattern(Generic[T]):
 class Match(Generic[T]):
     """The outcome of a lookup: a target, or why there is none."""
 
-    pattern: RoutePattern[T] | None
+    entry: RouterEntry[T] | None
     params: dict[str, str]
     allowed: frozenset[str] = frozenset()  # set when the path matched but not the method
 
     @property
     def target(self) -> T | None:
-        return self.pattern.target if self.pattern else None
+        return self.entry.target if self.entry else None
 
 
 class _Node(Generic[T]):
@@ -101,24 +102,24 @@ class _Node(Generic[T]):
     def __init__(self) -> None:
         self.static: dict[str, _Node[T]] = {}
         self.param: _Node[T] | None = None
-        self.exact: list[RoutePattern[T]] = []
-        self.prefix: list[RoutePattern[T]] = []
+        self.exact: list[RouterEntry[T]] = []
+        self.prefix: list[RouterEntry[T]] = []
 
 
 class Router(Generic[T]):
     """Maps (host, method, path) to a route target, most specific first."""
 
-    def __init__(self, patterns: Sequence[RoutePattern[T]]) -> None:
+    def __init__(self, entries: Sequence[RouterEntry[T]]) -> None:
         self._root: _Node[T] = _Node()
-        for pattern in patterns:
+        for entry in entries:
             node = self._root
-            for seg in pattern.segments:
+            for seg in entry.segments:
                 if seg.startswith("{"):
                     node.param = node.param or _Node()
                     node = node.param
                 else:
                     node = node.static.setdefault(seg, _Node())
-            (node.exact if pattern.exact else node.prefix).append(pattern)
+            (node.exact if entry.exact else node.prefix).append(entry)
         self._sort(self._root)
 
     def _sort(self, node: _Node[T]) -> None:
@@ -132,28 +133,28 @@ class Router(Generic[T]):
     def match(self, method: str, path: str, host: str = "") -> Match[T]:
         """Find the most specific route for a normalised path.
 
-        ``Match.pattern`` is None when nothing matches; ``Match.allowed`` is
+        ``Match.entry`` is None when nothing matches; ``Match.allowed`` is
         then non-empty if some route matched the path but not the method.
         """
         segments = split_path(path)
-        candidates: list[RoutePattern[T]] = []
+        candidates: list[RouterEntry[T]] = []
         self._collect(self._root, segments, 0, candidates)
-        best: RoutePattern[T] | None = None
+        best: RouterEntry[T] | None = None
         best_rank: tuple[int, ...] = ()
         allowed: set[str] = set()
-        for pattern in candidates:
-            if pattern.hosts and not pattern.matches_host(host):
+        for entry in candidates:
+            if entry.hosts and not entry.matches_host(host):
                 continue
-            if pattern.methods and method not in pattern.methods:
-                allowed |= pattern.methods
+            if entry.methods and method not in entry.methods:
+                allowed |= entry.methods
                 continue
-            if best is None or pattern.rank > best_rank:
-                best, best_rank = pattern, pattern.rank
+            if best is None or entry.rank > best_rank:
+                best, best_rank = entry, entry.rank
         if best is None:
             return Match(None, {}, frozenset(allowed))
         return Match(best, {name: segments[i] for i, name in best.params})
 
-    def _collect(self, node: _Node[T], segments: list[str], depth: int, out: list[RoutePattern[T]]) -> None:
+    def _collect(self, node: _Node[T], segments: list[str], depth: int, out: list[RouterEntry[T]]) -> None:
         out.extend(node.prefix)
         if depth == len(segments):
             out.extend(node.exact)

@@ -48,7 +48,7 @@ from .config import (
     RouteSettings,
     ServiceSettings,
 )
-from .registry import Available
+from .registry import InstalledPlugin
 
 __all__ = ["config_schema", "reference_table", "settings_schema", "type_label", "type_schema"]
 
@@ -201,7 +201,7 @@ def settings_schema(model: type, *, require: bool = True) -> dict[str, Any]:
     return result
 
 
-def _plugin_def(available: Available) -> dict[str, Any]:
+def _plugin_def(available: InstalledPlugin) -> dict[str, Any]:
     """The table of one instance of ``available``, as ``$defs`` holds it (``plugin`` optional)."""
     schema = settings_schema(available.cls.Settings, require=False)
     schema["properties"] = {
@@ -217,7 +217,7 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/$defs/plugin.{name}"}
 
 
-def _plugins_schema(visible: Mapping[str, Available], *, route: bool) -> dict[str, Any]:
+def _plugins_schema(visible: Mapping[str, InstalledPlugin], *, route: bool) -> dict[str, Any]:
     """``[plugins]``, or a route's ``plugins`` table (``route``: ``X = true/false`` too).
 
     Under the name of an installed plugin, its table; under any other name, a
@@ -237,7 +237,7 @@ def _plugins_schema(visible: Mapping[str, Available], *, route: bool) -> dict[st
     }
 
 
-def config_schema(available: Mapping[str, Available]) -> dict[str, Any]:
+def config_schema(available: Mapping[str, InstalledPlugin]) -> dict[str, Any]:
     """The JSON Schema of a whole plugins.toml, with ``available`` plugins' settings."""
     visible = {n: a for n, a in sorted(available.items()) if not n.startswith("_")}
     route = settings_schema(RouteSettings)

@@ -36,10 +36,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import LifespanFailureError, repr_socket_addr
 
-from .config import Config, ConfigError, GatewaySettings, load_config
+from .config import Config, ConfigError, GatewaySettings
 from .fleet import FleetAgent, FleetSettings
-from .gateway import Gateway, Runtime
-from .registry import Available, discover
+from .gateway import Gateway
+from .registry import InstalledPlugin, discover
+from .runtime import check_config, compile_runtime
 from .worker import listen
 
 __all__ = ["StartupError", "hypercorn_config", "run", "serve"]
@@ -72,7 +73,7 @@ def hypercorn_config(gw: GatewaySettings, bind: str, *, tls: bool = True) -> Hyp
 
 async def serve(
     path: str | Path,
-    available: Mapping[str, Available],
+    available: Mapping[str, InstalledPlugin],
     *,
     sockets: Sockets | None = None,
     admin: bool = True,
@@ -89,8 +90,8 @@ async def serve(
     listener's ``POST /reload`` asks the supervisor to reload every worker.
     ``fleet``: follow a config store (``bascule.fleet``; ``path`` is its served file).
     """
-    config = load_config(path, available)
-    gateway = Gateway(Runtime(config))
+    gateway = Gateway(compile_runtime(path, available))
+    config = gateway.runtime.config
     stop, serving = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals, gateway, path, available, stop, serving)
@@ -128,7 +129,7 @@ async def serve(
 
 
 async def _signals(
-    gateway: Gateway, path: str | Path, available: Mapping[str, Available], stop: trio.Event, serving: trio.Event
+    gateway: Gateway, path: str | Path, available: Mapping[str, InstalledPlugin], stop: trio.Event, serving: trio.Event
 ) -> None:
     """SIGTERM/SIGINT: stop (drain). SIGHUP: reload, once the gateway serves (its tasks run from then)."""
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
@@ -144,13 +145,13 @@ async def _signals(
 
 
 def signal_workers(
-    gateway: Gateway, path: str | Path, available: Mapping[str, Available], trigger: str
+    gateway: Gateway, path: str | Path, available: Mapping[str, InstalledPlugin], trigger: str
 ) -> ConfigError | None:
     """A worker's reload of every worker (``POST /reload``, a config store's version): the file is checked
     here (a refusal recorded as ``Gateway.reload_file`` records one), then SIGHUP goes to the supervisor,
     which forwards it to every worker, each recording its own reload. The error, or None once signalled."""
     try:
-        Runtime(load_config(path, available))  # plugins accept their settings: the workers will too
+        check_config(path, available)  # as each worker's reload will
     except ConfigError as e:
         gateway.reloaded(trigger, path, error=e)
         return e
@@ -159,7 +160,7 @@ def signal_workers(
 
 
 async def _store_reload(
-    gateway: Gateway, path: str | Path, available: Mapping[str, Available], supervised: bool
+    gateway: Gateway, path: str | Path, available: Mapping[str, InstalledPlugin], supervised: bool
 ) -> str | None:
     """A config store's new version, written to ``path``: reloaded here, or in every worker. The errors, or None."""
     if supervised:
@@ -191,8 +192,7 @@ def run(path: str | Path, workers: int | None = None, fleet: FleetSettings | Non
             print(f"bascule: {e}", file=sys.stderr)
             return 1
     try:
-        config = load_config(path, available)
-        Runtime(config)  # plugins accept their settings
+        config = check_config(path, available)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -280,7 +280,7 @@ def _version() -> str:
 
 
 def _banner(config: Config, public: Sockets, admin: Sockets | None, workers: int) -> None:
-    plugins = {spec.instance for route in config.routes for spec in route.plugins} | set(config.global_plugins)
+    plugins = {p.instance for route in config.routes for p in route.plugins} | set(config.global_plugins)
     log.info(
         "bascule %s: %s: %d route%s, %d plugin%s enabled, %d worker%s",
         _version(),

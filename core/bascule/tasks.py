@@ -1,8 +1,7 @@
 """Supervised background tasks: a failing task is restarted, never the end of the others.
 
-Every task started through ``Gateway.start_soon`` (plugins' tasks, active
-health checks, the retiring of an old config) runs under the gateway's
-``Supervisor``:
+Every background task of the gateway (plugins' tasks, active health checks,
+the retiring of an old config) runs under the gateway's ``Supervisor``:
 
 - an exception (not ``trio.Cancelled``) ends that run only: it is logged with
   the traceback, the task's name and its plugin, and the task is called again

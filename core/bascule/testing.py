@@ -40,8 +40,9 @@ from hypercorn.config import Config as HypercornConfig
 
 from .asgi import Receive, Scope, Send, accept_lifespan, read_body, send_response
 from .config import parse_config
-from .gateway import Gateway, Runtime
+from .gateway import Gateway
 from .registry import discover
+from .runtime import compile_runtime
 from .server import hypercorn_config
 from .worker import listen
 
@@ -161,7 +162,7 @@ class RunningGateway:
 
     async def reload(self, config: str) -> None:
         """Swap in a new inline config (raises ``ConfigError`` if invalid)."""
-        await self.gateway.reload(parse_config(textwrap.dedent(config), "plugins.toml", self.available))
+        await self.gateway.reload(parse_config(textwrap.dedent(config), "plugins.toml", self.available), self.available)
 
 
 async def start_gateway(
@@ -182,7 +183,7 @@ async def start_gateway(
     """
     available = discover(plugins, entry_points)
     parsed = parse_config(textwrap.dedent(config), "plugins.toml", available)
-    gateway = Gateway(Runtime(parsed))
+    gateway = Gateway(compile_runtime(parsed, available))
     stop = trio.Event()
     hc = hypercorn_config(parsed.gateway, "127.0.0.1:0")
     hc.graceful_timeout = min(parsed.gateway.graceful_timeout, 5.0)

@@ -442,13 +442,13 @@ class Service:
             except (httpcore.ConnectError, OSError) as e:
                 log.warning("service %s: cannot connect to %s: %s", self.name, pool.url, e)
                 _end(call, error="connect")
-                health.failed_once(trio.current_time())
+                health.failed(trio.current_time())
                 error = HTTPError(502, f"The service {self.name!r} is unreachable.")
                 retry = True  # nothing was sent
             except httpcore.ConnectTimeout:
                 log.warning("service %s: connecting to %s timed out", self.name, pool.url)
                 _end(call, error="timeout")
-                health.failed_once(trio.current_time())
+                health.failed(trio.current_time())
                 error = HTTPError(504, f"The service {self.name!r} did not answer in time.")
                 retry = True  # nothing was sent
             except PoolFull:
@@ -457,12 +457,12 @@ class Service:
                 raise HTTPError(503, f"The service {self.name!r} is busy.", {"retry-after": "1"}) from None
             except (trio.TooSlowError, httpcore.TimeoutException):
                 _end(call, error="timeout")
-                health.failed_once(trio.current_time())
+                health.failed(trio.current_time())
                 raise HTTPError(504, f"The service {self.name!r} did not answer in time.") from None
             except (httpcore.ProtocolError, httpcore.NetworkError) as e:
                 log.warning("service %s: %s failed: %r", self.name, pool.url, e)
                 _end(call, error="protocol")
-                health.failed_once(trio.current_time())
+                health.failed(trio.current_time())
                 error = HTTPError(502, f"The service {self.name!r} sent an invalid response.")
                 retry = repeatable
             except BaseException:
@@ -473,7 +473,7 @@ class Service:
                 status = answer.status
                 _end(call, status=status)
                 if status in self._fail_on:
-                    health.failed_once(trio.current_time())
+                    health.failed(trio.current_time())
                 else:
                     health.succeeded()
                 retry = status in self._retry_on and repeatable

@@ -76,8 +76,9 @@ from .upstream import Pool, Service
 from .worker import WEBSOCKET_OPTIONS
 
 if TYPE_CHECKING:
-    from .gateway import CompiledRoute, Gateway, Runtime
+    from .gateway import Gateway
     from .pipeline import Pipeline
+    from .runtime import CompiledRoute, Runtime
 
 __all__ = ["WebSockets"]
 
