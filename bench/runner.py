@@ -263,7 +263,7 @@ class Bench:
             proxy = free_port()
             conf = configs.nginx_proxy(self.tmp, proxy, int(up.rpartition(":")[2]), "nginx-proxy")
             proxy_pid = self.nginx("nginx-proxy", conf, proxy, SERVER_CORE).pid
-        if want("hypercorn"):
+        if want("hypercorn", "hypercorn-c1"):
             hello = free_port()
             p = self.procs.start(
                 "hypercorn-trio",
@@ -313,7 +313,8 @@ class Bench:
                 env={"UPSTREAM": up},
             )
             naive.url, naive.pid = f"http://127.0.0.1:{port}/api/x", p.pid
-        gw = self.gateway_cases("main", [d for d in plugin_cases(self) if want(d.name)], self.opts.workers)
+        defs = [d for d in plugin_cases(self) if want(d.name) or (d.name == "bare" and want("bare-c1"))]
+        gw = self.gateway_cases("main", defs, self.opts.workers)
         if self.opts.workers > 1:  # the workers, and wrk, float over every core
             for c in gw:
                 c.label += f" ({self.opts.workers} workers)"
@@ -361,6 +362,18 @@ class Bench:
             ),
             *[c for c in gw if c.name == "bare-100k"],
         ]
+        # The hop's latency: (3) and (5) again with one connection, requests one after another.
+        bare = next((c for c in gw if c.name == "bare"), None)
+        for name, label, of in (
+            (
+                "hypercorn-c1",
+                "(3) hypercorn-trio app, no proxying, c=1",
+                next(c for c in cases if c.name == "hypercorn"),
+            ),
+            ("bare-c1", "(5) Bascule, bare route, c=1", bare),
+        ):
+            if of is not None:
+                cases.append(Case(name, label, "main", of.url, pid=of.pid, connections=1, skipped=of.skipped))
         self.load([c for c in cases if want(c.name)])
 
     def wanted(self, *names: str) -> bool:
