@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make run    start the demo services and the gateway on plugins.toml
 #   make test   run every test
+#   make test-fast   every test but those marked slow (load, fuzzing, several processes, wheels), to iterate
 #   make dist   a wheel and an sdist of every distribution (sdk, core, plugins/*) in dist/
 # Each creates .venv (Python 3.11+) and installs the workspace into it first.
 #   make lint   ruff (lint and format) and mypy, as CI runs them
@@ -10,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: run test install lint dist
+.PHONY: run test test-fast install lint dist
 
 # One line per step. PYTHONWARNINGS: setuptools' editable builds print a framed
 # "Editable installation ... be careful with folders" notice per distribution that
@@ -36,6 +37,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # Built without isolation by the virtualenv's setuptools: no download. Each sdist is built
 # first and the wheel from it, so a file missing from an sdist fails here.

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +57,7 @@ def test_version():
     assert (r.returncode, r.stdout, r.stderr) == (0, f"bascule {_version()}\n", "")
 
 
+@pytest.mark.slow
 def test_every_printing_command_ends_quietly_on_a_closed_pipe(tmp_path):
     for args in (["routes"], ["plugins"], ["schema"], ["validate", "plugins.toml"], ["--version"]):
         read, write = os.pipe()

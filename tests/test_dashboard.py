@@ -213,6 +213,7 @@ def test_config_status_reports_the_file_in_force_and_each_reload(tmp_path, upstr
     assert served == 200
 
 
+@pytest.mark.slow
 def test_config_status_shows_a_replaced_worker_that_serves_another_file(tmp_path, upstream):
     """A worker that died is replaced by one reading the file as it is now: the admin
     listener says the workers disagree until a reload brings them together again."""

@@ -158,6 +158,7 @@ def redis():
         yield server
 
 
+@pytest.mark.slow
 async def test_four_gateways_converge_on_every_push_under_load(nursery, tmp_path, redis):
     upstream = await start_upstream(nursery, serving_version)
     assert (await push(tmp_path, redis.url, config(1, upstream.url))).returncode == 0
@@ -203,6 +204,7 @@ async def test_four_gateways_converge_on_every_push_under_load(nursery, tmp_path
     assert [n.failed for n in nodes] == [0, 0, 0, 0]
 
 
+@pytest.mark.slow
 async def test_a_config_that_fails_on_one_host_leaves_it_on_its_version(nursery, tmp_path, redis):
     upstream = await start_upstream(nursery, serving_version)
     assert (await push(tmp_path, redis.url, config(1, upstream.url))).returncode == 0
@@ -264,6 +266,7 @@ async def test_nothing_to_serve_when_the_newest_version_cannot_run_here(tmp_path
     assert "(the last config applied) does not exist" in done.stderr
 
 
+@pytest.mark.slow
 async def test_store_down_at_start_then_lost_and_back(nursery, tmp_path, redis):
     upstream = await start_upstream(nursery, serving_version)
     assert (await push(tmp_path, redis.url, config(1, upstream.url))).returncode == 0
@@ -308,6 +311,7 @@ async def test_store_down_at_start_then_lost_and_back(nursery, tmp_path, redis):
     assert (tmp_path / "gw" / "config.toml").read_text() == config(3, upstream.url)
 
 
+@pytest.mark.slow
 async def test_push_keeps_the_newest_versions_only(tmp_path, redis):
     for version in (1, 2, 3):
         done = await push(tmp_path, redis.url, config(version, "http://127.0.0.1:9"), "--keep", "2")
@@ -330,6 +334,7 @@ async def test_no_store_and_no_state_is_one_line_on_stderr(tmp_path, redis):
     )
 
 
+@pytest.mark.slow
 async def test_with_workers_every_worker_applies_each_version(nursery, tmp_path, redis):
     upstream = await start_upstream(nursery, serving_version)
     assert (await push(tmp_path, redis.url, config(1, upstream.url))).returncode == 0

@@ -48,6 +48,7 @@ def sentinels():
         yield servers
 
 
+@pytest.mark.slow
 async def test_rate_limits_hold_through_a_sentinel_failover_under_load(nursery, sentinels):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, rate_limited(upstream.url, sentinels.url))
@@ -144,6 +145,7 @@ async def test_the_cache_and_the_config_store_on_a_cluster(nursery, cluster):
         assert current is not None and (current.version, current.text) == (1, "[gateway]\n")
 
 
+@pytest.mark.slow
 async def test_rate_limits_hold_through_a_cluster_failover_under_load(nursery):
     """Both routes draw from one group budget: one key, one slot, whose primary is stopped."""
     with RedisCluster(replicas=1) as cluster:

@@ -31,6 +31,7 @@ def config(url: str, *routes: str, timeout: str = "30s") -> str:
     return text
 
 
+@pytest.mark.slow
 async def test_2000_requests_across_a_reload_all_succeed_and_new_routes_go_live(nursery):
     upstream = await start_upstream(nursery)
     gw = await start_gateway(nursery, config(upstream.url, "old"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,10 @@ def test_generates_a_complete_distribution(tmp_path, capsys):
         assert key in readme
     # bascule is not on PyPI: the develop steps say where pip finds it (run as written in test_e2e_wheels).
     assert "pip install --find-links /path/to/bascule/dist -e '.[test]'" in readme
+    # The template is a plugin named "example": every spelling of that name is replaced.
+    for path in target.rglob("*"):
+        assert "example" not in str(path.relative_to(target)).lower()
+        assert path.is_dir() or "example" not in path.read_text().lower(), path
 
 
 @pytest.mark.slow
@@ -109,3 +115,43 @@ def test_an_existing_directory_is_never_overwritten(tmp_path, capsys):
     assert main(["plugin", "new", "greet", "--dir", str(target)]) == 1
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_generates_the_same_plugin(tmp_path):
+    # The template is package data: a wheel installed as users install it (not editable) has it.
+    build = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", tmp_path, ROOT / "core"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = tmp_path.glob("bascule-*.whl")
+    assert "bascule/plugin-template/bascule_example/plugin.py" in zipfile.ZipFile(wheel).namelist()
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site, wheel]
+    assert subprocess.run(install, capture_output=True, text=True).returncode == 0
+    # Byte code beside the template's modules, as pip writes it, is not part of the plugin.
+    assert compileall.compile_dir(site / "bascule" / "plugin-template", quiet=1, force=True)
+    assert list((site / "bascule" / "plugin-template").rglob("*.pyc"))
+
+    # Its dependencies are this environment's; the installed bascule comes first on the path.
+    command = "import sys, bascule, bascule.cli; print(bascule.__file__); sys.exit(bascule.cli.main(sys.argv[1:]))"
+    generated = subprocess.run(
+        [sys.executable, "-c", command, "plugin", "new", "greet", "--dir", tmp_path / "installed"],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    assert generated.stdout.startswith(str(site / "bascule" / "__init__.py"))
+    assert main(["plugin", "new", "greet", "--dir", str(tmp_path / "source")]) == 0
+
+    def tree(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    installed = tree(tmp_path / "installed")
+    assert "bascule_greet/plugin.py" in installed
+    assert installed == tree(tmp_path / "source")

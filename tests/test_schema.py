@@ -391,6 +391,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     return config
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_the_schema_and_validate_accept_and_reject_the_same_configs(config):
@@ -677,6 +678,7 @@ def part_tables(draw: st.DrawFn) -> tuple[Part, dict[str, Any]]:
     return part, table
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(part_tables())
 def test_the_schema_and_validate_agree_on_the_bundled_plugins(drawn):

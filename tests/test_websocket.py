@@ -788,6 +788,7 @@ async def test_the_demo_streams_the_drivers_position_with_a_token(nursery):
     assert second["lat"] > first["lat"]  # moving toward the pickup point
 
 
+@pytest.mark.slow
 async def test_bascule_run_keeps_sockets_over_sighup_and_drains_them_on_sigterm(nursery, tmp_path):
     """The real process: SIGHUP reloads without cutting the socket; SIGTERM lets it go on for
     graceful_timeout, then closes it with 1001, and the process exits 0."""

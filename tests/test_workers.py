@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from bascule.testing import echo, start_upstream
 
@@ -143,6 +144,7 @@ async def test_sigterm_lets_in_flight_requests_finish(nursery, tmp_path):
     assert [r.path for r in upstream.requests] == ["/api/slow"]
 
 
+@pytest.mark.slow
 async def test_two_workers_serve_a_killed_one_is_replaced_and_reload_reaches_both(nursery, tmp_path):
     upstream = await start_upstream(nursery)
     gw = Bascule(tmp_path, upstream.url, "old")
@@ -174,6 +176,7 @@ async def test_two_workers_serve_a_killed_one_is_replaced_and_reload_reaches_bot
     assert code == 0
 
 
+@pytest.mark.slow
 async def test_a_sighup_while_workers_start_reloads_them_and_kills_none(nursery, tmp_path):
     """The supervisor forwards SIGHUP to workers that may still be importing: held until they can reload."""
     upstream = await start_upstream(nursery)

@@ -5,13 +5,21 @@ The generated project is a starting point a user edits, not a stub: a
 with a settings model, a README and tests on real sockets (``bascule.testing``)
 that pass as generated. Its example plugin adds a configurable header to every
 response of the routes it is enabled on.
+
+The files are those of ``plugin-template/`` in this package: a working plugin
+named ``example``, shipped as package data and linted, formatted and
+type-checked (strict) with the rest of the code. ``render`` copies them with
+each spelling of ``example`` (``PluginNames.spellings``) replaced, as a whole
+word, by the new name's.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 __all__ = ["PluginNames", "ScaffoldError", "create_plugin", "render", "taken_names"]
@@ -49,27 +57,36 @@ class PluginNames:
     def header(self) -> str:  # x-hello-world: the header the example plugin adds
         return f"x-{self.name}"
 
+    @property
+    def tests(self) -> str:  # test_hello_world: the module of its tests
+        return "test_" + self.name.replace("-", "_")
+
+    def spellings(self) -> tuple[str, ...]:
+        """The spellings above, in one order: the template's are replaced by the new plugin's."""
+        return (self.distribution, self.package, self.cls, self.settings, self.header, self.tests, self.name)
+
+
+_TEMPLATE = PluginNames("example")  # the plugin in plugin-template/
+
 
 def render(names: PluginNames) -> dict[str, str]:
     """The files of the new distribution, by path relative to its directory."""
-    values = {
-        "name": names.name,
-        "distribution": names.distribution,
-        "package": names.package,
-        "cls": names.cls,
-        "settings": names.settings,
-        "header": names.header,
-        "snake": names.name.replace("-", "_"),
-    }
-    exports = sorted([names.cls, names.settings])
-    values["exports"] = ", ".join(exports)
-    values["all"] = "[" + ", ".join(f'"{e}"' for e in exports) + "]"
-    return {path.format(**values): _fill(text, values) for path, text in _FILES.items()}
+    spelling = dict(zip(_TEMPLATE.spellings(), names.spellings(), strict=True))
+    word = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(spelling, key=len, reverse=True))) + r")\b")
+
+    def rename(text: str) -> str:
+        return word.sub(lambda m: spelling[m[0]], text)
+
+    return {rename(path): rename(text) for path, text in sorted(_template_files(files("bascule") / "plugin-template"))}
 
 
-def _fill(template: str, values: dict[str, str]) -> str:
-    # ``{{name}}`` placeholders: the templates are full of Python/TOML braces.
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
+def _template_files(folder: Traversable, prefix: str = "") -> Iterator[tuple[str, str]]:
+    # What an installation adds beside the files (byte code) is not part of the template.
+    for entry in folder.iterdir():
+        if entry.is_dir() and entry.name != "__pycache__":
+            yield from _template_files(entry, f"{prefix}{entry.name}/")
+        elif entry.is_file() and not entry.name.endswith(".pyc"):
+            yield prefix + entry.name, entry.read_text(encoding="utf-8")
 
 
 def create_plugin(name: str, directory: str | Path | None = None, taken: Mapping[str, str] | None = None) -> Path:
@@ -111,201 +128,3 @@ def taken_names() -> dict[str, str]:
     taken |= {name: f"the installed distribution {a.distribution} {a.version}" for name, a in found.items()}
     taken |= {name: f"an installed distribution ({reason})" for name, reason in found.broken.items()}
     return taken
-
-
-_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "{{distribution}}"
-version = "0.1.0"
-description = "A Bascule gateway plugin: {{name}}."
-readme = "README.md"
-requires-python = ">=3.11"
-dependencies = ["bascule-sdk>=0.1"]
-
-[project.optional-dependencies]
-test = ["bascule", "pytest", "pytest-trio"]
-
-# The entry point makes the plugin available to plugins.toml as "{{name}}".
-[project.entry-points."bascule.plugins"]
-{{name}} = "{{package}}:{{cls}}"
-
-[tool.setuptools]
-packages = ["{{package}}"]
-
-[tool.pytest.ini_options]
-trio_mode = true
-addopts = "--import-mode=importlib"
-"""
-
-_README = """\
-# {{distribution}}
-
-A plugin for the Bascule API gateway.
-It adds a header to every response of the routes it is enabled on, including
-the gateway's own error responses.
-
-## Install
-
-In the virtualenv where the gateway (`bascule`) is installed, from this folder
-(or from a wheel of it, built with `python -m build`):
-
-```sh
-pip install .
-bascule plugins                   # lists "{{name}}"
-```
-
-## Settings
-
-| key | type | default | description |
-|---|---|---|---|
-| `header` | string | `"{{header}}"` | Name of the response header to add. |
-| `value` | string | `"hello"` | Its value. |
-
-## Example
-
-```toml
-[[routes]]
-name = "users"
-paths = ["/api/users"]
-service = "users"
-
-[routes.plugins.{{name}}]      # enabled on this route only
-value = "hi from the gateway"
-```
-
-Use `[plugins.{{name}}]` instead to enable it on every route.
-
-## Develop
-
-`bascule` and `bascule-sdk` are not on PyPI: build their wheels in a clone of
-the Bascule repository with `make dist`, and point pip at that `dist/` folder
-(here `/path/to/bascule/dist`). In a new virtualenv:
-
-```sh
-python3 -m venv .venv
-.venv/bin/pip install --find-links /path/to/bascule/dist -e '.[test]'
-.venv/bin/pytest
-```
-
-In a virtualenv that already has `bascule`, `pip install -e '.[test]'` is enough.
-
-The tests start a real upstream server and a real gateway on free ports
-(`bascule.testing`), enable the plugin on one route and check what a client
-sees.
-"""
-
-_INIT = '''\
-"""{{distribution}}: a Bascule gateway plugin."""
-
-from .plugin import {{exports}}
-
-__all__ = {{all}}
-'''
-
-_PLUGIN = '''\
-"""The {{name}} plugin: adds a configured header to every response of its routes."""
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-from bascule_sdk import TOKEN, Context, Plugin, Response, hookimpl, setting
-
-_FIELD_NAME = rf"^{TOKEN}$"  # RFC 9110 field-name
-
-
-@dataclass(frozen=True)
-class {{settings}}:
-    """``[routes.plugins.{{name}}]`` (or ``[plugins.{{name}}]`` for every route).
-
-    A rule of one value is declared on its field (min=, max=, pattern=): the
-    gateway enforces it and ``bascule schema`` states it. A rule that spans
-    several fields goes in ``__post_init__`` (raise ``ValueError("key: ...")``).
-    """
-
-    header: str = setting(
-        "{{header}}", "Name of the response header to add.", pattern=_FIELD_NAME, expected="a header name"
-    )
-    value: str = setting("hello", "Its value.", pattern=r"^[^\\r\\n\\x00]*$", expected="no CR, LF or NUL")
-
-
-class {{cls}}(Plugin[{{settings}}]):  # Plugin[...]: self.settings is typed
-    """Adds ``header: value`` to every response of the routes it is enabled on."""
-
-    name = "{{name}}"
-    priority = 50  # conventions: auth 1000, rate limiting 900, cache 100, transformers 50
-    Settings = {{settings}}
-
-    @hookimpl
-    async def on_response(self, ctx: Context, response: Response) -> None:
-        response.headers.set(self.settings.header, self.settings.value)
-'''
-
-_TEST = '''\
-"""Tests over real sockets: a real upstream, a real gateway, an HTTP client."""
-
-import pytest
-import trio
-from bascule.config import ConfigError
-from bascule.testing import start_gateway, start_upstream
-from {{package}} import {{cls}}
-
-
-def config(upstream_url: str, plugin_table: str = "") -> str:
-    return f"""
-        [services.api]
-        targets = ["{upstream_url}"]
-
-        [[routes]]
-        name = "with"
-        paths = ["/with"]
-        service = "api"
-        [routes.plugins.{{name}}]
-        {plugin_table}
-
-        [[routes]]
-        name = "without"
-        paths = ["/without"]
-        service = "api"
-    """
-
-
-async def test_adds_the_header_on_its_route_only(nursery: trio.Nursery) -> None:
-    upstream = await start_upstream(nursery)
-    gw = await start_gateway(nursery, config(upstream.url, 'value = "hi"'), plugins=[{{cls}}])
-    async with gw.client() as client:
-        enabled = await client.get("/with/x")
-        other = await client.get("/without/x")
-    assert enabled.status_code == 200
-    assert enabled.headers["{{header}}"] == "hi"
-    assert other.status_code == 200
-    assert "{{header}}" not in other.headers
-    assert [r.path for r in upstream.requests] == ["/with/x", "/without/x"]
-
-
-async def test_invalid_header_name_is_a_config_error(nursery: trio.Nursery) -> None:
-    upstream = await start_upstream(nursery)
-    table = 'header = "bad header"'
-    with pytest.raises(ConfigError, match="header: expected a header name"):
-        await start_gateway(nursery, config(upstream.url, table), plugins=[{{cls}}])
-'''
-
-_GITIGNORE = """\
-__pycache__/
-*.egg-info/
-build/
-dist/
-"""
-
-_FILES = {
-    "pyproject.toml": _PYPROJECT,
-    "README.md": _README,
-    ".gitignore": _GITIGNORE,
-    "{package}/__init__.py": _INIT,
-    "{package}/plugin.py": _PLUGIN,
-    "tests/test_{snake}.py": _TEST,
-}

@@ -89,6 +89,7 @@ async def fire(clients: list[httpx.AsyncClient], path: str, n: int) -> list[int]
     return codes
 
 
+@pytest.mark.slow
 async def test_four_gateway_processes_admit_exactly_the_limit(nursery, redis, tmp_path: Path):
     """200 concurrent clients spread over 4 gateway processes, per algorithm:
     exactly `limit` requests reach the upstream, every other one is a 429."""
