@@ -11,19 +11,21 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from bascule_sdk import Consumer, Context, Headers, HTTPError, Plugin, Request, Response, RouteInfo, TaskState
 from bascule_sdk.http import Body, ClientDisconnected
 from bascule_sdk.settings import SettingsError
 
+from . import rundir
 from .asgi import Receive, Scope, Send, receive_chunk, send_response, too_large
 from .config import Config, ConfigError, ConfigProblem, Route, RouteSettings, load_config
 from .configstatus import ConfigStatus
@@ -43,6 +45,7 @@ from .paths import InvalidPath, normalise
 from .pipeline import Pipeline, PluginLoadError, PluginSet
 from .proxy import Proxy, ProxySettings
 from .registry import Available
+from .resources import Resources
 from .routing import RoutePattern, Router
 from .tasks import Backoff, Supervisor
 from .upstream import Upstreams
@@ -52,6 +55,8 @@ from .worker import contained_errors
 __all__ = ["Gateway", "Runtime"]
 
 log = logging.getLogger("bascule")
+
+T = TypeVar("T")
 
 _SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
@@ -81,6 +86,7 @@ class Runtime:
         self.upstreams: Upstreams = Upstreams(config.services, gw.buffer_size, previous.upstreams if previous else None)
         self.plugins = PluginSet()
         self.routes: dict[str, CompiledRoute] = {}
+        self.resources: Resources | None = None  # the gateway's, once started: this config's acquisitions
         errors: list[ConfigProblem] = []
         patterns: list[RoutePattern[CompiledRoute]] = []
         for order, route in enumerate(config.routes):
@@ -165,14 +171,17 @@ class Runtime:
         when it is started for a reload, before it is swapped in."""
 
         def view(plugin: Plugin) -> PluginGateway:
-            return PluginGateway(self.config.consumers, plugin.instance, gateway)
+            return PluginGateway(self.config.consumers, plugin.instance, gateway, self)
 
+        self.resources = gateway.resources
         await self.plugins.startup(view)
         self.upstreams.start(gateway.start_soon)  # active health checks; kept services go on
 
     async def aclose(self, keep: Runtime | None = None) -> None:
         """Shut plugins down and close pools (those ``keep`` took over stay open)."""
         await self.plugins.shutdown()
+        if self.resources is not None:
+            await self.resources.release(self)  # closes those no other config holds
         await self.upstreams.aclose(keep.upstreams if keep else None)
 
 
@@ -184,10 +193,18 @@ class PluginGateway:
     consumers: Mapping[str, Consumer]
     plugin: str
     gateway: Gateway
+    holder: object = None  # whose acquisitions ``acquire`` makes: the Runtime, which releases them
 
     @property
     def shared(self) -> dict[str, Any]:
         return self.gateway.shared
+
+    @property
+    def run_dir(self) -> Path | None:
+        return rundir.current()
+
+    async def acquire(self, key: Hashable, open: Callable[[], AbstractAsyncContextManager[T]]) -> T:
+        return await self.gateway.resources.acquire(key, open, self.holder)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
         self.gateway.supervisor.start_soon(fn, *args, name=name, plugin=self.plugin)
@@ -216,6 +233,7 @@ class Gateway:
         self.runtime = runtime
         self.shared: dict[str, Any] = {}  # plugins' state that outlives a config
         self.supervisor = Supervisor(backoff)
+        self.resources = Resources(self.supervisor.start_soon)  # plugins' ``acquire``: across reloads
         self.reload_results = {"success": 0, "failure": 0}  # recorded by ``reloaded``
         self.status = ConfigStatus(runtime.config)  # the config in force and the last reload: /config/status
         self.websockets = WebSockets()  # open WebSockets, across reloads

@@ -12,19 +12,17 @@ fail until the new primary answers.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import coredis
 import trio
-from bascule_sdk.redis import open_redis, safe_url
+from bascule_sdk.redis import open_redis
 
 from .policy import Decision, Outcome, Policy
 
 __all__ = ["SCRIPT", "BackendError", "RedisBackend"]
-
-log = logging.getLogger("bascule.ratelimit")
 
 SCRIPT = """
 -- One request against every limit of its route, atomically.
@@ -101,43 +99,31 @@ class BackendError(Exception):
 
 
 class RedisBackend:
-    """Decisions on a Redis server through one coredis client (multiplexed)."""
+    """Decisions on a Redis server through one open coredis client (multiplexed): see ``opened``."""
 
-    def __init__(self, url: str, timeout: float) -> None:
-        self.url = url
+    def __init__(self, client: Any, timeout: float) -> None:
         self.timeout = timeout
-        self._script: Any = None
-        self._closed = trio.Event()
+        self._script: Any = client.register_script(SCRIPT)
 
-    async def open(self, start_soon: Callable[..., Any]) -> None:
-        """Start the client (held open by a background task until ``aclose``).
+    @classmethod
+    @asynccontextmanager
+    async def opened(cls, url: str, timeout: float) -> AsyncIterator[RedisBackend]:
+        """The backend of ``url``, open inside the block (``Gateway.acquire`` holds it).
 
         Does not wait for Redis to answer: a gateway starts while Redis is down
         and decisions fail (``on_error``) until it is back.
         """
-        ready = trio.Event()
-        start_soon(self._hold, ready)
-        await ready.wait()
-
-    async def _hold(self, ready: trio.Event) -> None:
-        try:
-            async with open_redis(self.url, timeout=self.timeout) as client:  # coredis' pool lives in this block
-                self._script = client.register_script(SCRIPT)
-                with trio.move_on_after(self.timeout):
-                    try:  # load the script now rather than on the first requests; Redis may be down
-                        await client.script_load(SCRIPT)
-                    except coredis.exceptions.RedisError:
-                        pass
-                ready.set()
-                await self._closed.wait()
-        except Exception:
-            log.exception("rate-limit: cannot start the Redis client for %s", safe_url(self.url))
-        finally:
-            self._script = None
-            ready.set()
-
-    async def aclose(self) -> None:
-        self._closed.set()
+        async with open_redis(url, timeout=timeout) as client:  # coredis' pool lives in this block
+            backend = cls(client, timeout)
+            with trio.move_on_after(timeout):
+                try:  # load the script now rather than on the first requests; Redis may be down
+                    await client.script_load(SCRIPT)
+                except coredis.exceptions.RedisError:
+                    pass
+            try:
+                yield backend
+            finally:
+                backend._script = None
 
     async def decide(self, keys: Sequence[str], policies: Sequence[Policy]) -> Decision:
         """Check and consume on Redis; raise ``BackendError`` on any failure or timeout."""
