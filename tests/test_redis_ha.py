@@ -133,7 +133,7 @@ async def test_the_cache_and_the_config_store_on_a_cluster(nursery, cluster):
         """,
     )
     (cache,) = [p for p in gw.gateway.runtime.plugins.instances.values() if isinstance(p, Cache)]
-    await eventually(lambda: cache._shared.redis.ready)  # its client is open
+    await eventually(lambda: cache.store.ready)  # its client is open
     async with gw.client() as client:
         first, second = await client.get("/api/x"), await client.get("/api/x")
     assert (first.headers["x-cache-status"], second.headers["x-cache-status"]) == ("MISS", "HIT")

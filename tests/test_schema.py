@@ -37,6 +37,8 @@ from bascule_sdk.settings import (
     model_fields,
     parse_byte_size,
     parse_duration,
+    parse_header_name,
+    parse_header_value,
     resolve_secret,
     type_spec,
 )
@@ -260,6 +262,8 @@ VOCABULARY: dict[Any, list[Any]] = {
     ],
     "size": ["0", "1", "1000", "1024", "1KB", "1KiB", "64KiB", "1MB", 0, 1023, 1024, -1, "lots"],
     "secret": ["a-literal-secret", 7],
+    "header name": ["x-id", "X-Api-Key", "*", "", "a b", "b:c", "é", 5],
+    "header value": ["no-store", "max-age=60, public", "a\tb", "", "line\nbreak", "nul\x00", "\x7f", "é", "€", 5],
     "url": [
         "http://127.0.0.1:1",
         "https://svc.internal/base",
@@ -305,7 +309,13 @@ def values(tp: Any, meta: Mapping[str, Any]) -> st.SearchStrategy[Any]:
         return st.one_of([values(a, meta) for a in get_args(tp) if a is not type(None)])
     if get_origin(tp) is Annotated:
         fn = next(e.fn for e in get_args(tp)[1:] if isinstance(e, Converter))
-        kind = {parse_duration: "duration", parse_byte_size: "size", resolve_secret: "secret"}[fn]
+        kind = {
+            parse_duration: "duration",
+            parse_byte_size: "size",
+            resolve_secret: "secret",
+            parse_header_name: "header name",
+            parse_header_value: "header value",
+        }[fn]
         return st.sampled_from(VOCABULARY[kind])
     if get_origin(tp) is Literal:
         return st.sampled_from([*get_args(tp), "bogus"])
@@ -580,7 +590,7 @@ def test_every_bundled_settings_model_is_drawn():
         cls = available[name].cls
         for model in settings_models(cls.Settings) + (settings_models(cls.Credentials) if cls.Credentials else []):
             # jwt's keys: exactly one of secret, pem, jwk, each checked as a key; field rules: all.
-            if model.__name__ not in ("KeyConfig", "FieldRules"):
+            if model.__name__ not in ("KeyConfig", "FieldRules", "HeaderRules"):
                 assert model in drawn, f"{name}: {model.__name__} is not drawn by the property test"
     for part in PARTS:
         names = {f.name for f in dataclasses.fields(part.model(available))}

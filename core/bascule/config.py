@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bascule_sdk import Consumer
+from bascule_sdk import TOKEN, Consumer
 from bascule_sdk.settings import (
     ByteSize,
     Duration,
@@ -191,7 +191,7 @@ class ServiceSettings:
     hash_on: str = setting(
         "ip",
         'Key of balance = "hash": "ip", "consumer" or "header:NAME" (falls back to the client IP when absent).',
-        pattern=r"^(ip|consumer|header:.+)$",
+        pattern=rf"^(ip|consumer|header:{TOKEN})$",
         expected='"ip", "consumer" or "header:NAME"',
     )
     retries: int = setting(2, "Further attempts, each on another target, after a failed one.", min=0)

@@ -5,7 +5,7 @@ One ``ConfigStatus`` per process, kept by ``serve`` and told of every reload
 reloads the same file on the same SIGHUP, but each on its own: a reload may
 fail in one worker only, and a worker started to replace one that died reads
 the file as it is then. So every worker also writes its status to the run's
-scratch directory (``$BASCULE_RUN_DIR/config-status/PID.json``), and the admin
+scratch directory (``RUN_DIR/config-status/PID.json``, ``bascule.rundir``), and the admin
 listener, in the first worker, lists them all (``workers``) and says whether
 they serve the same file (``consistent``).
 """
@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .config import Config
 
 __all__ = ["ConfigStatus", "iso"]
@@ -37,12 +38,12 @@ class ConfigStatus:
 
     def __init__(self, config: Config | None = None, run_dir: str | None = None) -> None:
         """``config``: the one loaded at start; ``run_dir``: where the workers of a run
-        publish their status (default ``$BASCULE_RUN_DIR``; none for a single process)."""
+        publish their status (default: the run directory, ``bascule.rundir``; none for a single process)."""
         self.started_at = self.loaded_at = time.time()
         self.sha256 = config.sha256 if config else ""
         self.last_reload: dict[str, Any] | None = None
-        run_dir = run_dir if run_dir is not None else os.environ.get("BASCULE_RUN_DIR")
-        self.directory = Path(run_dir) / "config-status" if run_dir else None
+        directory = Path(run_dir) if run_dir is not None else rundir.current()
+        self.directory = directory / "config-status" if directory else None
         self._publish()
 
     def reloaded(self, trigger: str, config: Config) -> None:

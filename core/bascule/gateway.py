@@ -28,6 +28,7 @@ from .configstatus import ConfigStatus
 from .headers import InvalidField, absolute_form, arrival_headers, check_framing, check_host, parse_host
 from .paths import InvalidPath, normalise
 from .registry import InstalledPlugin
+from .resources import Resources
 from .runtime import CompiledRoute, Runtime, compile_runtime
 from .tasks import Backoff, Supervisor
 from .websocket import WebSockets
@@ -51,6 +52,7 @@ class Gateway:
         self.runtime = runtime
         self.shared: dict[str, Any] = {}  # plugins' state that outlives a config
         self.supervisor = Supervisor(backoff)
+        self.resources = Resources(self.supervisor.start_soon)  # plugins' ``acquire``: across reloads
         self.reload_results = {"success": 0, "failure": 0}  # recorded by ``reloaded``
         self.status = ConfigStatus(runtime.config)  # the config in force and the last reload: /config/status
         self.websockets = WebSockets()  # open WebSockets, across reloads

@@ -13,26 +13,31 @@ store's version). Nothing here opens a socket or starts a task:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 from bascule_sdk import Consumer, Context, HTTPError, Plugin, Request, Response, RouteInfo, TaskState
 from bascule_sdk.settings import SettingsError
 
+from . import rundir
 from .asgi import early_hints
 from .config import Config, ConfigError, ConfigProblem, ConfiguredPlugin, ConfiguredRoute, RouteSettings, load_config
 from .headers import TrustedProxies, departure_headers, frame_body, response_headers
 from .pipeline import Pipeline, PluginLoadError, PluginSet
 from .proxy import Proxy, ProxySettings
 from .registry import InstalledPlugin
+from .resources import Resources
 from .routing import Router, RouterEntry
 from .tasks import Supervisor
 from .upstream import Upstreams
 from .worker import contained_errors
+
+T = TypeVar("T")
 
 __all__ = ["CompiledRoute", "PluginView", "Runtime", "RuntimeHost", "check_config", "compile_runtime"]
 
@@ -99,6 +104,8 @@ class RuntimeHost(Protocol):
     shared: dict[str, Any]
     #: Runs background tasks until shutdown: plugins' and active health checks (``bascule.tasks``).
     supervisor: Supervisor
+    #: What plugins ``acquire``, shared across reloads (``bascule.resources``).
+    resources: Resources
 
     @property
     def reload_results(self) -> Mapping[str, int]:
@@ -127,6 +134,7 @@ class Runtime:
         self.upstreams: Upstreams = Upstreams(config.services, gw.buffer_size, previous.upstreams if previous else None)
         self.plugins = PluginSet()
         self.routes: dict[str, CompiledRoute] = {}
+        self.resources: Resources | None = None  # the host's, once started: this config's acquisitions
         errors: list[ConfigProblem] = []
         entries: list[RouterEntry[CompiledRoute]] = []
         for order, route in enumerate(config.routes):
@@ -209,14 +217,17 @@ class Runtime:
         see this runtime's consumers even when it is started for a reload, before it is swapped in."""
 
         def view(plugin: Plugin) -> PluginView:
-            return PluginView(self.config.consumers, plugin.instance, gateway)
+            return PluginView(self.config.consumers, plugin.instance, gateway, self)
 
+        self.resources = gateway.resources
         await self.plugins.startup(view)
         self.upstreams.start(gateway.supervisor.start_soon)  # active health checks; kept services go on
 
     async def aclose(self, keep: Runtime | None = None) -> None:
         """Shut plugins down and close pools (those ``keep`` took over stay open)."""
         await self.plugins.shutdown()
+        if self.resources is not None:
+            await self.resources.release(self)  # closes those no other config holds
         await self.upstreams.aclose(keep.upstreams if keep else None)
 
 
@@ -228,10 +239,18 @@ class PluginView:
     consumers: Mapping[str, Consumer]
     plugin: str
     gateway: RuntimeHost
+    holder: object = None  # whose acquisitions ``acquire`` makes: the Runtime, which releases them
 
     @property
     def shared(self) -> dict[str, Any]:
         return self.gateway.shared
+
+    @property
+    def run_dir(self) -> Path | None:
+        return rundir.current()
+
+    async def acquire(self, key: Hashable, open: Callable[[], AbstractAsyncContextManager[T]]) -> T:
+        return await self.gateway.resources.acquire(key, open, self.holder)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
         self.gateway.supervisor.start_soon(fn, *args, name=name, plugin=self.plugin)

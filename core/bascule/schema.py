@@ -82,7 +82,8 @@ def _schema(spec: TypeSpec) -> dict[str, Any]:
         case ListOf():
             return {"type": "array", "items": _schema(spec.item)} if spec.parts else {"type": "array"}
         case TableOf():
-            return {"type": "object", "additionalProperties": _schema(spec.value)}
+            table = {"type": "object", "additionalProperties": _schema(spec.value)}
+            return table | ({"propertyNames": _schema(spec.keys)} if spec.keys else {})
         case Model():
             return settings_schema(spec.model)
     return spec.schema

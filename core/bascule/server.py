@@ -22,10 +22,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from functools import partial
@@ -36,6 +34,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import LifespanFailureError, repr_socket_addr
 
+from . import rundir
 from .config import Config, ConfigError, GatewaySettings
 from .fleet import FleetAgent, FleetSettings
 from .gateway import Gateway
@@ -330,11 +329,8 @@ def _supervise(
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    # A scratch directory shared by this run's workers, for state summed across them
-    # (e.g. metrics); workers inherit $BASCULE_RUN_DIR. Removed when the run ends.
-    run_dir = tempfile.mkdtemp(prefix="bascule-run-")
-    os.environ["BASCULE_RUN_DIR"] = run_dir
-    try:
+    # A scratch directory shared by this run's workers (bascule.rundir), removed when the run ends.
+    with rundir.created():
         for i in range(workers):
             start(i)
         while True:
@@ -348,8 +344,6 @@ def _supervise(
                         start(i)
             if stopping and not procs:
                 return 0
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _worker(

@@ -143,6 +143,10 @@ class Supervisor:
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
+    """A function's qualified name (a ``partial``'s function's): what logs call a task."""
     while isinstance(fn, partial):
         fn = fn.func
     return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+name_of = _name_of

@@ -9,7 +9,7 @@ from .context import Consumer, Context, Gateway, Phase, RouteInfo, TaskState, Up
 from .hookspecs import hookimpl, hookspec
 from .http import HOP_BY_HOP, TOKEN, Headers, HTTPError, Request, Response
 from .plugin import NoSettings, Plugin
-from .settings import ByteSize, Duration, Secret, SettingsError, secret_bytes, setting
+from .settings import ByteSize, Duration, HeaderName, HeaderValue, Secret, SettingsError, secret_bytes, setting
 from .websocket import DROP, WebSocketClose, WebSocketMessage
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "Duration",
     "Gateway",
     "HTTPError",
+    "HeaderName",
+    "HeaderValue",
     "Headers",
     "NoSettings",
     "Phase",

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from .http import Request, Response
 from .tracecontext import Trace
 
 __all__ = ["Consumer", "Context", "Gateway", "Phase", "RouteInfo", "TaskState", "UpstreamCall"]
+
+T = TypeVar("T")
 
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -253,6 +256,30 @@ class Gateway(Protocol):
     #: State that outlives one config: kept across reloads, shared by every plugin
     #: instance of this gateway process. Key it by your plugin's name.
     shared: dict[str, Any]
+
+    @property
+    def run_dir(self) -> Path | None:
+        """A directory shared by the worker processes of one ``bascule run --workers N``
+        (created empty for the run, removed when it ends), for state summed or
+        coordinated across them; ``None`` in a single process."""
+        ...
+
+    async def acquire(self, key: Hashable, open: Callable[[], AbstractAsyncContextManager[T]]) -> T:
+        """The resource of this gateway process under ``key``, shared and reference counted.
+
+        The first acquisition of ``key`` enters ``open()`` (an async context
+        manager, e.g. ``partial(bascule_sdk.redis.open_redis, url, timeout=t)``) in
+        a background task of the gateway and returns what it yields; later ones,
+        by any plugin instance and any config, get the same value while it is
+        open. Your acquisitions are released after your config's ``shutdown``
+        hooks ran (a reload retiring it, or the gateway stopping); the last
+        release exits the context (closes it). So a reload that keeps the key
+        keeps the resource. Put in ``key`` everything that makes two resources
+        differ (a URL, a timeout), prefixed by your plugin's name; it is never
+        logged. Raises what ``open()`` raised; a resource whose context ends on
+        its own (an error, logged) is opened anew by the next acquisition.
+        """
+        ...
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
         """Run ``fn(*args)`` in the background, supervised, until the gateway shuts down.

@@ -8,7 +8,10 @@ added some) and sets the consumer it authenticated.
 An auth plugin reads its credential with ``single_credential``: a request that
 carries it more than once (twice the same field, a field and a cookie, two
 fields joined with a comma...) is refused with 400 before anything trusts it,
-so the credential a plugin verified is the only one the upstream can see."""
+so the credential a plugin verified is the only one the upstream can see.
+
+``Anonymous`` is what an auth plugin's ``anonymous = "NAME"`` setting means,
+for every auth plugin alike."""
 
 from __future__ import annotations
 
@@ -18,12 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote_plus
 
-from .context import Consumer
+from .context import Consumer, Context, Gateway
 from .http import Headers, HTTPError, Request
 
 __all__ = [
     "MULTIPLE_CREDENTIALS",
     "PREFIX",
+    "Anonymous",
     "Credential",
     "header_value",
     "multiple_credentials",
@@ -173,3 +177,41 @@ def multiple_credentials(challenge: str = "") -> HTTPError:
         params = f'error="invalid_request", error_description="{MULTIPLE_CREDENTIALS}"'
         headers["WWW-Authenticate"] = f"{challenge.strip()}{sep}{params}"
     return HTTPError(400, MULTIPLE_CREDENTIALS, headers)
+
+
+@dataclass(frozen=True)
+class Anonymous:
+    """The consumer an auth plugin admits a request without its credential as (``anonymous = "NAME"``).
+
+    With one, the plugin's routes serve anonymous callers as that consumer
+    (``admit``), and a request that an earlier auth plugin identified as
+    someone else passes on (``identified_elsewhere``): a route may then accept
+    either plugin's credential. Such a request that carries this plugin's
+    credential too is refused (``multiple_credentials``): the upstream would get
+    an unverified credential next to the identity. Without one (``""``: the
+    default, ``Anonymous()``), every request needs the credential.
+    """
+
+    consumer: Consumer | None = None
+
+    @classmethod
+    def named(cls, name: str, gateway: Gateway, instance: str) -> Anonymous:
+        """The setting ``anonymous = name`` of plugin ``instance`` at ``startup``: ``ValueError``
+        (which stops the config) when ``name`` is not declared under ``[consumers]``."""
+        if not name:
+            return cls()
+        if name not in gateway.consumers:
+            raise ValueError(f"plugin {instance!r}: anonymous consumer {name!r} is not declared under [consumers]")
+        return cls(gateway.consumers[name])
+
+    def identified_elsewhere(self, ctx: Context) -> bool:
+        """Whether anonymous callers are admitted and an earlier auth plugin identified this request."""
+        return self.consumer is not None and ctx.consumer is not None and ctx.consumer is not self.consumer
+
+    def admit(self, ctx: Context) -> bool:
+        """For a request without the credential: identify it as the anonymous consumer, if there is one
+        (``True``); ``False``: the plugin answers 401."""
+        if self.consumer is None:
+            return False
+        ctx.consumer = self.consumer
+        return True

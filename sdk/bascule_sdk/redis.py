@@ -1,7 +1,9 @@
 """One Redis connection from one URL: a single server, Sentinel or Cluster (coredis' own support).
 
 Shared by the rate-limit and cache plugins and the config store; coredis is
-imported only when a client is opened (plugins that use Redis depend on it)::
+imported only when a client is opened (plugins that use Redis depend on it).
+A plugin holds its client as a resource of the gateway, kept across reloads
+that keep its URL: ``gateway.acquire(key, partial(open_redis, url, timeout=t))``::
 
     redis://[:PASSWORD@]HOST:PORT/DB            one server (rediss:// over TLS, unix:///PATH)
     redis+sentinel://[:PASSWORD@]H1:P1,H2:P2/SERVICE[/DB]

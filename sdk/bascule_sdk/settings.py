@@ -5,7 +5,9 @@ TOML table into an instance, or raises ``SettingsError`` listing *every*
 problem with the dotted key it belongs to. Supported field types: ``str``,
 ``int``, ``float``, ``bool``, ``Literal[...]``, ``list[T]``, ``dict[str, T]``,
 ``T | None``, nested dataclasses, and the converters below (``Duration``,
-``ByteSize``, ``Secret``) or your own ``Annotated[T, Converter(fn)]``. Each
+``ByteSize``, ``Secret``, ``HeaderName``, ``HeaderValue``) or your own
+``Annotated[T, Converter(fn)]``; a table's keys may be converted too
+(``dict[HeaderName, HeaderValue]``). Each
 type is decoded once into a ``TypeSpec`` (``type_spec``), and each model's
 keys into ``FieldSpec``s (``model_fields``): ``parse`` converts with them,
 ``bascule schema`` and the docs describe the same specs.
@@ -44,6 +46,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
+from .http import TOKEN
+
 __all__ = [
     "AnyValue",
     "BinarySecret",
@@ -54,6 +58,8 @@ __all__ = [
     "Duration",
     "Either",
     "FieldSpec",
+    "HeaderName",
+    "HeaderValue",
     "ListOf",
     "Model",
     "Nullable",
@@ -74,6 +80,8 @@ __all__ = [
     "parse",
     "parse_byte_size",
     "parse_duration",
+    "parse_header_name",
+    "parse_header_value",
     "resolve_secret",
     "secret_bytes",
     "setting",
@@ -201,6 +209,30 @@ def parse_byte_size(value: Any) -> int:
     if isinstance(value, str) and (m := _SIZE.match(value)):
         return int(m.group(1)) * (_SIZE_UNITS[m.group(2)] if m.group(2) else 1)
     raise ValueError(f'expected a size like "64KiB" or "10MB", got {value!r}')
+
+
+_FIELD_NAME = re.compile(rf"^{TOKEN}$")
+# RFC 9110 5.5 field-value: visible characters, SP, HTAB and obs-text (bytes 0x80-0xFF, as Latin-1).
+_FIELD_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+
+
+def parse_header_name(value: Any) -> str:
+    """An RFC 9110 field name (a token: ``X-Api-Key``), as written."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a header name, got {describe(value)}")
+    if not _FIELD_NAME.match(value):
+        raise ValueError(f"expected a header name (letters, digits and !#$%&'*+-.^_`|~), got {value!r}")
+    return value
+
+
+def parse_header_value(value: Any) -> str:
+    """An RFC 9110 field value: no CR, LF, NUL or other control character (a tab is
+    allowed), nothing beyond U+00FF. Messages never quote it (it may be a credential)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a header value (a string), got {describe(value)}")
+    if not _FIELD_VALUE.match(value):
+        raise ValueError("a header value cannot hold CR, LF, NUL, another control character or one beyond U+00FF")
+    return value
 
 
 class UnresolvedSecret(str):
@@ -335,6 +367,23 @@ Secret = Annotated[
     Converter(resolve_secret, "secret (literal, env:NAME, file:PATH or file+bytes:PATH)", schema={"type": "string"}),
 ]
 
+HeaderName = Annotated[
+    str,
+    Converter(
+        parse_header_name,
+        'header name ("X-Api-Key")',
+        schema={"type": "string", "pattern": _FIELD_NAME.pattern},
+    ),
+]
+HeaderValue = Annotated[
+    str,
+    Converter(
+        parse_header_value,
+        "header value (no CR, LF, NUL or other control character)",
+        schema={"type": "string", "pattern": _FIELD_VALUE.pattern},
+    ),
+]
+
 
 # -- The type grammar: each settings field type, decoded once ---------------------------------------
 
@@ -456,6 +505,10 @@ class Choice(TypeSpec):
         return raw
 
     @property
+    def name(self) -> str:
+        return " or ".join(repr(c) for c in self.choices)
+
+    @property
     def label(self) -> str:
         return " \\| ".join(f'`"{c}"`' if isinstance(c, str) else f"`{c}`" for c in self.choices)
 
@@ -503,12 +556,21 @@ class TableOf(TypeSpec):
     def value(self) -> TypeSpec:
         return self.parts[-1] if self.parts else _ANY
 
+    @property
+    def keys(self) -> TypeSpec | None:
+        """The converter of the keys (``dict[HeaderName, T]``), or ``None``: any string."""
+        return self.parts[0] if len(self.parts) == 2 and isinstance(self.parts[0], Converted) else None
+
     def convert(self, raw: Any, key: str, problems: list[Problem]) -> Any:
         if not isinstance(raw, Mapping):
             problems.append(Problem(key, f"expected a table, got {describe(raw)}"))
             return None
-        value = self.value
-        return {k: value.convert(v, _join(key, k), problems) for k, v in raw.items()}
+        value, keys = self.value, self.keys
+        table = {}
+        for k, v in raw.items():
+            where = _join(key, k)
+            table[k if keys is None else keys.convert(k, where, problems)] = value.convert(v, where, problems)
+        return table
 
     @property
     def name(self) -> str:
@@ -516,7 +578,9 @@ class TableOf(TypeSpec):
 
     @property
     def label(self) -> str:
-        return "table" if isinstance(self.value, AnyValue) else f"table of {self.value.label}"
+        if isinstance(self.value, AnyValue):
+            return "table"
+        return f"table of {self.keys.label} = {self.value.label}" if self.keys else f"table of {self.value.label}"
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bascule_sdk import TOKEN, ByteSize, Duration, setting
+from bascule_sdk import ByteSize, Duration, HeaderName, HeaderValue, setting
 
 from .template import CLIENT_SOURCES, Ref, Template
 
@@ -14,10 +14,8 @@ __all__ = ["MAX_DEPTH_LIMIT", "AggregateSettings", "Backend"]
 
 MAX_DEPTH_LIMIT = 256  # the most nesting max_depth may allow (shaping recurses per level)
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")  # RFC 3986 path characters
-_TOKEN = rf"^{TOKEN}$"  # RFC 9110 field-name
 _DOTTED = r"^[^.]+(\.[^.]+)*$"  # a field path: "data.ride"
 _NAME = rf"^(?!({'|'.join(CLIENT_SOURCES)})$)[A-Za-z_][A-Za-z0-9_]*$"  # placeholders name it: {name.field}
-_NO_CONTROLS = r"^[^\r\n\x00]*$"
 
 
 @dataclass(frozen=True)
@@ -39,9 +37,7 @@ class Backend:
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = setting("GET", "Method to send.")
     query: dict[str, str] = setting({}, "Query parameters to send; values may hold placeholders.")
     forward_query: list[str] = setting([], 'Client query parameters copied as they are ("*": all).')
-    headers: list[str] = setting(
-        [], "Client request headers copied to this backend.", pattern=_TOKEN, expected="a header name"
-    )
+    headers: list[HeaderName] = setting([], "Client request headers copied to this backend.")
     forward_body: bool = setting(False, "Send the client's body (and Content-Type) to this backend.")
     timeout: Duration | None = setting(None, "This backend's budget (default: the route's timeout).", min=0.001)
     required: bool = setting(True, "A failure fails the whole request (502/504) instead of a partial answer.")
@@ -102,12 +98,7 @@ class AggregateSettings:
         32, f"Deepest JSON nesting accepted from a backend (at most {MAX_DEPTH_LIMIT}).", min=1, max=MAX_DEPTH_LIMIT
     )
     pass_status: bool = setting(False, "Answer with the backend's status (single-backend routes only).")
-    cache_control: str | None = setting(
-        None,
-        "Cache-Control of a complete answer (a partial one is no-store).",
-        pattern=_NO_CONTROLS,
-        expected="no CR, LF or NUL",
-    )
+    cache_control: HeaderValue | None = setting(None, "Cache-Control of a complete answer (a partial one is no-store).")
 
     def __post_init__(self) -> None:
         if self.pass_status and len(self.backends) != 1:

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import ClassVar
 
 import trio
@@ -28,7 +29,7 @@ from .purge import purge
 from .refresh import Refresher
 from .responses import respond
 from .settings import CacheSettings
-from .storage import SharedStore, SharedStores, Store, StoreUnavailable
+from .storage import Store, StoreUnavailable, opened, store_key
 from .variants import Variants
 
 __all__ = ["Cache", "Status"]
@@ -108,17 +109,17 @@ class Cache(Plugin[CacheSettings]):
         self.waiting = 0
         self._flights: dict[str, _Flight] = {}
         self._uncacheable: dict[str, float] = {}  # flight key -> until when misses skip coalescing
-        self._stores = SharedStores()
-        self._shared: SharedStore | None = None
+        self._stores: set[Store] = set()  # every open store of the gateway (in ``gateway.shared``)
+        self._store_in_use: Store | None = None
         self.gateway: Gateway | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
     @property
     def store(self) -> Store:
-        if self._shared is None:
+        if self._store_in_use is None:
             raise StoreUnavailable("the cache has not started")
-        return self._shared.store
+        return self._store_in_use
 
     @property
     def hits(self) -> int:
@@ -131,14 +132,14 @@ class Cache(Plugin[CacheSettings]):
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._stores = gateway.shared.setdefault("cache.stores", SharedStores())
-        self._shared = self._stores.acquire(self.settings, type(self).clock, gateway)
+        # Instances with the same backend settings share one store, across routes and reloads.
+        self._stores = gateway.shared.setdefault("cache.stores", set())
+        opener = partial(opened, self.settings, type(self).clock, self._stores)
+        self._store_in_use = await gateway.acquire(store_key(self.settings), opener)
 
     @hookimpl
     async def shutdown(self) -> None:
-        shared, self._shared = self._shared, None
-        if shared is not None:
-            self._stores.release(shared)
+        self._store_in_use = None  # the gateway closes the store once no config uses it
 
     # -- request ------------------------------------------------------------------
 
@@ -312,7 +313,7 @@ class Cache(Plugin[CacheSettings]):
     async def _invalidate(self, request: Request, response: Response) -> None:
         """Drop ``Keys.invalidated`` from every store of the gateway."""
         keys = self.keys.invalidated(request, response.headers)
-        for store in self._stores.all():
+        for store in list(self._stores):
             try:
                 await store.delete(keys)
             except StoreUnavailable:
@@ -323,4 +324,4 @@ class Cache(Plugin[CacheSettings]):
         """``POST {purge_path}``: see ``purge``."""
         if request.path != self.settings.purge_path:
             return None
-        return await purge(request, self._stores.all())
+        return await purge(request, list(self._stores))

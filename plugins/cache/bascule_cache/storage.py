@@ -10,19 +10,18 @@ invalidation after an unsafe method needs. Every call may raise
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
 import trio
-from bascule_sdk import Gateway
 from bascule_sdk.redis import open_redis
 from cachetools import LRUCache
 
 from .entry import Entry
 from .settings import CacheSettings
 
-__all__ = ["MemoryStore", "RedisStore", "SharedStore", "SharedStores", "Store", "StoreUnavailable", "uri_path"]
+__all__ = ["MemoryStore", "RedisStore", "Store", "StoreUnavailable", "opened", "store_key", "uri_path"]
 
 log = logging.getLogger("bascule.cache")
 
@@ -128,34 +127,17 @@ return 1
 class RedisStore:
     """Records as Redis hashes under ``prefix + key``, shared by every gateway using it.
 
-    ``run()`` holds the client open (coredis needs ``async with``) until
-    ``close()``; start it as a background task. Each command is bounded by
-    ``timeout``; a failure raises ``StoreUnavailable``. Memory is bounded
-    by the Redis server's own ``maxmemory`` policy.
+    ``client``: an open coredis client (see ``opened``). Each command is bounded
+    by ``timeout``; a failure raises ``StoreUnavailable``. Memory is bounded by
+    the Redis server's own ``maxmemory`` policy.
     """
 
-    def __init__(self, url: str, prefix: str, timeout: float) -> None:
-        self.url = url  # one server, a Sentinel service or a Cluster (bascule_sdk.redis)
-        self.client: Any = None
+    def __init__(self, client: Any, prefix: str, timeout: float) -> None:
+        self.client = client
         self.prefix = prefix
         self.timeout = timeout
-        self.ready = False
-        self.closed = trio.Event()
+        self.ready = True  # until its client is closed
         self.healthy = True
-
-    async def run(self) -> None:
-        try:
-            async with open_redis(self.url, timeout=self.timeout) as self.client:
-                self.ready = True
-                try:
-                    await self.closed.wait()
-                finally:
-                    self.ready = False
-        except Exception as e:  # never take the gateway down: the cache is bypassed instead
-            log.error("cache: the Redis client stopped (%r); the cache is bypassed", e)
-
-    def close(self) -> None:
-        self.closed.set()
 
     async def _call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         import coredis.exceptions
@@ -216,48 +198,31 @@ def _decode(field: str, value: bytes | None) -> Value | None:
         return None
 
 
-@dataclass
-class SharedStore:
-    """A store and the number of cache instances using it."""
+@asynccontextmanager
+async def opened(s: CacheSettings, clock: Callable[[], float], stores: set[Store]) -> AsyncIterator[Store]:
+    """The store that settings ``s`` name, open inside the block and in ``stores`` meanwhile.
 
-    id: tuple
-    store: Store
-    users: int = 0
-    redis: RedisStore | None = None
-
-
-class SharedStores:
-    """The stores of one gateway: cache instances with the same backend settings share
-    one, across routes and config reloads; the last to release it closes it."""
-
-    def __init__(self) -> None:
-        self._stores: dict[tuple, SharedStore] = {}
-
-    def acquire(self, s: CacheSettings, clock: Callable[[], float], gateway: Gateway) -> SharedStore:
-        """The store for settings ``s``, opened if new (a Redis client runs as a ``gateway`` task)."""
+    A Redis store holds one client (``bascule_sdk.redis``; one server, a Sentinel
+    service or a Cluster), which does not wait for the server.
+    """
+    store: MemoryStore | RedisStore
+    async with AsyncExitStack() as stack:
         if s.backend == "redis":
-            id: tuple = ("redis", s.redis_url, s.key_prefix, s.redis_timeout)
+            client = await stack.enter_async_context(open_redis(s.redis_url or "", timeout=s.redis_timeout))
+            store = RedisStore(client, s.key_prefix, s.redis_timeout)
         else:
-            id = ("memory", s.max_size)
-        shared = self._stores.get(id)
-        if shared is None:
-            if s.backend == "redis":
-                redis = RedisStore(s.redis_url or "", s.key_prefix, s.redis_timeout)
-                shared = SharedStore(id, redis, redis=redis)
-                gateway.start_soon(redis.run)
-            else:
-                shared = SharedStore(id, MemoryStore(s.max_size, clock))
-            self._stores[id] = shared
-        shared.users += 1
-        return shared
+            store = MemoryStore(s.max_size, clock)
+        stores.add(store)
+        try:
+            yield store
+        finally:
+            stores.discard(store)
+            if isinstance(store, RedisStore):
+                store.ready = False
 
-    def release(self, shared: SharedStore) -> None:
-        shared.users -= 1
-        if shared.users == 0:
-            self._stores.pop(shared.id, None)
-            if shared.redis is not None:
-                shared.redis.close()
 
-    def all(self) -> list[Store]:
-        """Every store of the gateway: invalidation and purges reach all routes' caches."""
-        return [shared.store for shared in list(self._stores.values())]
+def store_key(s: CacheSettings) -> tuple[Any, ...]:
+    """What makes two cache instances' stores one (``Gateway.acquire``'s key): the backend settings."""
+    if s.backend == "redis":
+        return ("cache", "redis", s.redis_url, s.key_prefix, s.redis_timeout)
+    return ("cache", "memory", s.max_size)

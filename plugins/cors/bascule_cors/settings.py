@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bascule_sdk import TOKEN, Duration, setting
+from bascule_sdk import TOKEN, Duration, HeaderName, setting
 
 __all__ = ["CORSSettings"]
 
 # "*", "null" or scheme://host[:port], host possibly "*.example.com", in any case, trailing "/" allowed.
 _ORIGIN = r"^(\*|[Nn][Uu][Ll][Ll]|[A-Za-z][A-Za-z0-9+.-]*://(\*\.)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?)/*$"
-_TOKEN = rf"^(\*|{TOKEN})$"  # an RFC 9110 token (a method, a field name) or "*"
+_METHOD = rf"^{TOKEN}$"  # RFC 9110 method: a token ("*", any, is one too)
 
 
 @dataclass(frozen=True)
@@ -26,18 +26,13 @@ class CORSSettings:
     methods: list[str] = setting(
         ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
         'Methods allowed cross-origin ("*": any).',
-        pattern=_TOKEN,
+        pattern=_METHOD,
         expected='a method or "*"',
     )
-    headers: list[str] = setting(
-        [],
-        'Request headers a page may send (beyond the CORS-safelisted ones; "*": any).',
-        pattern=_TOKEN,
-        expected='a header name or "*"',
+    headers: list[HeaderName] = setting(
+        [], 'Request headers a page may send (beyond the CORS-safelisted ones; "*": any).'
     )
-    expose_headers: list[str] = setting(
-        [], "Response headers a page may read beyond the safelisted ones.", pattern=_TOKEN, expected="a header name"
-    )
+    expose_headers: list[HeaderName] = setting([], "Response headers a page may read beyond the safelisted ones.")
     credentials: bool = setting(False, 'Allow cookies and Authorization (needs explicit origins, not "*").')
     max_age: Duration | None = setting(None, 'How long a browser may cache a preflight answer, e.g. "10m".')
     # Derived once: lower-case lookups used per request.

@@ -201,7 +201,7 @@ async def test_only_on_its_route(nursery):
             "origins\\[0\\]: expected \"\\*\" or an origin like .*, got 'app.example.com'",
         ),
         ('methods = ["GET", "GET POST"]', "methods\\[1\\]: expected a method or \"\\*\", got 'GET POST'"),
-        ('headers = ["x trace"]', "headers\\[0\\]: expected a header name or \"\\*\", got 'x trace'"),
+        ('headers = ["x trace"]', "headers\\[0\\]: expected a header name .*, got 'x trace'"),
         ('max_age = "soon"', "expected a duration"),
     ],
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from urllib.parse import unquote_plus
 
 import trio
-from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
-from bascule_sdk.identity import multiple_credentials, set_identity, single_credential, strip_identity
+from bascule_sdk import Context, Gateway, HTTPError, Plugin, Request, hookimpl
+from bascule_sdk.identity import Anonymous, multiple_credentials, set_identity, single_credential, strip_identity
 
 from .settings import Credentials
 from .settings import Settings as JWTSettings
@@ -31,7 +31,7 @@ class JWTPlugin(Plugin[JWTSettings]):
     def __init__(self, settings: JWTSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
         self.verifier = Verifier(settings, self.name)
-        self._anonymous: Consumer | None = None
+        self._anonymous = Anonymous()
         self._claim_header_names = frozenset(h.lower().encode() for h in settings.claim_headers.values())
         self._headers = (settings.header,) if settings.header else ()
         self._cookies = (settings.cookie,) if settings.cookie else ()
@@ -40,13 +40,7 @@ class JWTPlugin(Plugin[JWTSettings]):
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
-        if self.settings.anonymous:
-            if self.settings.anonymous not in gateway.consumers:
-                raise ValueError(
-                    f"plugin {self.instance!r}: anonymous consumer "
-                    f"{self.settings.anonymous!r} is not declared under [consumers]"
-                )
-            self._anonymous = gateway.consumers[self.settings.anonymous]
+        self._anonymous = Anonymous.named(self.settings.anonymous, gateway, self.instance)
         self.verifier.bind_consumers(gateway.consumers)
         await self.verifier.open()
         if self.verifier.sources:
@@ -68,7 +62,7 @@ class JWTPlugin(Plugin[JWTSettings]):
     @hookimpl
     async def on_request(self, ctx: Context) -> None:
         strip_identity(ctx.request.headers, self._claim_header_names)
-        if self._anonymous is not None and ctx.consumer is not None and ctx.consumer is not self._anonymous:
+        if self._anonymous.identified_elsewhere(ctx):
             # "either" mode: an earlier auth plugin already identified the caller. A token sent as well
             # would reach the upstream unverified, next to that identity: two credentials (RFC 6750 §3.1).
             if self._token(ctx.request) is not None:
@@ -77,8 +71,7 @@ class JWTPlugin(Plugin[JWTSettings]):
         s = self.settings
         token = self._token(ctx.request)
         if token is None:
-            if self._anonymous is not None:
-                ctx.consumer = self._anonymous
+            if self._anonymous.admit(ctx):
                 return
             raise HTTPError(401, "A bearer token is required.", {"WWW-Authenticate": self._challenge()})
         if len(token) > s.max_token_size:

@@ -8,7 +8,14 @@ import re
 from urllib.parse import unquote_plus, unquote_to_bytes
 
 from bascule_sdk import Consumer, Context, Gateway, HTTPError, Plugin, Request, hookimpl
-from bascule_sdk.identity import Credential, multiple_credentials, set_identity, single_credential, strip_identity
+from bascule_sdk.identity import (
+    Anonymous,
+    Credential,
+    multiple_credentials,
+    set_identity,
+    single_credential,
+    strip_identity,
+)
 
 from .settings import Credentials, parse_hashed_key
 from .settings import Settings as KeyAuthSettings
@@ -35,7 +42,7 @@ class KeyAuthPlugin(Plugin[KeyAuthSettings]):
     def __init__(self, settings: KeyAuthSettings, *, instance: str | None = None) -> None:
         super().__init__(settings, instance=instance)
         self._index: dict[bytes, list[tuple[bytes, Consumer]]] = {}  # digest[:4] -> (digest, consumer)
-        self._anonymous: Consumer | None = None
+        self._anonymous = Anonymous()
         self._query = frozenset(settings.query)
         # Every header the key may be in; with a scheme, Authorization (RFC 9110 §11.6.2) comes first.
         headers = [h for h in settings.headers if not (settings.scheme and h.lower() == "authorization")]
@@ -44,13 +51,7 @@ class KeyAuthPlugin(Plugin[KeyAuthSettings]):
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
-        if self.settings.anonymous:
-            if self.settings.anonymous not in gateway.consumers:
-                raise ValueError(
-                    f"plugin {self.instance!r}: anonymous consumer "
-                    f"{self.settings.anonymous!r} is not declared under [consumers]"
-                )
-            self._anonymous = gateway.consumers[self.settings.anonymous]
+        self._anonymous = Anonymous.named(self.settings.anonymous, gateway, self.instance)
         owners: dict[bytes, Consumer] = {}
         for consumer in gateway.consumers.values():
             creds: Credentials | None = consumer.credentials.get(self.name)
@@ -67,7 +68,7 @@ class KeyAuthPlugin(Plugin[KeyAuthSettings]):
     @hookimpl
     async def on_request(self, ctx: Context) -> None:
         strip_identity(ctx.request.headers)
-        if self._anonymous is not None and ctx.consumer is not None and ctx.consumer is not self._anonymous:
+        if self._anonymous.identified_elsewhere(ctx):
             # "either" mode: an earlier auth plugin already identified the caller. A key sent as well
             # would reach the upstream unverified, next to that identity: two credentials (RFC 6750 §3.1).
             if self._key(ctx.request) is not None:
@@ -75,8 +76,7 @@ class KeyAuthPlugin(Plugin[KeyAuthSettings]):
             return
         key = self._key(ctx.request)
         if key is None:
-            if self._anonymous is not None:
-                ctx.consumer = self._anonymous
+            if self._anonymous.admit(ctx):
                 return
             raise self._unauthorized("An API key is required.")
         if len(key) > self.settings.max_key_size:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bascule_sdk import TOKEN, ByteSize, setting
+from bascule_sdk import TOKEN, ByteSize, HeaderName, setting
 
 __all__ = ["Credentials", "Settings", "parse_hashed_key"]
 
-_TOKEN = rf"^{TOKEN}$"  # RFC 9110 token: a header name, an auth-scheme
+_SCHEME = rf"^{TOKEN}$|^$"  # an RFC 9110 auth-scheme (a token), or '' (none)
 _NO_QUOTES = r'^[^"\\]*$'  # a quoted-string's content, as we write it: no quote, no backslash
 _HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 
@@ -18,12 +18,7 @@ _HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 class Settings:
     """``[routes.plugins.key-auth]``: where API keys are looked for, and what to do with them."""
 
-    headers: list[str] = setting(
-        ["apikey", "X-API-Key"],
-        "Request headers that may carry the key, in order.",
-        pattern=_TOKEN,
-        expected="a header name",
-    )
+    headers: list[HeaderName] = setting(["apikey", "X-API-Key"], "Request headers that may carry the key, in order.")
     query: list[str] = setting([], "Query parameters that may carry the key (off by default: URLs get logged).")
     hide_credentials: bool = setting(False, "Remove the key from the request before it is proxied.")
     anonymous: str = setting("", "Consumer name used when a request carries no key ('': 401).")
@@ -34,7 +29,7 @@ class Settings:
     scheme: str = setting(
         "",
         "Also read the key from 'Authorization: <scheme> <key>', e.g. Bearer ('': no scheme, APIKey challenge).",
-        pattern=f"{_TOKEN}|^$",
+        pattern=_SCHEME,
         expected="an auth-scheme (an RFC 9110 token, e.g. Bearer) or ''",
     )
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from bascule_sdk import Duration, setting
+from bascule_sdk import Duration, HeaderName, setting
 
 __all__ = ["SENSITIVE_HEADERS", "LoggingSettings"]
 
@@ -53,10 +53,10 @@ class LoggingSettings:
     redact_query: list[str] = setting(
         list(SECRET_QUERY_PARAMS), 'Query parameters whose values are logged as "REDACTED"; "*" for all.'
     )
-    headers: list[str] = setting(
+    headers: list[HeaderName] = setting(
         ["user-agent"], 'Request headers logged (under "headers"); credentials can never be listed.'
     )
-    sensitive_headers: list[str] = setting(
+    sensitive_headers: list[HeaderName] = setting(
         list(SENSITIVE_HEADERS), "Headers that may never be logged (add your API-key header here)."
     )
     trace_context: bool = setting(True, "Propagate W3C traceparent/tracestate upstream, a new span per hop.")

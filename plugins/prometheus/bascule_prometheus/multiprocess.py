@@ -1,11 +1,12 @@
-"""Choosing prometheus-client's multiprocess mode, before prometheus_client is imported.
+"""prometheus-client's multiprocess mode: the metrics of several workers, summed.
 
-prometheus-client decides at import time whether values live in memory (one
-process) or in per-process files under ``PROMETHEUS_MULTIPROC_DIR`` that the
-scraping process sums. Under ``bascule run --workers N`` every worker must use
-the same, initially empty directory: set ``PROMETHEUS_MULTIPROC_DIR`` for the
-``bascule run`` process yourself, or let the core's per-run directory
-(``BASCULE_RUN_DIR``, shared by the workers of one run) provide one.
+prometheus-client decides when first imported whether values live in memory
+(one process) or in per-process files under ``PROMETHEUS_MULTIPROC_DIR`` that
+the scraping process sums. Under ``bascule run --workers N`` every worker must
+use the same, initially empty directory: the gateway's run directory
+(``Gateway.run_dir``) provides ``RUN_DIR/prometheus`` in that variable before
+the workers start, since it must be set before the import; or set it for the
+``bascule run`` process yourself.
 """
 
 from __future__ import annotations
@@ -13,25 +14,14 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["configure_environment", "live_workers", "multiprocess_dir", "sweep_dead_workers"]
+__all__ = ["live_workers", "multiprocess_dir", "sweep_dead_workers"]
 
 _LIVE_GAUGE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 _ANY_FILE = re.compile(r"^\w+?_(\d+)\.db$")
 
 
-def configure_environment() -> str | None:
-    """Set ``PROMETHEUS_MULTIPROC_DIR`` from ``BASCULE_RUN_DIR`` if only the latter is set.
-
-    Returns the multiprocess directory in effect, or ``None`` (one process).
-    """
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ and (run_dir := os.environ.get("BASCULE_RUN_DIR")):
-        path = os.path.join(run_dir, "prometheus")
-        os.makedirs(path, exist_ok=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    return multiprocess_dir()
-
-
 def multiprocess_dir() -> str | None:
+    """The directory of prometheus-client's multiprocess mode, or ``None`` (one process)."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 

@@ -337,6 +337,30 @@ async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
             )
 
 
+@pytest.mark.slow
+async def test_workers_sum_their_metrics_in_the_run_directory_by_default(nursery, tmp_path, monkeypatch):
+    """Without PROMETHEUS_MULTIPROC_DIR, the run's own directory (``Gateway.run_dir``) provides one."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    upstream = await start_upstream(nursery)
+    config = f"""
+        [plugins.prometheus]
+        [services.api]
+        targets = ["{upstream.url}"]
+        [[routes]]
+        name = "api"
+        paths = ["/api"]
+        service = "api"
+    """
+    async with bascule_run(config, 2, {}, tmp_path) as (_public, admin), httpx.AsyncClient(base_url=admin) as scraper:
+        # Each worker mirrors the target's state: summed, both count, whoever answers the scrape.
+        target = {"service": "api", "target": upstream.url}
+        samples = await scrape_until(
+            scraper, lambda s: value(s, "bascule_upstream_target_state", **target, state="healthy") == 2
+        )
+        pids = {dict(labels)["pid"] for (name, labels) in samples if name == "process_resident_memory_bytes"}
+        assert len(pids) == 2
+
+
 async def test_contained_connection_errors_are_counted(nursery):
     from bascule import worker
 

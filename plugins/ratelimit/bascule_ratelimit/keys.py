@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
 from bascule_sdk import Context
+from bascule_sdk.settings import parse_header_name
 
 __all__ = ["KeyChain"]
 
 _FACTS = ("ip", "consumer", "credential", "route")
-_PREFIXED = ("header:", "path:")
 
 
 def _hashed(value: str | None) -> str | None:
@@ -52,11 +52,15 @@ def _resolver(part: str) -> Callable[[Context], str | None]:
 
 
 def _check(part: str) -> None:
-    if part in _FACTS:
+    prefix, colon, rest = part.partition(":")
+    if part in _FACTS or (colon and prefix == "path" and rest.strip()):
         return
-    for prefix in _PREFIXED:
-        if part.startswith(prefix) and part[len(prefix) :].strip():
-            return
+    if colon and prefix == "header" and rest:
+        try:
+            parse_header_name(rest)
+        except ValueError as e:
+            raise ValueError(f"key: {part!r}: {e}") from None
+        return
     raise ValueError(
         f"key: unknown part {part!r} (use ip, consumer, credential, route, header:NAME or path:PARAM; "
         "join parts with '+')"

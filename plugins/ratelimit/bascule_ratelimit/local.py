@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from cachetools import TLRUCache
@@ -76,7 +77,7 @@ CHECKS: dict[Algorithm, Callable[[Policy, Any, float], Check]] = {
 
 
 class LocalBackend:
-    """Buckets of one process; ``shared()`` gives every plugin instance of a gateway the same one."""
+    """Buckets of one process (the plugin shares one per gateway: ``Gateway.acquire``)."""
 
     def __init__(self, max_keys: int, clock: Clock = time.monotonic) -> None:
         self.clock = clock
@@ -85,14 +86,10 @@ class LocalBackend:
         )
 
     @classmethod
-    def shared(cls, gateway: Any, max_keys: int, clock: Clock = time.monotonic) -> LocalBackend:
-        """The backend of ``gateway`` for these settings: shared by routes (``group``)
-        and kept across config reloads (in ``gateway.shared``), so a reload resets no budget."""
-        backends = gateway.shared.setdefault("rate-limit.local", {})
-        backend = backends.get((max_keys, clock))
-        if backend is None:
-            backend = backends[(max_keys, clock)] = cls(max_keys, clock)
-        return backend
+    @asynccontextmanager
+    async def opened(cls, max_keys: int, clock: Clock = time.monotonic) -> AsyncIterator[LocalBackend]:
+        """A new backend, for ``Gateway.acquire`` (nothing to close: its buckets go with it)."""
+        yield cls(max_keys, clock)
 
     async def decide(self, keys: Sequence[str], policies: Sequence[Policy]) -> Decision:
         """Check the request against every policy; consume all quotas or none."""
@@ -107,6 +104,3 @@ class LocalBackend:
                 assert consume is not None  # a check that admits always says how to consume
                 self.buckets[key] = consume()
         return Decision(allowed, tuple(outcome for outcome, _ in checks))
-
-    async def aclose(self) -> None:
-        """Nothing to close: buckets outlive a config (see ``shared``)."""

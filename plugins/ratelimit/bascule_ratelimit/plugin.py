@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from typing import ClassVar
 from urllib.parse import quote
 
@@ -54,18 +55,16 @@ class RateLimit(Plugin[RateLimitSettings]):
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
+        # One backend per settings in the gateway, shared by routes and kept across reloads
+        # (a reload that keeps them resets no budget); the gateway closes it once unused.
         s = self.settings
         if s.backend == "redis":
-            backend = RedisBackend(s.redis_url, s.redis_timeout)
-            await backend.open(gateway.start_soon)
-            self.backend = backend
+            redis = partial(RedisBackend.opened, s.redis_url, s.redis_timeout)
+            self.backend = await gateway.acquire(("rate-limit", "redis", s.redis_url, s.redis_timeout), redis)
         else:
-            self.backend = LocalBackend.shared(gateway, s.local_max_keys, type(self).clock)
-
-    @hookimpl
-    async def shutdown(self) -> None:
-        if self.backend is not None:
-            await self.backend.aclose()
+            clock = type(self).clock
+            local = partial(LocalBackend.opened, s.local_max_keys, clock)
+            self.backend = await gateway.acquire(("rate-limit", "local", s.local_max_keys, clock), local)
 
     @hookimpl
     async def on_request(self, ctx: Context) -> None:

@@ -16,19 +16,17 @@ fail until the new primary answers.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import coredis
 import trio
-from bascule_sdk.redis import open_redis, safe_url
+from bascule_sdk.redis import open_redis
 
 from .policy import Decision, Outcome, Policy
 
 __all__ = ["SCRIPT", "BackendError", "RedisBackend"]
-
-log = logging.getLogger("bascule.ratelimit")
 
 SCRIPT = """
 -- One request against every limit of its route, atomically.
@@ -125,49 +123,44 @@ class _Call:
 
 
 class RedisBackend:
-    """Decisions on a Redis server through one coredis client, batched (see the module)."""
+    """Decisions on a Redis server through one open coredis client, batched: see ``opened``."""
 
-    def __init__(self, url: str, timeout: float) -> None:
-        self.url = url
+    def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._running = False
         self._pending: list[_Call] = []
         self._wake = trio.Event()  # set when ``_pending`` gets its first call
-        self._closed = trio.Event()
 
-    async def open(self, start_soon: Callable[..., Any]) -> None:
-        """Start the client (held open by a background task until ``aclose``).
+    @classmethod
+    @asynccontextmanager
+    async def opened(cls, url: str, timeout: float) -> AsyncIterator[RedisBackend]:
+        """The backend of ``url``, open inside the block (``Gateway.acquire`` holds it), its
+        batches sent by a task of the block.
 
         Does not wait for Redis to answer: a gateway starts while Redis is down
         and decisions fail (``on_error``) until it is back.
         """
-        ready = trio.Event()
-        start_soon(self._hold, ready)
-        await ready.wait()
-
-    async def _hold(self, ready: trio.Event) -> None:
-        try:
-            async with open_redis(self.url, timeout=self.timeout) as client:  # coredis' pool lives in this block
-                script = client.register_script(SCRIPT)
-                with trio.move_on_after(self.timeout):
-                    try:  # load the script now rather than on the first requests; Redis may be down
-                        await client.script_load(SCRIPT)
-                    except coredis.exceptions.RedisError:
-                        pass
-                self._running = True
-                ready.set()
+        backend = cls(timeout)
+        async with open_redis(url, timeout=timeout) as client:  # coredis' pool lives in this block
+            script = client.register_script(SCRIPT)
+            with trio.move_on_after(timeout):
+                try:  # load the script now rather than on the first requests; Redis may be down
+                    await client.script_load(SCRIPT)
+                except coredis.exceptions.RedisError:
+                    pass
+            try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._send_batches, client, script)
-                    await self._closed.wait()
-                    nursery.cancel_scope.cancel()
-        except Exception:
-            log.exception("rate-limit: cannot start the Redis client for %s", safe_url(self.url))
-        finally:
-            self._running = False
-            for call in self._pending:
-                call.settle(BackendError("the Redis client stopped"))
-            self._pending = []
-            ready.set()
+                    nursery.start_soon(backend._send_batches, client, script)
+                    backend._running = True
+                    try:
+                        yield backend
+                    finally:
+                        nursery.cancel_scope.cancel()
+            finally:
+                backend._running = False
+                for call in backend._pending:
+                    call.settle(BackendError("the Redis client stopped"))
+                backend._pending = []
 
     async def _send_batches(self, client: Any, script: Any) -> None:
         """Send what is pending as one pipeline, wait for its answers, and again."""
@@ -217,9 +210,6 @@ class RedisBackend:
         if not self._pending:
             self._wake.set()
         self._pending.append(call)
-
-    async def aclose(self) -> None:
-        self._closed.set()
 
     async def decide(self, keys: Sequence[str], policies: Sequence[Policy]) -> Decision:
         """Check and consume on Redis; raise ``BackendError`` on any failure or timeout."""

@@ -1,6 +1,6 @@
 """bascule-request-transformer: rewrite what the gateway sends upstream."""
 
 from .plugin import RequestTransformer
-from .settings import FieldRules, TransformerSettings
+from .settings import FieldRules, HeaderRules, TransformerSettings
 
-__all__ = ["FieldRules", "RequestTransformer", "TransformerSettings"]
+__all__ = ["FieldRules", "HeaderRules", "RequestTransformer", "TransformerSettings"]

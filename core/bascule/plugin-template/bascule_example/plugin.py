@@ -4,24 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bascule_sdk import TOKEN, Context, Plugin, Response, hookimpl, setting
-
-_FIELD_NAME = rf"^{TOKEN}$"  # RFC 9110 field-name
+from bascule_sdk import Context, HeaderName, HeaderValue, Plugin, Response, hookimpl, setting
 
 
 @dataclass(frozen=True)
 class ExampleSettings:
     """``[routes.plugins.example]`` (or ``[plugins.example]`` for every route).
 
-    A rule of one value is declared on its field (min=, max=, pattern=): the
-    gateway enforces it and ``bascule schema`` states it. A rule that spans
-    several fields goes in ``__post_init__`` (raise ``ValueError("key: ...")``).
+    A rule of one value is declared on its field: by its type (HeaderName,
+    HeaderValue, Duration...) or its bounds (min=, max=, pattern=); the gateway
+    enforces it and ``bascule schema`` states it. A rule that spans several
+    fields goes in ``__post_init__`` (raise ``ValueError("key: ...")``).
     """
 
-    header: str = setting(
-        "x-example", "Name of the response header to add.", pattern=_FIELD_NAME, expected="a header name"
-    )
-    value: str = setting("hello", "Its value.", pattern=r"^[^\r\n\x00]*$", expected="no CR, LF or NUL")
+    header: HeaderName = setting("x-example", "Name of the response header to add.")
+    value: HeaderValue = setting("hello", "Its value.")
 
 
 class ExamplePlugin(Plugin[ExampleSettings]):  # Plugin[...]: self.settings is typed
