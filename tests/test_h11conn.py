@@ -191,6 +191,18 @@ async def test_stale_check_fails_a_streamed_body_only_on_a_fresh_connection(nurs
     assert raw.connections == 2
 
 
+async def test_a_replayable_request_trusts_a_fresh_connection_and_is_sent_again_if_it_was_closed(nursery):
+    # Used within TRUST_IDLE: no stale check (a system call) for a request whose body is held;
+    # the server had closed it, so the request meets the close and goes again on a new connection.
+    raw = Raw([OK] * 4, close_after=True)
+    p = pool(await raw.serve(nursery))
+    await p.send(get(), 1024)
+    await trio.sleep(0.05)  # the server's close has arrived
+    assert (await p.send(get(body=b"data", method="PUT"), 1024)).body == b"ok"
+    assert raw.connections == 2
+    assert p.in_use == 0
+
+
 async def test_timeouts_and_refused_connections_raise_httpcore_errors(nursery):
     raw = Raw([OK], hang=True)
     p = pool(await raw.serve(nursery), read_timeout=0.2)

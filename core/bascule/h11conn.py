@@ -45,7 +45,16 @@ _NETWORK = (OSError, trio.ClosedResourceError)
 class H11Connection:
     """An HTTP/1.1 connection to one origin; one request at a time."""
 
-    __slots__ = ("_sock", "_h11", "_read_timeout", "_write_timeout", "_keepalive_expiry", "_expires", "closed")
+    __slots__ = (
+        "_sock",
+        "_h11",
+        "_read_timeout",
+        "_write_timeout",
+        "_keepalive_expiry",
+        "_idle_since",
+        "_expires",
+        "closed",
+    )
 
     def __init__(
         self, sock: socket.socket, *, read_timeout: float, write_timeout: float, keepalive_expiry: float
@@ -56,7 +65,7 @@ class H11Connection:
         self._read_timeout = read_timeout
         self._write_timeout = write_timeout
         self._keepalive_expiry = keepalive_expiry
-        self._expires = 0.0
+        self._idle_since = self._expires = 0.0
         self.closed = False
 
     @classmethod
@@ -85,14 +94,18 @@ class H11Connection:
         """Between two requests: the last response ended and both sides may go on."""
         return not self.closed and self._h11.our_state is h11.IDLE
 
-    def is_reusable(self) -> bool:
-        """Idle, not expired, and the server has neither closed it nor sent anything since."""
-        return (
-            not self.closed
-            and self._h11.our_state is h11.IDLE
-            and trio.current_time() < self._expires
-            and self._quiet()
-        )
+    def is_reusable(self, *, trust_for: float = 0.0) -> bool:
+        """Idle, not expired, and the server has neither closed it nor sent anything since.
+
+        The last takes a system call; it is skipped for a connection idle for less than
+        ``trust_for`` seconds (a caller that can send the request again on a new
+        connection if this one turns out closed)."""
+        if self.closed or self._h11.our_state is not h11.IDLE:
+            return False
+        now = trio.current_time()
+        if now >= self._expires:
+            return False
+        return now - self._idle_since < trust_for or self._quiet()
 
     def _quiet(self) -> bool:
         """Nothing to read: the server neither closed the connection nor sent anything."""
@@ -179,7 +192,8 @@ class H11Connection:
         h = self._h11
         if h.our_state is h11.DONE and h.their_state is h11.DONE:
             h.start_next_cycle()
-            self._expires = trio.current_time() + self._keepalive_expiry
+            self._idle_since = trio.current_time()
+            self._expires = self._idle_since + self._keepalive_expiry
         else:
             self.close()
 

@@ -410,11 +410,13 @@ def with_host(raw: list[Field], authority: bytes) -> list[Field]:
 
 def set_trace(headers: Headers, trace: Trace, span_id: str) -> None:
     """Write the W3C ``traceparent`` naming the attempt's span ``span_id``, and the trace's ``tracestate``."""
-    headers.set("traceparent", trace.traceparent(span_id))
+    headers.raw = [(k, v) for k, v in headers.raw if k not in _TRACE_FIELDS]  # one pass: a retry sets them again
+    headers.add("traceparent", trace.traceparent(span_id))
     if trace.tracestate:
-        headers.set("tracestate", trace.tracestate)
-    else:
-        headers.remove("tracestate")
+        headers.add("tracestate", trace.tracestate)
+
+
+_TRACE_FIELDS = frozenset({b"traceparent", b"tracestate"})
 
 
 def response_headers(headers: Headers) -> None:

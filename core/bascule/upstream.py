@@ -59,6 +59,10 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
 # Failures of a reused keep-alive connection that the server closed meanwhile.
 _STALE = (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError)
+# Seconds a keep-alive connection is reused without asking the socket whether the server
+# closed it: a server closing a connection it used within the second is rare, and a
+# request that meets one is sent again on a new connection (``_STALE``) if its body is held.
+TRUST_IDLE = 1.0
 # The client of http:// targets: "h11" (h11conn) or "httpcore".
 CLIENT = os.environ.get("BASCULE_UPSTREAM_CLIENT", "h11").strip().lower() or "h11"
 if CLIENT not in ("h11", "httpcore"):
@@ -192,12 +196,14 @@ class Pool:
             headers = [*headers]
             frame_body(headers, request, None)
         method = request.method.encode()
+        # A request we can send again on a new connection trusts one used within the second.
+        trust_for = TRUST_IDLE if replayable else 0.0
         idle = self._idle_h11
         while True:
             conn: H11Connection | None = None
             while idle:
                 conn = idle.pop()
-                if conn.is_reusable():
+                if conn.is_reusable(trust_for=trust_for):
                     break
                 conn.close()
                 conn = None
@@ -437,8 +443,10 @@ class Service:
             call = self._record(request, ctx, pool, settings.retries - retries)
             answer: A | None = None
             try:
-                with trio.fail_after(settings.timeout):
+                with trio.CancelScope(deadline=trio.current_time() + settings.timeout) as limit:
                     answer = await attempt(pool)
+                if limit.cancelled_caught:
+                    raise trio.TooSlowError
             except (httpcore.ConnectError, OSError) as e:
                 log.warning("service %s: cannot connect to %s: %s", self.name, pool.url, e)
                 _end(call, error="connect")
