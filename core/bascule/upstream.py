@@ -443,9 +443,9 @@ class Service:
             call = self._record(request, ctx, pool, settings.retries - retries)
             answer: A | None = None
             try:
-                with trio.CancelScope(deadline=trio.current_time() + settings.timeout) as limit:
+                with trio.CancelScope(deadline=trio.current_time() + settings.timeout):
                     answer = await attempt(pool)
-                if limit.cancelled_caught:
+                if answer is None:  # the deadline passed
                     raise trio.TooSlowError
             except (httpcore.ConnectError, OSError) as e:
                 log.warning("service %s: cannot connect to %s: %s", self.name, pool.url, e)
