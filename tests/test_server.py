@@ -156,3 +156,31 @@ def test_a_plugin_distribution_is_found_through_its_entry_point(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["bascule-hello", "1.2.3", "Hello", "on_response"]
+
+
+def test_settle_heap_freezes_what_lives_and_frees_frozen_cycles_at_the_next_settle():
+    """A serving process freezes its heap (the collector stops scanning it); after a reload the
+    next settle must still free the old config's reference cycles, or each reload would leak."""
+    import gc
+    import weakref
+
+    from bascule.server import GC_THRESHOLDS, settle_heap
+
+    class Config:
+        pass
+
+    before = gc.get_threshold()
+    try:
+        old = Config()
+        old.itself = old  # a cycle: only the cyclic collector frees it
+        gone = weakref.ref(old)
+        settle_heap()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == GC_THRESHOLDS
+        del old
+        gc.collect()
+        assert gone() is not None  # frozen: a collection does not see it
+        settle_heap()  # what serve does once a reload closed the old config
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

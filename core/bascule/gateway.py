@@ -48,8 +48,11 @@ class Gateway:
     their ``runtime.PluginView``).
     """
 
-    def __init__(self, runtime: Runtime, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, backoff: Backoff | None = None, retired: Callable[[], None] | None = None
+    ) -> None:
         self.runtime = runtime
+        self.retired = retired  # called once a reload closed the old config (the server settles the heap)
         self.shared: dict[str, Any] = {}  # plugins' state that outlives a config
         self.supervisor = Supervisor(backoff)
         self.resources = Resources(self.supervisor.start_soon)  # plugins' ``acquire``: across reloads
@@ -121,6 +124,8 @@ class Gateway:
             with trio.move_on_after(old.config.gateway.graceful_timeout):
                 await old.idle.wait()
         await old.aclose(keep=new)
+        if self.retired is not None:
+            self.retired()
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
         """Run ``fn(*args)`` supervised (``bascule.tasks``) until shutdown; ``RuntimeError`` when not running."""

@@ -19,6 +19,7 @@ listeners, routes, plugins, workers.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -42,7 +43,7 @@ from .registry import InstalledPlugin, discover
 from .runtime import check_config, compile_runtime
 from .worker import listen
 
-__all__ = ["StartupError", "hypercorn_config", "run", "serve"]
+__all__ = ["StartupError", "hypercorn_config", "run", "serve", "settle_heap"]
 
 log = logging.getLogger("bascule")
 
@@ -70,6 +71,26 @@ def hypercorn_config(gw: GatewaySettings, bind: str, *, tls: bool = True) -> Hyp
     return c
 
 
+#: The cyclic collector's thresholds in a serving process (``gc.set_threshold``): a request
+#: allocates a few hundred container objects, nearly all freed by reference counting when it
+#: ends; collecting generation 0 every 700 of them (CPython's default) scanned live requests
+#: over and over.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def settle_heap() -> None:
+    """Collect garbage once, then move every object left to the collector's permanent generation
+    (``gc.freeze``), and set ``GC_THRESHOLDS``: collections no longer scan the modules, the config
+    and the plugins, which cost every request CPU time and the tail its p99. ``serve`` calls it once
+    serving and after each reload closed its old config (``gc.unfreeze`` first: the old config's
+    cycles are freed). ``bench/run --cases hypercorn,bare``: bare route 446 -> about 400 CPU
+    µs/request, p99/p50 2.6 -> 1.3-1.6."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(
     path: str | Path,
     available: Mapping[str, InstalledPlugin],
@@ -89,7 +110,7 @@ async def serve(
     listener's ``POST /reload`` asks the supervisor to reload every worker.
     ``fleet``: follow a config store (``bascule.fleet``; ``path`` is its served file).
     """
-    gateway = Gateway(compile_runtime(path, available))
+    gateway = Gateway(compile_runtime(path, available), retired=settle_heap)
     config = gateway.runtime.config
     stop, serving = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
@@ -120,6 +141,7 @@ async def serve(
             if fleet is not None:
                 reload = partial(_store_reload, gateway, path, available, supervised)
                 gateway.start_soon(fleet.run, reload, name="config store")
+            settle_heap()
             serving.set()
             task_status.started(binds)
             await stop.wait()
