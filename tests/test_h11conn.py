@@ -7,8 +7,8 @@ import httpcore
 import pytest
 import trio
 from bascule import upstream
-from bascule.h11conn import H11Connection
 from bascule.upstream import Pool
+from bascule.upstream.h11conn import H11Connection
 from bascule_sdk import Headers, Request
 
 

@@ -357,7 +357,7 @@ class FakeTarget:
 
 
 def test_smooth_round_robin_interleaves_by_weight_and_skips_unavailable_targets():
-    from bascule.balancing import RoundRobin
+    from bascule.upstream.balancing import RoundRobin
 
     a, b, c = FakeTarget("a", 5), FakeTarget("b"), FakeTarget("c")
     rr = RoundRobin([a, b, c])
@@ -369,7 +369,7 @@ def test_smooth_round_robin_interleaves_by_weight_and_skips_unavailable_targets(
 
 @pytest.mark.parametrize("kind", ["round-robin", "least-requests", "hash"])
 def test_in_panic_mode_every_balancer_picks_unavailable_targets_but_not_tried_ones(kind):
-    from bascule.balancing import make_balancer
+    from bascule.upstream.balancing import make_balancer
 
     targets = [FakeTarget(name) for name in "abcd"]
     for t in targets[1:]:
@@ -383,7 +383,7 @@ def test_in_panic_mode_every_balancer_picks_unavailable_targets_but_not_tried_on
 
 
 def test_the_retry_budget_is_a_share_of_recent_requests():
-    from bascule.retries import RetryBudget
+    from bascule.upstream.retries import RetryBudget
 
     budget = RetryBudget(ratio=0.1, min_per_second=0)
     for _ in range(100):

@@ -68,11 +68,11 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import ProtocolError
 
 from . import gateway as _gateway
-from .admission import Admission
 from .config import WebSocketSettings
 from .headers import handshake_headers, host_for, response_headers
 from .proxy import upstream_request
 from .upstream import Pool, Service
+from .upstream.admission import Admission
 from .worker import WEBSOCKET_OPTIONS
 
 if TYPE_CHECKING:

@@ -43,11 +43,11 @@ import trio
 from bascule_sdk import Context, Headers, HTTPError, Request, Response, UpstreamCall
 from bascule_sdk.tracecontext import new_span_id
 
+from ..config import ServiceSettings
+from ..headers import FRAMING, frame_body, set_trace, with_host
 from .admission import Admission
 from .balancing import make_balancer
-from .config import ServiceSettings
 from .h11conn import H11Connection, Informational
-from .headers import FRAMING, frame_body, set_trace, with_host
 from .health import ServiceHealth, TargetHealth
 from .retries import RetryBudget
 
