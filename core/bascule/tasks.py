@@ -26,7 +26,7 @@ from typing import Any
 import trio
 from bascule_sdk import TaskState
 
-__all__ = ["Backoff", "Supervisor"]
+__all__ = ["Backoff", "Supervisor", "name_of"]
 
 log = logging.getLogger("bascule")
 
@@ -96,7 +96,7 @@ class Supervisor:
         """
         if self._nursery is None:
             raise RuntimeError("background tasks can only start while the gateway runs")
-        task = _Task(name or _name_of(fn), plugin)
+        task = _Task(name or name_of(fn), plugin)
         self._tasks.add(task)
         self._nursery.start_soon(self._supervise, task, fn, args, name=task.name)
 
@@ -142,11 +142,8 @@ class Supervisor:
         return delay
 
 
-def _name_of(fn: Callable[..., Any]) -> str:
+def name_of(fn: Callable[..., Any]) -> str:
     """A function's qualified name (a ``partial``'s function's): what logs call a task."""
     while isinstance(fn, partial):
         fn = fn.func
     return getattr(fn, "__qualname__", None) or repr(fn)
-
-
-name_of = _name_of
