@@ -10,7 +10,6 @@ started with.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import formatdate
@@ -25,7 +24,15 @@ from bascule_sdk.http import Body, ClientDisconnected
 from .asgi import EARLY_HINT, EarlyHints, Receive, Scope, Send, early_hints, receive_chunk, send_response, too_large
 from .config import Config, ConfigError
 from .configstatus import ConfigStatus
-from .headers import InvalidField, absolute_form, arrival_headers, check_framing, check_host, parse_host
+from .headers import (
+    InvalidField,
+    absolute_form,
+    arrival_headers,
+    check_framing,
+    check_host,
+    new_request_id,
+    parse_host,
+)
 from .paths import InvalidPath, normalise
 from .registry import InstalledPlugin
 from .resources import Resources
@@ -280,7 +287,7 @@ async def arrive(rt: Runtime, scope: Scope, receive: Receive) -> tuple[Request, 
     peer = scope["client"][0] if scope.get("client") else ""
     trusted = peer in rt.trusted
     given = headers.get("x-request-id") if trusted else None
-    request_id = given if given and len(given) <= 200 and set(given) <= _SAFE_ID else secrets.token_hex(16)
+    request_id = given if given and len(given) <= 200 and set(given) <= _SAFE_ID else new_request_id()
     method, scheme = scope["method"], scope.get("scheme", "http")
     raw_path = scope.get("raw_path") or scope["path"].encode()
     error: HTTPError | None = None

@@ -45,6 +45,7 @@ fields from the service are dropped before plugins or the client see them.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -69,6 +70,7 @@ __all__ = [
     "frame_body",
     "handshake_headers",
     "host_for",
+    "new_request_id",
     "outbound_copy",
     "parse_host",
     "response_headers",
@@ -406,6 +408,27 @@ def with_host(raw: list[Field], authority: bytes) -> list[Field]:
     if any(k == b"host" for k, _ in raw):
         return raw
     return [(b"host", authority), *raw]
+
+
+_supply, _used = b"", 0  # random bytes for ``new_request_id``, and how many were handed out
+
+
+def new_request_id() -> str:
+    """A new ``X-Request-Id``: 32 hex digits, 16 bytes of the OS's random source, drawn from a
+    4 KiB supply (one system call per 256 ids, not one per request)."""
+    global _supply, _used
+    if _used >= len(_supply):
+        _supply, _used = os.urandom(4096), 0
+    _used += 16
+    return _supply[_used - 16 : _used].hex()
+
+
+def _forget_supply() -> None:  # a forked child draws its own: two processes never share ids
+    global _supply, _used
+    _supply, _used = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_supply)
 
 
 def set_trace(headers: Headers, trace: Trace, span_id: str) -> None:

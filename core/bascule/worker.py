@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib.metadata import version
@@ -65,6 +64,8 @@ from hypercorn.typing import ConnectionState, H11SendableEvent, LifespanState
 from hypercorn.utils import ShutdownError, parse_socket_addr, raise_shutdown, repr_socket_addr, wrap_app
 from wsproto.connection import ConnectionState as WebSocketState
 from wsproto.events import CloseConnection, Ping
+
+from .headers import new_request_id
 
 __all__ = ["HYPERCORN", "WEBSOCKET_OPTIONS", "contained_errors", "listen"]
 
@@ -621,7 +622,7 @@ class _H11(H11Protocol):
             await self.send(RawData(data=data))
 
     async def _send_error_response(self, status_code: int) -> None:
-        request_id = secrets.token_hex(16)
+        request_id = new_request_id()
         detail = _ERROR_DETAIL.get(status_code, "The request is not valid HTTP/1.1.")
         problem = HTTPError(status_code, detail).to_response(request_id)
         headers = [
