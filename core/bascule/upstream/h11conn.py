@@ -51,7 +51,6 @@ class H11Connection:
         "_read_timeout",
         "_write_timeout",
         "_keepalive_expiry",
-        "_idle_since",
         "_expires",
         "closed",
     )
@@ -65,7 +64,7 @@ class H11Connection:
         self._read_timeout = read_timeout
         self._write_timeout = write_timeout
         self._keepalive_expiry = keepalive_expiry
-        self._idle_since = self._expires = 0.0
+        self._expires = 0.0
         self.closed = False
 
     @classmethod
@@ -105,7 +104,8 @@ class H11Connection:
         now = trio.current_time()
         if now >= self._expires:
             return False
-        return now - self._idle_since < trust_for or self._quiet()
+        idle_since = self._expires - self._keepalive_expiry
+        return now - idle_since < trust_for or self._quiet()
 
     def _quiet(self) -> bool:
         """Nothing to read: the server neither closed the connection nor sent anything."""
@@ -192,8 +192,7 @@ class H11Connection:
         h = self._h11
         if h.our_state is h11.DONE and h.their_state is h11.DONE:
             h.start_next_cycle()
-            self._idle_since = trio.current_time()
-            self._expires = self._idle_since + self._keepalive_expiry
+            self._expires = trio.current_time() + self._keepalive_expiry
         else:
             self.close()
 

@@ -209,7 +209,8 @@ class RedisBackend:
                     call.settle(answer)
 
     async def _send_alone(self, script: Any, call: _Call) -> None:
-        """``call`` as a command of its own (coredis loads a missing script and retries)."""
+        """``call`` as a command of its own, within ``timeout`` (coredis loads a missing script
+        and retries); unsettled if the time ran out."""
         if call.abandoned:
             return
         with trio.move_on_after(self.timeout):
@@ -236,27 +237,20 @@ class RedisBackend:
         args: list[Any] = []
         for p in policies:
             args += [p.algorithm, p.limit, int(p.window * 1_000_000), p.burst]
-        raw: list[Any] | None = None
-        error: str | None = None
+        call = _Call(list(keys), args)
         if self._pipelines and not self._alone:
-            call = _Call(list(keys), args)
             self._queue(call)
             try:
                 with trio.move_on_after(self.timeout):
                     await call.done.wait()
             finally:  # timed out, or the request was cancelled
                 call.abandoned = not call.done.is_set()
-            raw, error = call.answer, call.error
         else:
-            try:
-                with trio.move_on_after(self.timeout):
-                    raw = await script(keys=list(keys), args=args)
-            except Exception as e:
-                error = f"{type(e).__name__}: {e}"
-            if raw is not None:
-                self._alone = False
+            await self._send_alone(script, call)
+            self._alone = call.answer is None
+        raw = call.answer
         if raw is None:
-            raise BackendError(error or f"no answer within {self.timeout * 1000:g} ms")
+            raise BackendError(call.error or f"no answer within {self.timeout * 1000:g} ms")
         outcomes = tuple(
             Outcome(p, bool(raw[i]), int(raw[i + 1]), raw[i + 2] / 1000, raw[i + 3] / 1000)
             for p, i in zip(policies, range(1, len(raw), 4), strict=True)
