@@ -52,7 +52,8 @@ from bascule_sdk import HTTPError
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.events import Body, Data, EndBody, StreamClosed
+from hypercorn.protocol.events import Body, Data, EndBody, Response, StreamClosed
+from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import STREAM_ID, H2ProtocolAssumedError, H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WebsocketBuffer, WSStream
@@ -65,7 +66,7 @@ from hypercorn.utils import ShutdownError, parse_socket_addr, raise_shutdown, re
 from wsproto.connection import ConnectionState as WebSocketState
 from wsproto.events import CloseConnection, Ping
 
-from .headers import new_request_id
+from .headers import new_request_id, valid_fields
 
 __all__ = ["HYPERCORN", "WEBSOCKET_OPTIONS", "contained_errors", "listen"]
 
@@ -588,6 +589,19 @@ class _H11(H11Protocol):
             return
         if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
             raise H2ProtocolAssumedError(b"PRI * HTTP/2.0\r\n\r\n" + self.connection.trailing_data[0])
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        """hypercorn's, but a final response's fields are checked all at once (``headers.valid_fields``),
+        not by h11 one by one."""
+        if type(event) is not Response or event.status_code < 200:
+            await super().stream_send(event)
+            return
+        headers = [*event.headers, *self.config.response_headers("h11")]
+        if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+            headers.append((b"connection", b"close"))
+        await self._send_h11_event(
+            h11.Response(status_code=int(event.status_code), headers=headers, _parsed=valid_fields(headers))
+        )
 
     async def _send_h11_event(self, event: H11SendableEvent) -> None:
         """hypercorn's, but the head of a response of known length waits for its first

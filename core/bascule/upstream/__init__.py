@@ -467,6 +467,11 @@ class Service:
                 _end(call, error="timeout")
                 health.failed(trio.current_time())
                 raise HTTPError(504, f"The service {self.name!r} did not answer in time.") from None
+            except httpcore.LocalProtocolError as e:  # the request itself (a plugin's field): not the service's fault
+                log.error("service %s: the request is not valid HTTP, not sent: %s", self.name, e)
+                _end(call, error="request")
+                health.abandoned()
+                raise HTTPError(500, "The gateway could not send this request upstream.") from None
             except (httpcore.ProtocolError, httpcore.NetworkError) as e:
                 log.warning("service %s: %s failed: %r", self.name, pool.url, e)
                 _end(call, error="protocol")

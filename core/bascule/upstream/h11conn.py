@@ -29,6 +29,8 @@ import h11
 import httpcore
 import trio
 
+from ..headers import valid_fields
+
 __all__ = ["H11Connection", "Informational"]
 
 # As httpcore: a response head larger than this is a protocol error.
@@ -134,7 +136,7 @@ class H11Connection:
         """
         h = self._h11
         try:
-            head = h.send(h11.Request(method=method, target=target, headers=headers))
+            head = h.send(h11.Request(method=method, target=target, headers=headers, _parsed=valid_fields(headers)))
             assert head is not None
             if isinstance(body, bytes):
                 data = h.send(h11.Data(data=body)) if body else None
