@@ -67,7 +67,8 @@ class KeyAuthPlugin(Plugin[KeyAuthSettings]):
 
     @hookimpl
     async def on_request(self, ctx: Context) -> None:
-        strip_identity(ctx.request.headers)
+        # No identity field of the client's is left (the core drops them on arrival); the
+        # request sent upstream gets this plugin's (on_upstream_request).
         if self._anonymous.identified_elsewhere(ctx):
             # "either" mode: an earlier auth plugin already identified the caller. A key sent as well
             # would reach the upstream unverified, next to that identity: two credentials (RFC 6750 §3.1).

@@ -21,6 +21,7 @@ __all__ = ["AccessLog"]
 log = logging.getLogger("bascule.logging")
 
 _DROP_WARNING_INTERVAL = 10.0  # seconds between "lines dropped" warnings
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode  # one encoder for every line
 
 
 class AccessLog(Plugin[LoggingSettings]):
@@ -72,7 +73,7 @@ class AccessLog(Plugin[LoggingSettings]):
         if not self._sampled(ctx) and response.status < 500:
             return
         record = access_record(ctx, response, redact=self.redact, headers=self.headers)
-        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        line = _encode(record) + "\n"
         if not self.writer.put(line.encode()):
             self._warn_dropped(self.writer.dropped)
 

@@ -68,6 +68,7 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir()
         # In multiprocess mode values live in files and a fresh registry collects them per scrape.
         self.registry = None if self.multiprocess_dir else CollectorRegistry()
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
         self.requests = Counter(
             "bascule_requests",
@@ -189,6 +190,15 @@ class Metrics:
             registry=r,
         )
         self.plugin_counters: dict[str, Counter] = {}  # by metric name, created on first use (ctx.count)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set: prometheus_client checks the
+        values and takes a lock on every ``labels`` call. As many entries as the metric's series."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def plugin_counter(self, metric: str, labels: Sequence[str]) -> Counter:
         """The counter ``bascule_plugin_<metric>_total`` with labels ``route`` and ``labels`` (fixed at first use)."""

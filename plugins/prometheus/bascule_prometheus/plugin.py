@@ -80,31 +80,31 @@ class Prometheus(Plugin[PrometheusSettings]):
             if websocket is not None:
                 m.websockets_open.dec()
         if websocket:  # the socket closed: what it carried
-            m.websocket_messages.labels(route, "in").inc(websocket["messages_in"])
-            m.websocket_messages.labels(route, "out").inc(websocket["messages_out"])
+            m.child(m.websocket_messages, route, "in").inc(websocket["messages_in"])
+            m.child(m.websocket_messages, route, "out").inc(websocket["messages_out"])
         status = response.status
         method = ctx.request.method if ctx.request.method in METHODS else OTHER
         service = ctx.route.service or ""
-        m.requests.labels(route, method, str(status), service).inc()
-        m.duration.labels(route, method, service).observe(time.perf_counter() - ctx.started)
+        m.child(m.requests, route, method, str(status), service).inc()
+        m.child(m.duration, route, method, service).observe(time.perf_counter() - ctx.started)
         if self.settings.consumer_label:
-            m.consumer_requests.labels(route, self.consumers(ctx.consumer.name) if ctx.consumer else "").inc()
+            m.child(m.consumer_requests, route, self.consumers(ctx.consumer.name) if ctx.consumer else "").inc()
         if received := _received(ctx):
-            m.received.labels(route).inc(received)
+            m.child(m.received, route).inc(received)
         if ctx.bytes_sent:
-            m.sent.labels(route).inc(ctx.bytes_sent)
+            m.child(m.sent, route).inc(ctx.bytes_sent)
         for call in ctx.upstream_calls:
             if call.seconds is not None:
-                m.upstream_duration.labels(call.service, call.target).observe(call.seconds)
-            m.upstream_attempts.labels(call.service, call.target, call.error or str(call.status)).inc()
+                m.child(m.upstream_duration, call.service, call.target).observe(call.seconds)
+            m.child(m.upstream_attempts, call.service, call.target, call.error or str(call.status)).inc()
         if status in _UPSTREAM_FAILURES and ctx.error is not None:
-            m.upstream_errors.labels(route, str(status)).inc()
+            m.child(m.upstream_errors, route, str(status)).inc()
         if (outcome := ctx.tags.get("rate_limit")) is not None:
             outcome = str(outcome).lower()
-            m.rate_limit.labels(route, outcome if outcome in RATE_LIMIT_OUTCOMES else OTHER).inc()
+            m.child(m.rate_limit, route, outcome if outcome in RATE_LIMIT_OUTCOMES else OTHER).inc()
         if (result := ctx.tags.get("cache")) is not None:
             result = str(result).lower()
-            m.cache.labels(route, result if result in CACHE_RESULTS else OTHER).inc()
+            m.child(m.cache, route, result if result in CACHE_RESULTS else OTHER).inc()
         for metric, labels in ctx.counts:
             self._count(m, route, metric, labels)
 
@@ -119,7 +119,7 @@ class Prometheus(Plugin[PrometheusSettings]):
         values = [v for _, v in labels]
         if values and series("\0".join([route, *values])) == OTHER:
             values = [OTHER] * len(values)
-        m.plugin_counter(metric, names).labels(route, *values).inc()
+        m.child(m.plugin_counter(metric, names), route, *values).inc()
 
     @hookimpl
     async def on_admin_request(self, request: Request) -> Response | None:

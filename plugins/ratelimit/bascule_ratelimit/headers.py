@@ -30,7 +30,7 @@ from bascule_sdk import Headers
 
 from .policy import Decision, Policy
 
-__all__ = ["add_headers", "advertised", "delay_seconds"]
+__all__ = ["add_headers", "advertised", "delay_seconds", "policy_field"]
 
 
 def delay_seconds(seconds: float) -> int:
@@ -46,18 +46,24 @@ def advertised(policy: Policy) -> tuple[int, int]:
     return policy.burst, max(1, math.ceil(refill - 1e-9))
 
 
-def add_headers(headers: Headers, decision: Decision, policies: Sequence[Policy], style: str) -> None:
-    """Add the fields of ``style`` ("ietf", "legacy", "both") for ``decision``."""
+def policy_field(policies: Sequence[Policy]) -> str:
+    """The ``RateLimit-Policy`` value of ``policies``: the same on every response (built once)."""
+    items = []
+    for p in policies:
+        q, w = advertised(p)
+        items.append(f'"{p.name}";q={q};w={w}')
+    return ", ".join(items)
+
+
+def add_headers(headers: Headers, decision: Decision, policies: str, style: str) -> None:
+    """Add the fields of ``style`` ("ietf", "legacy", "both") for ``decision``; ``policies`` is the
+    route's ``policy_field``."""
     tightest = decision.tightest
     quota, _ = advertised(tightest.policy)
     remaining = min(tightest.remaining, quota)  # never more than the quota (the bucket)
     if style in ("ietf", "both"):
-        items = []
-        for p in policies:
-            q, w = advertised(p)
-            items.append(f'"{p.name}";q={q};w={w}')
         # List members: added beside any the upstream (or another instance) sent.
-        headers.add("ratelimit-policy", ", ".join(items))
+        headers.add("ratelimit-policy", policies)
         headers.add("ratelimit", f'"{tightest.policy.name}";r={remaining};t={delay_seconds(tightest.grows_in)}')
     if style in ("legacy", "both"):
         current = headers.get("x-ratelimit-remaining")

@@ -17,6 +17,7 @@ one whose facts are all present names the bucket.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
@@ -26,6 +27,8 @@ from bascule_sdk.settings import parse_header_name
 __all__ = ["KeyChain"]
 
 _FACTS = ("ip", "consumer", "credential", "route")
+_SAFE = ":.@-_~"  # kept as they are in a bucket's name, beside letters and digits; the rest percent-encoded
+_PLAIN = re.compile(r"[A-Za-z0-9:.@_~-]*")  # a value that percent-encoding leaves as it is
 
 
 def _hashed(value: str | None) -> str | None:
@@ -96,7 +99,7 @@ class KeyChain:
                 value = resolve(ctx)
                 if value is None:
                     break
-                values.append(f"{part}={quote(value, safe=':.@-_~')}")
+                values.append(f"{part}={value if _PLAIN.fullmatch(value) else quote(value, safe=_SAFE)}")
             else:
                 return "|".join(values)
         return None

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from bascule_sdk import Context, Gateway, HTTPError, Plugin, Response, hookimpl
 
-from .headers import add_headers, delay_seconds
+from .headers import add_headers, delay_seconds, policy_field
 from .keys import KeyChain
 from .local import LocalBackend
 from .policy import Decision
@@ -48,6 +48,8 @@ class RateLimit(Plugin[RateLimitSettings]):
         self.policies = settings.policies()
         # A bucket per policy; the algorithm is part of its name, as each keeps a different state.
         self._suffixes = [f"{p.name}:{p.algorithm}" for p in self.policies]
+        self._policy_field = policy_field(self.policies)
+        self._buckets: dict[str, str] = {}  # each route's bucket prefix, by route name
         self.keys = KeyChain.parse(settings.key)
         self.backend: LocalBackend | RedisBackend | None = None
         self.failures = 0  # decisions the backend could not make
@@ -98,8 +100,7 @@ class RateLimit(Plugin[RateLimitSettings]):
     async def _decide(self, ctx: Context, identity: str) -> Decision | None:
         """The backend's decision, or ``None`` when it failed and the route fails open."""
         s = self.settings
-        scope = f"group={s.group}" if s.group else f"route={quote(ctx.route.name, safe='')}"
-        bucket = f"{s.redis_prefix}{{{scope}/{self.instance}|{identity}}}:"
+        bucket = f"{self._bucket(ctx.route.name)}{identity}}}:"
         assert self.backend is not None, "startup did not run"
         # A Redis round trip is a span of the request's trace (the opentelemetry plugin).
         timed = ctx.phase("redis", self.instance, **{"db.system": "redis"}) if s.backend == "redis" else nullcontext()
@@ -126,8 +127,17 @@ class RateLimit(Plugin[RateLimitSettings]):
             log.info("rate-limit %r: backend works again (%d decisions failed so far)", self.instance, self.failures)
         return decision
 
+    def _bucket(self, route: str) -> str:
+        """The start of the Redis/local key of ``route``'s buckets (the client's identity follows)."""
+        prefix = self._buckets.get(route)
+        if prefix is None:
+            s = self.settings
+            scope = f"group={s.group}" if s.group else f"route={quote(route, safe='')}"
+            prefix = self._buckets[route] = f"{s.redis_prefix}{{{scope}/{self.instance}|"
+        return prefix
+
     @hookimpl
     async def on_response(self, ctx: Context, response: Response) -> None:
         decision: Decision | None = ctx.state.get(self.instance)
         if decision is not None and self.settings.headers != "none":
-            add_headers(response.headers, decision, self.policies, self.settings.headers)
+            add_headers(response.headers, decision, self._policy_field, self.settings.headers)

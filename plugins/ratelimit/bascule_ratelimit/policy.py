@@ -60,6 +60,8 @@ class Decision:
     def tightest(self) -> Outcome:
         """The outcome that decides: the violated one with the longest wait, or
         else the one with the fewest requests left (the longest wait on a tie)."""
+        if len(self.outcomes) == 1:
+            return self.outcomes[0]
         candidates = [o for o in self.outcomes if not o.allowed] or self.outcomes
         return min(candidates, key=lambda o: (o.remaining, -o.grows_in))
 
