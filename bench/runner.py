@@ -402,14 +402,16 @@ class Bench:
 
     def aggregate(self) -> None:
         delays = (2, 5, 10)
-        ports = [free_port() for _ in delays]
-        args = [str(x) for d, p in zip(delays, ports, strict=True) for x in (d, p)]
-        p = self.procs.start(
-            "delay-backends", [PYTHON, str(BENCH / "apps" / "backends.py"), "delay", *args], core=LOAD_CORE
-        )
-        for port in ports:
-            wait_port(port, p, 30, "delay-backends")
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        # One process per backend, as separate services are: one asyncio loop serving all three
+        # would wake for each timer with epoll's millisecond rounding, and delay the slowest
+        # backend by up to 1 ms inside the aggregation but not when it is called alone.
+        backends = []
+        for delay in delays:
+            port = free_port()
+            cmd = [PYTHON, str(BENCH / "apps" / "backends.py"), "delay", str(delay), str(port)]
+            backends.append((self.procs.start(f"delay-backend-{delay}ms", cmd, core=LOAD_CORE, port=port), port))
+        p, _ = backends[-1]
+        urls = [f"http://127.0.0.1:{port}" for _, port in backends]
         c = self.opts.agg_connections
         slowest = Case(
             "slowest",

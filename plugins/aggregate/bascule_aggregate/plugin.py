@@ -29,12 +29,16 @@ class Aggregate(Plugin[AggregateSettings]):
     priority = 10
     Settings = AggregateSettings
 
+    def __init__(self, settings: AggregateSettings, *, instance: str | None = None) -> None:
+        super().__init__(settings, instance=instance)
+        self.expected: dict[str, float] = {}  # each backend's recent call time (``Fanout``)
+
     @hookimpl
     async def handle(self, ctx: Context) -> Response:
         backends = self.settings.backends
         inputs = ClientInputs(ctx, backends)
         body = await ctx.request.read(None) if any(b.forward_body for b in backends) else b""
-        fanout = Fanout(self.settings, ctx, inputs, body)
+        fanout = Fanout(self.settings, ctx, inputs, body, self.expected)
         started = time.perf_counter()
         await fanout.run()
         ctx.upstream_seconds = time.perf_counter() - started  # the calls overlap: their sum would overstate

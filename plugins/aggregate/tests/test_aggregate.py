@@ -102,6 +102,45 @@ async def test_three_backends_run_concurrently(nursery):
     assert max(started) < min(finished)  # every backend was called before any had answered
 
 
+class Order(Plugin):
+    """Records the path of each upstream request of the route, in the order the gateway sends them."""
+
+    name = "order"
+    sent: ClassVar[list[str]] = []
+
+    @hookimpl
+    async def on_upstream_request(self, ctx: Context, request: Request) -> None:
+        self.sent.append(request.path)
+
+
+async def test_the_backend_expected_to_answer_last_is_called_first(nursery):
+    delays = {"fast": 0.0, "quick": 0.0, "slow": 0.1}
+    ups = {name: await start_upstream(nursery, returning({name: 1}, delay=delay)) for name, delay in delays.items()}
+    backends = "".join(
+        f"""
+        [[routes.plugins.aggregate.backends]]
+        name = "{name}"
+        service = "{name}"
+        path = "/{name}"
+    """
+        for name in delays
+    )
+    Order.sent = []
+    gw = await start_gateway(
+        nursery,
+        services(**{n: up.url for n, up in ups.items()}) + route(backends) + "[routes.plugins.order]\n",
+        plugins=[Aggregate, Order],
+    )
+    for _ in range(4):
+        r = await get(gw)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"fast": 1, "quick": 1, "slow": 1}
+    rounds = [Order.sent[i : i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(sent) == ["/fast", "/quick", "/slow"] for sent in rounds)
+    assert rounds[0][0] == "/fast"  # nothing known yet: the order of the config
+    assert [sent[0] for sent in rounds[1:]] == ["/slow"] * 3  # it answered last: now it leaves first
+
+
 async def test_a_backend_uses_a_field_of_an_earlier_one(nursery):
     orders_done: list[float] = []
     orders = await start_upstream(nursery, returning({"id": "o1", "customer_id": "c 7"}, delay=0.1, log=orders_done))
