@@ -12,7 +12,7 @@ from bascule_sdk import Context, Gateway, Plugin, Response, hookimpl
 from bascule_sdk.tracecontext import Trace
 
 from .operational import use_format
-from .record import access_record
+from .record import Facts, access_record, facts
 from .settings import LoggingSettings
 from .writer import LineWriter, Sink, open_sink
 
@@ -53,7 +53,7 @@ class AccessLog(Plugin[LoggingSettings]):
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
         sink, close = self.open_sink()
-        self.writer = LineWriter(sink, self.settings.buffer, close=close)
+        self.writer = LineWriter(sink, self.settings.buffer, close=close, format=self.line)
         gateway.start_soon(self.writer.run)
         use_format(self.settings.operational_format, gateway.shared)
 
@@ -72,10 +72,12 @@ class AccessLog(Plugin[LoggingSettings]):
             return
         if not self._sampled(ctx) and response.status < 500:
             return
-        record = access_record(ctx, response, redact=self.redact, headers=self.headers)
-        line = _encode(record) + "\n"
-        if not self.writer.put(line.encode()):
+        if not self.writer.put(facts(ctx, response, self.headers)):
             self._warn_dropped(self.writer.dropped)
+
+    def line(self, facts: Facts) -> bytes:
+        """The access-log line of a request's ``facts`` (made by the writer task, in batches)."""
+        return (_encode(access_record(facts, redact=self.redact)) + "\n").encode()
 
     def _sampled(self, ctx: Context) -> bool:
         """Whether the request is logged, decided once (by the first hook that asks);

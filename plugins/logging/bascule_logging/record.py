@@ -1,28 +1,96 @@
-"""One access-log record: the fields of a finished request, secrets removed."""
+"""One access-log record: the fields of a finished request, secrets removed.
+
+Taken in two steps: ``facts`` when the request is logged (cheap, on the request
+path), ``access_record`` when the writer makes the line (off it, in batches).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from bascule_sdk import Context, Response, UpstreamCall
 
-__all__ = ["REDACTED", "access_record", "bytes_in", "bytes_out", "redact_query", "rfc3339", "upstream_calls"]
+__all__ = [
+    "REDACTED",
+    "Facts",
+    "access_record",
+    "bytes_in",
+    "bytes_out",
+    "facts",
+    "redact_query",
+    "rfc3339",
+    "upstream_calls",
+]
 
 REDACTED = "REDACTED"
 _NO_BODY = frozenset({204, 304})
 
 
-def access_record(
-    ctx: Context,
-    response: Response,
-    *,
-    redact: Collection[str],
-    headers: Collection[str],
-) -> dict[str, Any]:
-    """The access-log fields of ``ctx``, as JSON-ready values.
+class Facts(NamedTuple):
+    """What the line of a finished request says, taken when it is logged (``facts``): values
+    only, nothing that holds the request's body, so a queue of them stays small."""
+
+    arrived: float  # time.time() at arrival
+    elapsed: float  # seconds from arrival until the response was sent
+    request_id: str
+    trace_id: str | None
+    route: str | None
+    method: str
+    path: str
+    query: str
+    status: int
+    bytes_in: int | None
+    bytes_out: int | None
+    client_ip: str
+    consumer: str | None
+    upstream: str | None
+    upstream_calls: list[UpstreamCall]
+    upstream_seconds: float | None
+    cache: Any
+    rate_limit: Any
+    error: str | None
+    headers: dict[str, str]
+    websocket: Any
+    log_fields: dict[str, Any]
+
+
+def facts(ctx: Context, response: Response, headers: Collection[str]) -> Facts:
+    """The facts of ``ctx``'s request, answered with ``response``, now; ``headers``: the
+    request header names to log."""
+    elapsed = time.perf_counter() - ctx.started
+    request = ctx.request
+    tags = ctx.tags
+    return Facts(
+        time.time() - elapsed,
+        elapsed,
+        ctx.request_id,
+        ctx.trace.trace_id if ctx.trace else None,
+        ctx.route.name or None,
+        request.method,
+        request.path,
+        request.query,
+        response.status,
+        bytes_in(ctx),
+        bytes_out(request.method, response),
+        ctx.client_ip,
+        ctx.consumer.name if ctx.consumer else None,
+        ctx.upstream,
+        ctx.upstream_calls,
+        ctx.upstream_seconds,
+        tags.get("cache"),
+        tags.get("rate_limit"),
+        ctx.error,
+        {name: value for name in headers if (value := request.headers.get(name)) is not None},
+        tags.get("websocket"),
+        dict(ctx.log_fields) if ctx.log_fields else {},
+    )
+
+
+def access_record(f: Facts, *, redact: Collection[str]) -> dict[str, Any]:
+    """The access-log fields of a request's ``Facts``, as JSON-ready values.
 
     ``upstreams`` lists every upstream attempt (each aggregation backend, each
     retry) with its own latency; ``upstream`` and ``span_id`` are the last one's.
@@ -35,38 +103,36 @@ def access_record(
     (0 when concurrent calls sum to more than the total). ``time`` is the arrival (RFC 3339,
     UTC). ``bytes_out`` is ``null`` for a streamed body of unknown length.
     """
-    elapsed = time.perf_counter() - ctx.started
-    upstream = ctx.upstream_seconds
-    request = ctx.request
-    calls = ctx.upstream_calls
+    calls = f.upstream_calls
+    upstream = f.upstream_seconds
     record = {
-        "time": rfc3339(time.time() - elapsed),
-        "request_id": ctx.request_id,
-        "trace_id": ctx.trace.trace_id if ctx.trace else None,
+        "time": rfc3339(f.arrived),
+        "request_id": f.request_id,
+        "trace_id": f.trace_id,
         "span_id": calls[-1].span_id if calls else None,
-        "route": ctx.route.name or None,
-        "method": request.method,
-        "path": request.path,
-        "query": redact_query(request.query, redact),
-        "status": response.status,
-        "bytes_in": bytes_in(ctx),
-        "bytes_out": bytes_out(request.method, response),
-        "client_ip": ctx.client_ip,
-        "consumer": ctx.consumer.name if ctx.consumer else None,
-        "upstream": ctx.upstream,
+        "route": f.route,
+        "method": f.method,
+        "path": f.path,
+        "query": redact_query(f.query, redact),
+        "status": f.status,
+        "bytes_in": f.bytes_in,
+        "bytes_out": f.bytes_out,
+        "client_ip": f.client_ip,
+        "consumer": f.consumer,
+        "upstream": f.upstream,
         "upstreams": upstream_calls(calls),
-        "latency_ms": _ms(elapsed),
+        "latency_ms": _ms(f.elapsed),
         "upstream_latency_ms": _ms(upstream) if upstream is not None else None,
-        "gateway_latency_ms": _ms(max(0.0, elapsed - (upstream or 0.0))),
-        "cache": ctx.tags.get("cache"),
-        "rate_limit": ctx.tags.get("rate_limit"),
-        "error": ctx.error,
-        "headers": {name: value for name in headers if (value := request.headers.get(name)) is not None},
+        "gateway_latency_ms": _ms(max(0.0, f.elapsed - (upstream or 0.0))),
+        "cache": f.cache,
+        "rate_limit": f.rate_limit,
+        "error": f.error,
+        "headers": f.headers,
     }
-    if (websocket := ctx.tags.get("websocket")) is not None:  # a proxied WebSocket, logged once closed
-        record["websocket"] = websocket
-    if ctx.log_fields:
-        return {**ctx.log_fields, **record}
+    if f.websocket is not None:  # a proxied WebSocket, logged once closed
+        record["websocket"] = f.websocket
+    if f.log_fields:
+        return {**f.log_fields, **record}
     return record
 
 

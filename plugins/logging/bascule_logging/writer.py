@@ -1,11 +1,13 @@
 """A line writer that never makes a request wait.
 
-Requests hand lines to a bounded trio memory channel with ``put`` (never
-blocks). A background task takes every line waiting, joins them and writes
-the batch to the sink in a worker thread, so a slow disk or a full pipe stalls
-only the writer. A line waits up to ``GATHER`` seconds for others to go with it:
-a thread hop per line would cost a busy gateway more than encoding the line. When
-the channel is full, lines are dropped and counted in ``dropped``.
+Requests hand what a line says to a bounded trio memory channel with ``put``
+(never blocks). A background task takes every item waiting, makes each a line
+(``format``: the encoding is done here, in a batch, not on the request path),
+joins them and writes the batch to the sink in a worker thread, so a slow disk
+or a full pipe stalls only the writer. An item waits up to ``GATHER`` seconds
+for others to go with it: a thread hop per line would cost a busy gateway more
+than encoding the line. When the channel is full, items are dropped and counted
+in ``dropped``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -42,50 +44,78 @@ def open_sink(output: str) -> tuple[Sink, Callable[[], None] | None]:
     return f, f.close
 
 
-class LineWriter:
-    """Queue of at most ``capacity`` lines, written to ``sink`` by ``run``.
+def _as_line(item: Any) -> bytes:
+    return cast(bytes, item)
 
-    ``written`` counts lines handed to the sink, ``dropped`` lines refused
-    because the queue was full (or the writer closed).
+
+class LineWriter:
+    """Queue of at most ``capacity`` items, made lines by ``format`` (each ending in a newline;
+    by default the items are the lines) and written to ``sink`` by ``run``.
+
+    ``written`` counts lines handed to the sink, ``dropped`` items refused
+    because the queue was full (or the writer closed), or that ``format`` failed on.
     """
 
-    def __init__(self, sink: Sink, capacity: int, *, close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        capacity: int,
+        *,
+        close: Callable[[], None] | None = None,
+        format: Callable[[Any], bytes] = _as_line,
+    ) -> None:
         self.sink = sink
         self._close = close
+        self._format = format
         self.written = 0
         self.dropped = 0
-        self._send, self._receive = trio.open_memory_channel[bytes](capacity)
+        self._send, self._receive = trio.open_memory_channel[Any](capacity)
         self._done = trio.Event()
 
-    def put(self, line: bytes) -> bool:
-        """Queue ``line`` (ending in a newline) without waiting; False if dropped."""
+    def put(self, item: Any) -> bool:
+        """Queue ``item`` without waiting; False if dropped."""
         try:
-            self._send.send_nowait(line)
+            self._send.send_nowait(item)
         except (trio.WouldBlock, trio.ClosedResourceError):
             self.dropped += 1
             return False
         return True
 
     async def run(self) -> None:
-        """Write queued lines until ``aclose``; run it as a background task."""
+        """Write queued items until ``aclose``; run it as a background task."""
         try:
-            async for line in self._receive:
+            async for item in self._receive:
                 await trio.sleep(GATHER)  # one thread hop for the lines of a few ms, not one per line
-                batch = [line]
-                while True:  # bounded: the channel holds at most `capacity` lines
+                batch = [item]
+                while True:  # bounded: the channel holds at most `capacity` items
                     try:
                         batch.append(self._receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                lines = self._lines(batch)
                 try:
-                    await trio.to_thread.run_sync(self._write, b"".join(batch), abandon_on_cancel=True)
+                    await trio.to_thread.run_sync(self._write, b"".join(lines), abandon_on_cancel=True)
                 except OSError as e:
-                    self.dropped += len(batch)
-                    log.error("access log: cannot write %d lines: %s", len(batch), e)
+                    self.dropped += len(lines)
+                    log.error("access log: cannot write %d lines: %s", len(lines), e)
                 else:
-                    self.written += len(batch)
+                    self.written += len(lines)
         finally:
             self._done.set()
+
+    def _lines(self, batch: list[Any]) -> list[bytes]:
+        """Each item of ``batch`` as its line; one that ``format`` fails on is dropped, and logged."""
+        try:
+            return [self._format(item) for item in batch]
+        except Exception:
+            lines = []
+            for item in batch:
+                try:
+                    lines.append(self._format(item))
+                except Exception:
+                    self.dropped += 1
+                    log.exception("access log: cannot make a line; dropped")
+            return lines
 
     def _write(self, data: bytes) -> None:
         self.sink.write(data)

@@ -441,6 +441,38 @@ async def test_a_stalled_sink_does_not_slow_requests(nursery):
     assert plugin.writer.written == 6
 
 
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this")
+
+
+class OddField(Plugin):
+    """Adds a log field that no JSON encoding can write, on requests that ask for it."""
+
+    name = "odd-field"
+
+    @hookimpl
+    async def on_request(self, ctx: Context) -> None:
+        if ctx.request.headers.get("x-odd"):
+            ctx.log_fields["odd"] = Unprintable()
+
+
+async def test_a_line_that_cannot_be_made_is_dropped_and_the_others_written(nursery, caplog):
+    sink = MemorySink()
+    upstream = await start_upstream(nursery)
+    extra = "[plugins.odd-field]"
+    gw = await start_gateway(nursery, config(upstream.url, extra), plugins=[logging_into(sink), FakeAuth, OddField])
+    (plugin,) = [p for p in gw.gateway.runtime.plugins.instances.values() if isinstance(p, AccessLog)]
+    async with gw.client() as client:
+        for i, odd in enumerate(["", "1", ""]):
+            assert (await client.get(f"/api/users/{i}", headers={"x-odd": odd})).status_code == 200
+    records = await sink.wait_for(2)
+    assert [r["path"] for r in records] == ["/api/users/0", "/api/users/2"]
+    await until(lambda: plugin.writer.dropped == 1)
+    assert plugin.writer.written == 2
+    assert "cannot make a line" in caplog.text
+
+
 async def test_file_output_is_reopened_on_reload(nursery, tmp_path):
     path = tmp_path / "access.log"
     upstream = await start_upstream(nursery)
