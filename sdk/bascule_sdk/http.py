@@ -55,6 +55,20 @@ def _b(value: str | bytes) -> bytes:
     return value.encode("latin-1")
 
 
+_KEYS: dict[str | bytes, bytes] = {}  # a name as ``raw`` holds it, by the name as given: the few a gateway uses
+
+
+def _key(name: str | bytes) -> bytes:
+    """``name`` lower-cased, as bytes (how ``Headers.raw`` holds names); remembered for the
+    first 1,000 names asked for."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = _b(name.lower())
+        if len(_KEYS) < 1000:
+            _KEYS[name] = key
+    return key
+
+
 class Headers:
     """An ordered multi-map of header fields, names case-insensitive.
 
@@ -85,7 +99,7 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
-        key = _b(name.lower())
+        key = _key(name)
         for k, v in self.raw:
             if k == key:
                 return v.decode("latin-1")
@@ -93,12 +107,15 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order."""
-        key = _b(name.lower())
+        key = _key(name)
         return [v.decode("latin-1") for k, v in self.raw if k == key]
 
     def __contains__(self, name: str) -> bool:
-        key = _b(name.lower())
-        return any(k == key for k, _ in self.raw)
+        key = _key(name)
+        for k, _ in self.raw:
+            if k == key:
+                return True
+        return False
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw)
@@ -128,7 +145,7 @@ class Headers:
 
     def remove(self, *names: str) -> None:
         """Drop every field with one of ``names`` (absent names are fine)."""
-        keys = {_b(n.lower()) for n in names}
+        keys = {_key(n) for n in names}
         self.raw = [(k, v) for k, v in self.raw if k not in keys]
 
     def copy(self) -> Headers:
