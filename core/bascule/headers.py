@@ -47,6 +47,7 @@ field-value, checked for the whole head at once before h11 writes it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -129,6 +130,7 @@ _REG_NAME = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})*")
 _IPV_FUTURE = re.compile(r"[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+;=:]+")
 
 
+@functools.lru_cache(maxsize=1024)  # a gateway sees few Hosts, and asks of each up to three times a request
 def parse_host(value: str) -> tuple[str, str] | None:
     """A Host value (``uri-host [":" port]``, RFC 9112 3.2 and RFC 3986 3.2.2-3.2.3)
     as ``(host, port)``, the host lower-cased and the port ``""`` when absent;
