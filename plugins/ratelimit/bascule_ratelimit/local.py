@@ -1,8 +1,8 @@
 """The in-process backend: exact for one process, memory bounded.
 
-Buckets live in a ``cachetools.TLRUCache``: each expires once its quota is
-whole again, and beyond ``max_keys`` the least recently used is forgotten
-(that client starts afresh). A decision makes no ``await``, so under trio it
+Buckets live in a ``cachetools.LRUCache``: each holds the time its quota is
+whole again, after which it counts as absent, and beyond ``max_keys`` the least
+recently used is forgotten (that client starts afresh). A decision makes no ``await``, so under trio it
 is atomic: no other request of this process runs between check and consume.
 The clock is injectable (``clock()`` returns seconds) for tests.
 """
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
 from .policy import Algorithm, Decision, Outcome, Policy
 
@@ -81,9 +81,7 @@ class LocalBackend:
 
     def __init__(self, max_keys: int, clock: Clock = time.monotonic) -> None:
         self.clock = clock
-        self.buckets: TLRUCache[str, tuple[float, Any]] = TLRUCache(
-            max_keys, ttu=lambda _key, value, _now: value[0], timer=clock
-        )
+        self.buckets: LRUCache[str, tuple[float, Any]] = LRUCache(max_keys)  # key -> (whole again at, state)
 
     @classmethod
     @asynccontextmanager
@@ -97,7 +95,7 @@ class LocalBackend:
         checks: list[Check] = []
         for key, policy in zip(keys, policies, strict=True):
             held = self.buckets.get(key)
-            checks.append(CHECKS[policy.algorithm](policy, held[1] if held else None, now))
+            checks.append(CHECKS[policy.algorithm](policy, held[1] if held and held[0] > now else None, now))
         allowed = all(outcome.allowed for outcome, _ in checks)
         if allowed:
             for key, (_, consume) in zip(keys, checks, strict=True):
