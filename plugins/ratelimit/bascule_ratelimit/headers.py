@@ -55,15 +55,15 @@ def policy_field(policies: Sequence[Policy]) -> str:
     return ", ".join(items)
 
 
-def add_headers(headers: Headers, decision: Decision, policies: str, style: str) -> None:
-    """Add the fields of ``style`` ("ietf", "legacy", "both") for ``decision``; ``policies`` is the
+def add_headers(headers: Headers, decision: Decision, advertised_policies: str, style: str) -> None:
+    """Add the fields of ``style`` ("ietf", "legacy", "both") for ``decision``; ``advertised_policies`` is the
     route's ``policy_field``."""
     tightest = decision.tightest
     quota, _ = advertised(tightest.policy)
     remaining = min(tightest.remaining, quota)  # never more than the quota (the bucket)
     if style in ("ietf", "both"):
         # List members: added beside any the upstream (or another instance) sent.
-        headers.add("ratelimit-policy", policies)
+        headers.add("ratelimit-policy", advertised_policies)
         headers.add("ratelimit", f'"{tightest.policy.name}";r={remaining};t={delay_seconds(tightest.grows_in)}')
     if style in ("legacy", "both"):
         current = headers.get("x-ratelimit-remaining")
