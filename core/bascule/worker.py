@@ -27,7 +27,8 @@ does, with these changes, all here and nowhere else:
   upstream, with measurements): one keep-alive task per connection whose
   deadline moves, instead of a task spawned and cancelled per request; a
   plain cancel scope per read; the head of a response of known length
-  written with its first body bytes (one write, not two).
+  written with its first body bytes (one write, not two); a final response's
+  fields checked in one pass (``headers.valid_fields``), not by h11 one by one.
 
 This reaches into hypercorn's trio internals, so it is used only on the
 version it was written against (``HYPERCORN``); on another version a warning
