@@ -131,7 +131,7 @@ class Headers:
         v = _b(value)
         if b"\r" in v or b"\n" in v or b"\0" in v:
             raise ValueError(f"header {name!r}: value contains CR, LF or NUL")
-        self.raw.append((_b(name.lower()), v))
+        self.raw.append((_key(name), v))
 
     def set(self, name: str, value: str | bytes) -> None:
         """Replace every field of ``name`` with one."""
