@@ -3,8 +3,8 @@
 Each backend starts at once, or as soon as the backends it takes fields from
 have answered; of those that start at once, the one expected to answer last
 is called first (``Fanout``). All run in one trio nursery under the route's
-deadline, each also under its own budget. A required backend's failure cancels the others:
-the answer no longer depends on them.
+deadline, each also under its own budget. A required backend's failure
+cancels the others: the answer no longer depends on them.
 """
 
 from __future__ import annotations

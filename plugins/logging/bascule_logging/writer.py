@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import trio
 
@@ -44,10 +44,6 @@ def open_sink(output: str) -> tuple[Sink, Callable[[], None] | None]:
     return f, f.close
 
 
-def _as_line(item: Any) -> bytes:
-    return cast(bytes, item)
-
-
 class LineWriter:
     """Queue of at most ``capacity`` items, made lines by ``format`` (each ending in a newline;
     by default the items are the lines) and written to ``sink`` by ``run``.
@@ -62,7 +58,7 @@ class LineWriter:
         capacity: int,
         *,
         close: Callable[[], None] | None = None,
-        format: Callable[[Any], bytes] = _as_line,
+        format: Callable[[Any], bytes] = bytes,
     ) -> None:
         self.sink = sink
         self._close = close
