@@ -55,7 +55,8 @@ class UpstreamCall:
     runs until the response head arrived or the attempt failed (``None`` while
     in flight). It ends with a ``status`` or an ``error``: ``"connect"``
     (refused or unreachable), ``"timeout"``, ``"protocol"`` (broken answer),
-    ``"busy"`` (no free connection), ``"cancelled"``. ``span_id`` is the span
+    ``"busy"`` (no free connection), ``"request"`` (the gateway could not write the
+    request: a plugin's invalid field; nothing was sent), ``"cancelled"``. ``span_id`` is the span
     the gateway named in the ``traceparent`` it sent (``None`` without
     ``ctx.trace``).
     """
