@@ -215,13 +215,7 @@ class H11Connection:
                 pass
             except OSError as e:
                 raise httpcore.ReadError(str(e) or type(e).__name__) from e
-            with trio.CancelScope(deadline=trio.current_time() + self._read_timeout) as scope:
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                except _NETWORK as e:
-                    raise httpcore.ReadError(str(e) or type(e).__name__) from e
-            if scope.cancelled_caught:
-                raise httpcore.ReadTimeout("the upstream sent nothing within read_timeout")
+            await self._ready(trio.lowlevel.wait_readable, self._read_timeout, httpcore.ReadError, httpcore.ReadTimeout)
 
     async def _write(self, data: bytes) -> None:
         sock = self._sock
@@ -235,13 +229,26 @@ class H11Connection:
                 raise httpcore.WriteError(str(e) or type(e).__name__) from e
             if not view:
                 return
-            with trio.CancelScope(deadline=trio.current_time() + self._write_timeout) as scope:
-                try:
-                    await trio.lowlevel.wait_writable(sock)
-                except _NETWORK as e:
-                    raise httpcore.WriteError(str(e) or type(e).__name__) from e
-            if scope.cancelled_caught:
-                raise httpcore.WriteTimeout("the upstream took nothing within the write timeout")
+            await self._ready(
+                trio.lowlevel.wait_writable, self._write_timeout, httpcore.WriteError, httpcore.WriteTimeout
+            )
+
+    async def _ready(
+        self,
+        wait: Callable[[socket.socket], Awaitable[None]],
+        seconds: float,
+        failed: type[httpcore.NetworkError],
+        too_slow: type[httpcore.TimeoutException],
+    ) -> None:
+        """``wait`` (``wait_readable``/``wait_writable``) on the socket for at most ``seconds``:
+        ``failed`` if the socket fails meanwhile, ``too_slow`` when the time is up."""
+        with trio.CancelScope(deadline=trio.current_time() + seconds) as scope:
+            try:
+                await wait(self._sock)
+            except _NETWORK as e:
+                raise failed(str(e) or type(e).__name__) from e
+        if scope.cancelled_caught:
+            raise too_slow(f"the upstream was not ready within {seconds:g} s")
 
     def close(self) -> None:
         """Close the socket now (no checkpoint: safe in a cancelled scope)."""

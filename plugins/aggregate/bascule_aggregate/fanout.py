@@ -139,8 +139,7 @@ class Fanout:
         one cancelled because a required backend failed, with ``"cancelled"``.
         """
         deadline = trio.current_time() + self.settings.timeout
-        roots = [b for b in self.settings.backends if not b.depends_on]
-        first = max(roots, key=lambda b: self.expected.get(b.name, 0.0))
+        first = max(self.settings.roots, key=lambda b: self.expected.get(b.name, 0.0))
         with trio.move_on_at(deadline):
             async with trio.open_nursery() as nursery:
                 for backend in self.settings.backends:

@@ -100,7 +100,10 @@ class AggregateSettings:
     pass_status: bool = setting(False, "Answer with the backend's status (single-backend routes only).")
     cache_control: HeaderValue | None = setting(None, "Cache-Control of a complete answer (a partial one is no-store).")
 
+    roots: tuple[Backend, ...] = field(init=False, repr=False, compare=False)  # those that wait on no other
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "roots", tuple(b for b in self.backends if not b.depends_on))
         if self.pass_status and len(self.backends) != 1:
             raise ValueError("pass_status: only a route with a single backend can pass its status through")
         seen: set[str] = set()

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -471,6 +472,27 @@ async def test_a_line_that_cannot_be_made_is_dropped_and_the_others_written(nurs
     await until(lambda: plugin.writer.written == 2)  # counted once the sink's write returned
     assert plugin.writer.dropped == 1
     assert "cannot make a line" in caplog.text
+
+
+async def test_a_line_says_when_the_request_was_logged_not_when_it_was_written(nursery):
+    """The line is made later, by the writer; its times are the request's, taken in on_log."""
+    sink = MemorySink()
+    upstream = await start_upstream(nursery)
+    gw = await start_gateway(nursery, config(upstream.url), plugins=[logging_into(sink), FakeAuth])
+    sink.stall()
+    async with gw.client() as client:
+        assert (await client.get("/api/users/first")).status_code == 200
+        with trio.fail_after(10):
+            await trio.to_thread.run_sync(sink.entered.wait)  # the writer holds line 1, stuck in the sink
+        sent = time.time()
+        assert (await client.get("/api/users/second")).status_code == 200
+        await trio.sleep(1.0)  # line 2 waits, unmade, behind the stalled write
+    sink.release()
+    _first, second = await sink.wait_for(2)
+    assert second["path"] == "/api/users/second"
+    assert second["latency_ms"] < 1000  # not the second it waited for the writer
+    arrived = datetime.fromisoformat(second["time"].replace("Z", "+00:00")).timestamp()
+    assert abs(arrived - sent) < 0.5
 
 
 async def test_file_output_is_reopened_on_reload(nursery, tmp_path):

@@ -262,20 +262,25 @@ async def bascule_run(config: str, workers: int, env: dict[str, str], tmp_path) 
             await process.wait()
 
 
-@pytest.mark.slow
-async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    upstream = await start_upstream(nursery)
-    config = f"""
+def one_route_config(upstream_url: str) -> str:
+    """Prometheus on every route, and one route ``/api`` to ``upstream_url``."""
+    return f"""
         [plugins.prometheus]
         [services.api]
-        targets = ["{upstream.url}"]
+        targets = ["{upstream_url}"]
         [[routes]]
         name = "api"
         paths = ["/api"]
         service = "api"
     """
+
+
+@pytest.mark.slow
+async def test_metrics_are_summed_over_two_workers(nursery, tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    upstream = await start_upstream(nursery)
+    config = one_route_config(upstream.url)
     async with bascule_run(config, 2, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, tmp_path) as (public, admin):
 
         def workers_counted() -> set[str]:
@@ -342,15 +347,7 @@ async def test_workers_sum_their_metrics_in_the_run_directory_by_default(nursery
     """Without PROMETHEUS_MULTIPROC_DIR, the run's own directory (``Gateway.run_dir``) provides one."""
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     upstream = await start_upstream(nursery)
-    config = f"""
-        [plugins.prometheus]
-        [services.api]
-        targets = ["{upstream.url}"]
-        [[routes]]
-        name = "api"
-        paths = ["/api"]
-        service = "api"
-    """
+    config = one_route_config(upstream.url)
     async with bascule_run(config, 2, {}, tmp_path) as (_public, admin), httpx.AsyncClient(base_url=admin) as scraper:
         # Each worker mirrors the target's state: summed, both count, whoever answers the scrape.
         target = {"service": "api", "target": upstream.url}
