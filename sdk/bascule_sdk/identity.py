@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import quote, unquote_plus
 
@@ -137,26 +139,25 @@ def single_credential(
     through forwards, at most, the one credential the plugin verified.
     """
     found: list[Credential] = []
-    names = {name.lower().encode("latin-1"): name for name in headers}
-    wanted_cookies = frozenset(cookies)
-    if wanted_cookies:
-        names.setdefault(b"cookie", "")
+    names = _field_names(headers if isinstance(headers, tuple) else tuple(headers))
+    wanted_cookies = cookies if isinstance(cookies, frozenset) else frozenset(cookies)
     for key, raw in request.headers.raw:
         name = names.get(key)
-        if name is None:
+        in_cookie = key == b"cookie" and bool(wanted_cookies)
+        if name is None and not in_cookie:
             continue
         value = raw.decode("latin-1")
-        if key == b"cookie" and wanted_cookies:
+        if in_cookie:
             for pair in value.split(";"):
                 cookie, eq, cookie_value = pair.strip().partition("=")
                 if eq and cookie.strip() in wanted_cookies:
                     found.append(Credential("cookie", cookie.strip(), cookie_value.strip().strip('"')))
-            if not name:
-                continue  # Cookie read for its cookies only
+        if name is None:
+            continue  # Cookie read for its cookies only
         if "," in value:
             raise multiple_credentials(challenge)
         found.append(Credential("header", name, value.strip()))
-    wanted_query = frozenset(query)
+    wanted_query = query if isinstance(query, frozenset) else frozenset(query)
     if wanted_query and request.query:
         for part in request.query.split("&"):
             param, _, param_value = part.partition("=")
@@ -166,6 +167,12 @@ def single_credential(
     if len(found) > 1:
         raise multiple_credentials(challenge)
     return found[0] if found else None
+
+
+@lru_cache(maxsize=256)
+def _field_names(headers: tuple[str, ...]) -> Mapping[bytes, str]:
+    """``single_credential``'s header names: each as it arrives (lower-case bytes), to the name given."""
+    return MappingProxyType({name.lower().encode("latin-1"): name for name in headers})
 
 
 def multiple_credentials(challenge: str = "") -> HTTPError:

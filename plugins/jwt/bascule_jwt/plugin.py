@@ -33,6 +33,7 @@ class JWTPlugin(Plugin[JWTSettings]):
         self.verifier = Verifier(settings, self.name)
         self._anonymous = Anonymous()
         self._claim_header_names = frozenset(h.lower().encode() for h in settings.claim_headers.values())
+        self._bearer = self._challenge()  # the plain challenge: the realm alone
         self._headers = (settings.header,) if settings.header else ()
         self._cookies = (settings.cookie,) if settings.cookie else ()
         self._query = (settings.query,) if settings.query else ()
@@ -61,19 +62,20 @@ class JWTPlugin(Plugin[JWTSettings]):
 
     @hookimpl
     async def on_request(self, ctx: Context) -> None:
-        strip_identity(ctx.request.headers, self._claim_header_names)
+        if self._claim_header_names:  # the core dropped the client's X-Consumer-* on arrival; not these
+            strip_identity(ctx.request.headers, self._claim_header_names)
         if self._anonymous.identified_elsewhere(ctx):
             # "either" mode: an earlier auth plugin already identified the caller. A token sent as well
             # would reach the upstream unverified, next to that identity: two credentials (RFC 6750 §3.1).
             if self._token(ctx.request) is not None:
-                raise multiple_credentials(self._challenge())
+                raise multiple_credentials(self._bearer)
             return
         s = self.settings
         token = self._token(ctx.request)
         if token is None:
             if self._anonymous.admit(ctx):
                 return
-            raise HTTPError(401, "A bearer token is required.", {"WWW-Authenticate": self._challenge()})
+            raise HTTPError(401, "A bearer token is required.", {"WWW-Authenticate": self._bearer})
         if len(token) > s.max_token_size:
             raise self._invalid(f"The token is longer than {s.max_token_size} bytes.")
         try:
@@ -110,7 +112,7 @@ class JWTPlugin(Plugin[JWTSettings]):
         """
         s = self.settings
         credential = single_credential(
-            request, headers=self._headers, cookies=self._cookies, query=self._query, challenge=self._challenge()
+            request, headers=self._headers, cookies=self._cookies, query=self._query, challenge=self._bearer
         )
         if credential is None or not credential.value:
             return None

@@ -16,7 +16,7 @@ import httpx
 import jwt
 import trio
 from bascule_sdk import Consumer
-from cachetools import TTLCache
+from cachetools import LRUCache
 
 from .jwks import JwksSource
 from .keys import ALGORITHMS, VerificationKey
@@ -79,9 +79,11 @@ class Verifier:
         self._issuer_bound = any(k.issuer for k in self.static) or any(s.issuer for s in self.sources)
         self._declared: dict[tuple[str | None, str], Consumer] = {}
         self._client: httpx.AsyncClient | None = None
-        self._cache: TTLCache | None = None
+        # token hash -> (monotonic time the entry lapses, Verified). Each entry holds its own expiry:
+        # a TTLCache reads its timer and walks its expiry list on every lookup.
+        self._cache: LRUCache[bytes, tuple[float, Verified]] | None = None
         if settings.cache_size and settings.cache_ttl:
-            self._cache = TTLCache(settings.cache_size, settings.cache_ttl)
+            self._cache = LRUCache(settings.cache_size)
         self._options: Options = {"require": list(settings.require), "verify_aud": bool(settings.audiences)}
 
     def bind_consumers(self, consumers: Mapping[str, Consumer]) -> None:
@@ -120,15 +122,19 @@ class Verifier:
         now = time.time()
         key = hashlib.sha256(token.encode("utf-8", "replace")).digest()
         if self._cache is not None:
-            hit = self._cache.get(key)
-            if hit is not None:
-                if hit.expires + self.settings.leeway > now:
+            cached = self._cache.get(key)
+            if cached is not None:
+                lapses, hit = cached
+                if lapses <= time.monotonic():
+                    del self._cache[key]  # verified again below, with today's keys
+                elif hit.expires + self.settings.leeway > now:
                     return hit
-                self._cache.pop(key, None)
-                raise TokenError("The token has expired.")
+                else:
+                    del self._cache[key]
+                    raise TokenError("The token has expired.")
         verified = await self._verify(token, now, timed)
         if self._cache is not None:
-            self._cache[key] = verified
+            self._cache[key] = (time.monotonic() + self.settings.cache_ttl, verified)
         return verified
 
     async def _verify(self, token: str, now: float, timed: Timed) -> Verified:

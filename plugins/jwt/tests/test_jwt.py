@@ -415,6 +415,19 @@ async def test_cached_token_never_outlives_exp(nursery):
     assert len(upstream.requests) == 1
 
 
+async def test_a_cached_token_is_verified_again_after_cache_ttl(nursery):
+    upstream = await start_upstream(nursery)
+    gw = await serve(nursery, route(upstream, BASIC + 'cache_ttl = "100ms"'))
+    plugin = next(p for p in gw.gateway.runtime.plugins.instances.values() if isinstance(p, JWTPlugin))
+    t = token()
+    first = await plugin.verifier.verify(t)
+    assert await plugin.verifier.verify(t) is first  # within cache_ttl: the cached result
+    await trio.sleep(0.15)
+    again = await plugin.verifier.verify(t)
+    assert again is not first and again == first  # verified again, to the same result
+    assert await plugin.verifier.verify(t) is again  # and cached anew
+
+
 async def test_invalid_settings_are_config_errors(nursery):
     upstream = await start_upstream(nursery)
     bad = {

@@ -46,7 +46,7 @@ class KeyAuthPlugin(Plugin[KeyAuthSettings]):
         self._query = frozenset(settings.query)
         # Every header the key may be in; with a scheme, Authorization (RFC 9110 §11.6.2) comes first.
         headers = [h for h in settings.headers if not (settings.scheme and h.lower() == "authorization")]
-        self._headers = (["Authorization"] if settings.scheme else []) + headers
+        self._headers = tuple((["Authorization"] if settings.scheme else []) + headers)
         self._challenge = f'{settings.scheme or "APIKey"} realm="{settings.realm}"'
 
     @hookimpl
