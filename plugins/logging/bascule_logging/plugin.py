@@ -53,7 +53,8 @@ class AccessLog(Plugin[LoggingSettings]):
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
         sink, close = self.open_sink()
-        self.writer = LineWriter(sink, self.settings.buffer, close=close, format=self.line)
+        s = self.settings
+        self.writer = LineWriter(sink, s.buffer, interval=s.flush_interval, close=close, format=self.line)
         gateway.start_soon(self.writer.run)
         use_format(self.settings.operational_format, gateway.shared)
 

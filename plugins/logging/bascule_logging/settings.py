@@ -40,6 +40,11 @@ class LoggingSettings:
     format: Literal["json"] = setting("json", "Line format: one JSON object per request.")
     output: str = setting("stdout", '"stdout", "stderr", or a file path (appended to; reopened on reload).')
     buffer: int = setting(10_000, "Lines queued for the writer; when full, lines are dropped and counted.", min=1)
+    flush_interval: Duration = setting(
+        0.1,
+        "Longest a line waits to be written with the others (sooner once half of buffer is queued).",
+        min=0.001,
+    )
     flush_timeout: Duration = setting(5.0, "On shutdown or reload, how long queued lines may take to write.")
     sample_rate: float = setting(
         1.0, "Fraction of requests logged, 0.0 to 1.0; 5xx responses are always logged.", min=0, max=1

@@ -495,6 +495,30 @@ async def test_a_line_says_when_the_request_was_logged_not_when_it_was_written(n
     assert abs(arrived - sent) < 0.5
 
 
+async def test_lines_wait_for_flush_interval_or_half_the_buffer(nursery):
+    sink = MemorySink()
+    upstream = await start_upstream(nursery)
+    conf = config(upstream.url, logging='flush_interval = "60s"\nbuffer = 8')
+    gw = await start_gateway(nursery, conf, plugins=[logging_into(sink), FakeAuth])
+    (plugin,) = [p for p in gw.gateway.runtime.plugins.instances.values() if isinstance(p, AccessLog)]
+    assert plugin.writer is not None
+    async with gw.client() as client:
+        assert (await client.get("/api/users/1")).status_code == 200
+        await trio.sleep(0.3)
+        assert sink.records() == []  # one line waits for the interval (a minute)
+        for i in (2, 3, 4):
+            assert (await client.get(f"/api/users/{i}")).status_code == 200
+        with trio.fail_after(5):  # 4 lines: half the buffer, written without waiting out the interval
+            records = await sink.wait_for(4)
+        assert [r["path"] for r in records] == [f"/api/users/{i}" for i in (1, 2, 3, 4)]
+        assert (await client.get("/api/users/5")).status_code == 200
+    await trio.sleep(0.3)
+    assert len(sink.records()) == 4
+    with trio.fail_after(5):  # shutdown writes what waits at once
+        await plugin.writer.aclose(10)
+    assert [r["path"] for r in sink.records()][-1] == "/api/users/5"
+
+
 async def test_file_output_is_reopened_on_reload(nursery, tmp_path):
     path = tmp_path / "access.log"
     upstream = await start_upstream(nursery)
@@ -520,6 +544,7 @@ async def test_file_output_is_reopened_on_reload(nursery, tmp_path):
         ('headers = ["x-token"]\nsensitive_headers = ["x-token"]', "headers: x-token carry credentials"),
         ("sample_rate = 1.5", "sample_rate: must be between 0 and 1, got 1.5"),
         ("buffer = 0", "buffer: must be at least 1, got 0"),
+        ('flush_interval = "0s"', "flush_interval: must be at least 0.001"),
         ('exclude_paths = ["/ok", "health"]', "exclude_paths[1]: expected a path starting with /, got 'health'"),
         ('format = "text"', "must be one of 'json'"),
         ('output = "/nonexistent/dir/access.log"', "output: directory /nonexistent/dir does not exist"),
