@@ -1,0 +1,42 @@
+"""The bench's in-process scripts run, briefly, and print a figure for everything they name
+(no timing is asserted: bench/README.md reports the figures of full runs)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(script: str, *args: str) -> dict[str, list[str]]:
+    """The rows ``bench/<script>`` prints after its header line, by their first column."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines()[1:] if line.strip()}
+
+
+def test_each_plugins_hooks_are_timed():
+    rows = bench("hooks.py", "--loops", "10")
+    assert set(rows) == {"jwt", "key-auth", "rate-limit", "logging", "prometheus", "cache"}
+    for plugin, costs in rows.items():
+        *phases, total = map(float, costs)
+        assert total > 0, plugin
+        assert abs(total - sum(phases)) <= 0.03, plugin  # each printed to two decimals
+    assert float(rows["logging"][3]) > 0  # its line is made in on_log's timing
+    assert float(rows["cache"][1]) == 0  # a hit goes nowhere upstream
+
+
+def test_each_plugins_route_is_timed_in_process():
+    rows = bench("inrequest.py", "--requests", "40", "--rounds", "1")
+    assert set(rows) == {"bare", "jwt", "key-auth", "rate-limit", "logging", "prometheus", "cache"}
+    assert all(float(cost) > 0 for cost, *_ in rows.values())
+    assert float(rows["bare"][1]) == 0  # the baseline
+    assert float(rows["cache"][1]) < 0  # a hit goes nowhere upstream
+
+
+def test_the_log_writer_is_timed_at_each_interval():
+    rows = bench("writer.py", "--seconds", "0.3", "--rounds", "1")
+    assert list(rows) == ["5ms", "100ms"]
+    assert all(float(cost) > 0 for cost, *_ in rows.values())
