@@ -87,3 +87,5 @@ async def test_a_field_h11_refuses_is_never_sent_upstream(nursery):
     assert r.status_code == 500, r.text  # the gateway's failure, not the service's (502)
     assert r.headers["content-type"] == "application/problem+json"
     assert up.requests == []
+    (target,) = gw.gateway.describe_upstreams()["up"]["targets"]
+    assert (target["failures"], target["consecutive_failures"]) == (0, 0)  # not counted against the service

@@ -9,6 +9,7 @@ for it with ``read()``, which is bounded.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, overload
@@ -55,18 +56,10 @@ def _b(value: str | bytes) -> bytes:
     return value.encode("latin-1")
 
 
-_KEYS: dict[str | bytes, bytes] = {}  # a name as ``raw`` holds it, by the name as given: the few a gateway uses
-
-
+@functools.lru_cache(maxsize=1024)  # a gateway asks for few names, many times a request
 def _key(name: str | bytes) -> bytes:
-    """``name`` lower-cased, as bytes (how ``Headers.raw`` holds names); remembered for the
-    first 1,000 names asked for."""
-    key = _KEYS.get(name)
-    if key is None:
-        key = _b(name.lower())
-        if len(_KEYS) < 1000:
-            _KEYS[name] = key
-    return key
+    """``name`` lower-cased, as bytes: how ``Headers.raw`` holds names."""
+    return _b(name.lower())
 
 
 class Headers:

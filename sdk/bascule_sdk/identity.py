@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote_plus
 
 from .context import Consumer, Context, Gateway
-from .http import Headers, HTTPError, Request
+from .http import Headers, HTTPError, Request, _key
 
 __all__ = [
     "MULTIPLE_CREDENTIALS",
@@ -139,8 +139,8 @@ def single_credential(
     through forwards, at most, the one credential the plugin verified.
     """
     found: list[Credential] = []
-    names = _field_names(headers if isinstance(headers, tuple) else tuple(headers))
-    wanted_cookies = cookies if isinstance(cookies, frozenset) else frozenset(cookies)
+    names = _field_names(tuple(headers))  # a tuple given is not copied, nor a frozenset below
+    wanted_cookies = frozenset(cookies)
     for key, raw in request.headers.raw:
         name = names.get(key)
         in_cookie = key == b"cookie" and bool(wanted_cookies)
@@ -157,7 +157,7 @@ def single_credential(
         if "," in value:
             raise multiple_credentials(challenge)
         found.append(Credential("header", name, value.strip()))
-    wanted_query = query if isinstance(query, frozenset) else frozenset(query)
+    wanted_query = frozenset(query)
     if wanted_query and request.query:
         for part in request.query.split("&"):
             param, _, param_value = part.partition("=")
@@ -172,7 +172,7 @@ def single_credential(
 @lru_cache(maxsize=256)
 def _field_names(headers: tuple[str, ...]) -> Mapping[bytes, str]:
     """``single_credential``'s header names: each as it arrives (lower-case bytes), to the name given."""
-    return MappingProxyType({name.lower().encode("latin-1"): name for name in headers})
+    return MappingProxyType({_key(name): name for name in headers})
 
 
 def multiple_credentials(challenge: str = "") -> HTTPError:

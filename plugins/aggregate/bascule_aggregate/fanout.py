@@ -121,13 +121,13 @@ class Fanout:
         ctx: Context,
         inputs: ClientInputs,
         body: bytes,
-        expected: dict[str, float] | None = None,
+        expected: dict[str, float],
     ) -> None:
         self.settings = settings
         self.ctx = ctx
         self.inputs = inputs
         self.body = body
-        self.expected = expected if expected is not None else {}
+        self.expected = expected
         self.outcomes: dict[str, Outcome] = {}
         self._done = {b.name: trio.Event() for b in settings.backends}
         self._aborted = False

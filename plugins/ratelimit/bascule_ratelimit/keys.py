@@ -28,7 +28,7 @@ __all__ = ["KeyChain"]
 
 _FACTS = ("ip", "consumer", "credential", "route")
 _SAFE = ":.@-_~"  # kept as they are in a bucket's name, beside letters and digits; the rest percent-encoded
-_PLAIN = re.compile(r"[A-Za-z0-9:.@_~-]*")  # a value that percent-encoding leaves as it is
+_PLAIN = re.compile(f"[A-Za-z0-9{re.escape(_SAFE)}]*")  # a value that percent-encoding leaves as it is
 
 
 def _hashed(value: str | None) -> str | None:
