@@ -215,6 +215,31 @@ async def test_shutdown_closes_idle_connections_and_lets_busy_ones_answer(nurser
     await busy.aclose()
 
 
+BIG = bytes(range(256)) * 32768  # 8 MiB, more than the sockets between take at once
+
+
+async def big(request) -> Response:
+    return Response(200, {"content-type": "application/octet-stream", "content-length": str(len(BIG))}, BIG)
+
+
+async def test_an_answer_larger_than_the_socket_takes_arrives_whole_and_in_order(nursery):
+    # The gateway writes what the socket takes at once, then waits for room for the rest
+    # (worker._write_now, then send_all): a client that reads late still gets every byte, in order,
+    # and the connection serves the next request.
+    upstream = await start_upstream(nursery, big)
+    gw = await start_gateway(nursery, KEEP_ALIVE.format(url=upstream.url, keep_alive="5s"))
+    stream = await open_connection(gw.url)
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    for _ in range(2):
+        await stream.send_all(b"GET /api/big HTTP/1.1\r\nHost: a\r\n\r\n")
+        await trio.sleep(0.3)  # not reading yet: the gateway's socket fills up
+        with trio.fail_after(10):
+            answer = await read_response(stream)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert answer.partition(b"\r\n\r\n")[2] == BIG
+    await stream.aclose()
+
+
 async def test_a_streamed_answer_sends_its_head_before_its_first_chunk(nursery):
     first_chunk = trio.Event()
 

@@ -29,7 +29,8 @@ does, with these changes, all here and nowhere else:
   instead of a task spawned and cancelled per request; a plain cancel scope
   per read; the head of a response of known length written with its first
   body bytes (one write, not two); a final response's fields checked in one
-  pass (``headers.valid_fields``), not by h11 one by one.
+  pass (``headers.valid_fields``), not by h11 one by one; a write the socket takes at
+  once made without the lock and the stream's extra checkpoints (``_write_now``).
 
 This reaches into hypercorn's trio internals, so it is used only on the
 version it was written against (``HYPERCORN``); on another version a warning
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib.metadata import version
@@ -214,6 +216,7 @@ class _Connection(TCPServer):
             alpn_protocol = "http/1.1"
             socket = cast(Any, self.stream).socket
             ssl = False
+        self._plain = None if ssl else socket
         try:
             client = parse_socket_addr(socket.family, socket.getpeername())
             server = parse_socket_addr(socket.family, socket.getsockname())
@@ -243,6 +246,7 @@ class _Connection(TCPServer):
             await self._close()
 
     _closing = False  # the response is complete: what the client still sends is discarded
+    _plain: Any = None  # the trio socket of a connection without TLS (``_write_now`` writes to it)
     _reading: trio.CancelScope | None = None
     _busy = False  # a request is in flight
     _ended = False  # the client closed its side, or stopped sending in time
@@ -290,10 +294,19 @@ class _Connection(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
+            data: bytes | memoryview = event.data
+            if not self.send_lock.locked():  # no write or close in flight: this one may go first
+                written = self._write_now(event.data)
+                if written == len(data):
+                    # Still a checkpoint, as every trio write is: without one the other connections'
+                    # requests waited longer (the bare route's p99 at c=50 went from 38 to 60 ms).
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
+                data = memoryview(event.data)[written:]
             async with self.send_lock:
                 try:
                     with trio.CancelScope(shield=True):
-                        await self.stream.send_all(event.data)
+                        await self.stream.send_all(data)
                     return
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
@@ -310,6 +323,21 @@ class _Connection(TCPServer):
                 self._idle.deadline = trio.current_time()
             else:
                 self._idle.deadline = trio.current_time() + self.config.keep_alive_timeout
+
+    def _write_now(self, data: bytes) -> int:
+        """How much of ``data`` the socket took at once, without waiting: 0 on TLS, once
+        half-closed, when the socket is full or failed (``send_all`` then meets what is wrong).
+
+        A response's one write usually fits the socket buffer. Through ``send_all`` it also took
+        the lock (a checkpoint), a shielded cancel scope and the stream's checkpoints:
+        ``bench/run --cases hypercorn,hypercorn-bascule`` (3b), 299 -> 256-272 CPU µs/request."""
+        sock = self._plain
+        if sock is None or sock.did_shutdown_SHUT_WR or (fd := sock.fileno()) < 0:
+            return 0
+        try:
+            return os.write(fd, data)
+        except OSError:
+            return 0
 
     async def _send_eof(self) -> bool:
         """Half-close: whether the stream could (a TLS stream cannot)."""
