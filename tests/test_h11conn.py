@@ -203,6 +203,19 @@ async def test_a_replayable_request_trusts_a_fresh_connection_and_is_sent_again_
     assert p.in_use == 0
 
 
+async def test_the_tighter_of_read_timeout_and_an_enclosing_deadline_ends_a_wait(nursery):
+    # The read gets a cancel scope of its own only when read_timeout comes first.
+    raw = Raw([OK, OK], hang=True)
+    p = pool(await raw.serve(nursery), read_timeout=5)
+    with trio.move_on_after(0.2) as outer:  # the caller's deadline first: it ends the wait
+        await p.send(get(), 1024)
+    assert outer.cancelled_caught
+    p = pool(await raw.serve(nursery), read_timeout=0.2)
+    with trio.move_on_after(5) as outer, pytest.raises(httpcore.ReadTimeout):  # read_timeout first
+        await p.send(get(), 1024)
+    assert not outer.cancelled_caught
+
+
 async def test_timeouts_and_refused_connections_raise_httpcore_errors(nursery):
     raw = Raw([OK], hang=True)
     p = pool(await raw.serve(nursery), read_timeout=0.2)
