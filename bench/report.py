@@ -11,6 +11,7 @@ INVALID = 1.0  # %: a case with more failed or non-2xx requests than this measur
 
 SUITE_TITLES = {
     "main": "Main comparison",
+    "costs": "Each plugin's own cost, one process",
     "workers": "Worker processes",
     "routes": "Route count (matcher cost)",
     "plugins": "Plugins per route",
@@ -150,11 +151,13 @@ def targets(result: dict) -> list[dict]:
         agg_hop / bare_hop if agg_hop is not None and bare_hop else None,
         lambda v: v <= 1.5,
     )
-    base = _m(result, "bare").get("cpu_us_per_req")
+    # From the costs suite when it ran (the bare route in the same process), else the main suite's.
+    paired = bool(_m(result, "cost-bare"))
+    base = _m(result, "cost-bare" if paired else "bare").get("cpu_us_per_req")
     for name, exempt in PLUGIN_CASES:
-        cost = _m(result, name).get("cpu_us_per_req")
+        cost = _m(result, f"cost-{name}" if paired else name).get("cpu_us_per_req")
         add(
-            f"{name} alone: CPU µs/req above the bare route, share of it",
+            f"{name} alone: CPU µs/req above the bare route{' of its process' if paired else ''}, share of it",
             "exempt: waits on Redis" if exempt else "≤ 5%",
             (cost - base) / base * 100 if cost and base else None,
             (lambda v: True) if exempt else (lambda v: v <= 5.0),

@@ -44,7 +44,7 @@ PEER = BENCH / ".venv" / "bin"
 PEER_PACKAGES = ("uvicorn", "uvloop", "httptools", "httpx")  # the naive peer's stack (case 4)
 SERVER_CORE = 1 if CORES >= 2 else None
 LOAD_CORE = 0 if CORES >= 2 else None
-SUITES = ("main", "workers", "routes", "plugins", "aggregate", "memory")
+SUITES = ("main", "costs", "workers", "routes", "plugins", "aggregate", "memory")
 
 
 @dataclass
@@ -205,18 +205,22 @@ class Bench:
         if not 200 <= r.status < 300:
             case.skipped = f"answered {r.status}: {body[:200].decode(errors='replace')}"
 
-    def load(self, cases: list[Case]) -> None:
-        """Warm every case up, then ``runs`` interleaved rounds of every case."""
+    def load(self, cases: list[Case], runs: int | None = None) -> None:
+        """Warm every case up, then ``runs`` (default ``--runs``) interleaved rounds of every case,
+        every other one in reverse order: a cost that drifts through a round weighs on the cases at
+        its end, and the reversed rounds even it out."""
         live = []
         for c in cases:
             self.check(c)
             if not c.skipped:
                 live.append(c)
             self.cases.append(c)
-        rounds = [(self.opts.warmup, False)] if self.opts.warmup else []
-        rounds += [(self.opts.duration, True)] * self.opts.runs
-        for seconds, keep in rounds:
-            for c in live:
+        rounds = [(self.opts.warmup, False, live)] if self.opts.warmup else []
+        rounds += [
+            (self.opts.duration, True, live if i % 2 == 0 else live[::-1]) for i in range(runs or self.opts.runs)
+        ]
+        for seconds, keep, order in rounds:
+            for c in order:
                 if c.skipped:
                     continue
                 try:
@@ -379,6 +383,35 @@ class Bench:
     def wanted(self, *names: str) -> bool:
         """Whether any of ``names`` is among the main-suite cases asked for (``--cases``)."""
         return not self.opts.cases or bool(set(names) & set(self.opts.cases.split(",")))
+
+    def costs(self) -> None:
+        """Each plugin's own cost: the bare route and each plugin's route of the main suite, all in
+        one gateway process, in rounds of alternating order (an even number of them). A plugin's
+        cost is then its route's CPU µs/request above a bare route of the same process, free of
+        the few percent by which separate processes of the same config differ."""
+        plugins = {name for name, _ in report.PLUGIN_CASES}
+        defs = [
+            d
+            for d in plugin_cases(self)
+            if d.name == "bare" or (d.name in plugins and self.wanted(d.name) and set(d.needs) <= self.available)
+        ]
+        routes = [{**d.routes[0], "name": d.name, "paths": [f"/{d.name}"]} for d in defs]
+        consumers = next((d.consumers for d in defs if d.consumers), None)
+        cases = [
+            GatewayCase(
+                f"cost-{d.name}",
+                f"{d.label.removeprefix('(5) ').removeprefix('(6) ')}, one process",
+                "costs",
+                f"/{d.name}/x",
+                routes,
+                d.services,
+                d.needs,
+                headers=d.headers,
+                consumers=consumers,
+            )
+            for d in defs
+        ]
+        self.load(self.gateway_cases("costs", cases), runs=self.opts.runs + self.opts.runs % 2)
 
     def workers(self) -> None:
         up = self.upstream()
@@ -809,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(opts, procs, tmp)
             runners: dict[str, Callable[[], None]] = {
                 "main": bench.main,
+                "costs": bench.costs,
                 "workers": bench.workers,
                 "routes": bench.routes,
                 "plugins": bench.plugins,

@@ -27,9 +27,9 @@ def test_quick_run_writes_results(tmp_path):
             str(ROOT / "bench" / "run"),
             "--quick",
             "--suites",
-            "main,plugins,memory",
+            "main,costs,plugins,memory",
             "--cases",
-            "direct,nginx,hypercorn,bare",
+            "direct,nginx,hypercorn,bare,key-auth",
             "--stream-bytes",
             str(8 * 2**20),
             "--out",
@@ -45,15 +45,23 @@ def test_quick_run_writes_results(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     cases = result["cases"]
-    for name in ("direct", "nginx", "hypercorn", "bare", "plugins-0", "plugins-4"):
+    for name in ("direct", "nginx", "hypercorn", "bare", "key-auth", "plugins-0", "plugins-4"):
         assert cases[name]["skipped"] is None, (name, cases[name]["skipped"])
         (only,) = cases[name]["runs"]
         assert only["requests"] > 0 and only["errors"] == 0 and only["non_2xx"] == 0, (name, only)
+    for name in ("cost-bare", "cost-key-auth"):  # one process, two rounds (an even number), one reversed
+        assert cases[name]["skipped"] is None, (name, cases[name]["skipped"])
+        assert [r["non_2xx"] + r["errors"] for r in cases[name]["runs"]] == [0, 0], (name, cases[name]["runs"])
+    assert "cost-jwt" not in cases  # --cases chooses the plugins of the costs suite too
     assert cases["bare"]["memory_kib"]["peak"] > 0
     stream = result["stream"]
     assert (stream["status"], stream["received"]) == (200, 8 * 2**20)
     assert "| (5) Bascule, bare route |" in run.stdout
-    assert {t["target"] for t in result["targets"]} >= {"bare route / naive peer (4)", "2 workers / 1 worker"}
+    assert {t["target"] for t in result["targets"]} >= {
+        "bare route / naive peer (4)",
+        "2 workers / 1 worker",
+        "key-auth alone: CPU µs/req above the bare route of its process, share of it",
+    }
 
 
 def test_compare_reads_two_results(tmp_path):
