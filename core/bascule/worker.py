@@ -23,14 +23,14 @@ does, with these changes, all here and nowhere else:
   ``websocket.disconnect`` carries the close code that ended the socket, and
   ``read_timeout`` does not end a connection carrying an open WebSocket (the
   route's ``idle_timeout`` does, in ``bascule.websocket``).
-- **Cost per request** (the repository's docs/upstream/hypercorn-0.18.patch offers the
-  first three upstream, with measurements; docs/upstream/h11-0.16.patch the
-  last, to h11): one keep-alive task per connection whose deadline moves,
-  instead of a task spawned and cancelled per request; a plain cancel scope
-  per read; the head of a response of known length written with its first
-  body bytes (one write, not two); a final response's fields checked in one
-  pass (``headers.valid_fields``), not by h11 one by one; a write the socket takes at
-  once made without the lock and the stream's extra checkpoints (``_write_now``).
+- **Cost per request** (the repository's docs/upstream/hypercorn-0.18.patch offers all
+  but the fifth upstream, with measurements; docs/upstream/h11-0.16.patch the fifth,
+  to h11): one keep-alive task per connection whose deadline moves, instead of a task
+  spawned and cancelled per request; a plain cancel scope per read; the head of a
+  response of known length written with its first body bytes (one write, not two); a
+  write the socket takes at once made without the lock and the stream's extra
+  checkpoints (``_write_now``); a final response's fields checked in one pass
+  (``headers.valid_fields``), not by h11 one by one.
 
 This reaches into hypercorn's trio internals, so it is used only on the
 version it was written against (``HYPERCORN``); on another version a warning
