@@ -27,11 +27,12 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, ClassVar
 
+import configs
 import trio
 from bascule.testing import start_gateway, start_upstream
 from bascule_logging import AccessLog
 from bascule_sdk import Context, Plugin, Request, Response, hookimpl
-from configs import JWTKeys, toml_value
+from configs import JWTKeys
 
 PHASES = ("on_request", "on_upstream_request", "on_response", "on_log")
 
@@ -48,7 +49,7 @@ class Capture(Plugin):
         self.seen[ctx.route.name] = (ctx, response)
 
 
-def routes(tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], str]:
+def routes(tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, Any]]:
     """Each plugin's settings (as the main suite sets them), the headers its request sends, and the consumers."""
     jwt = JWTKeys(tmp)
     plugins = {
@@ -64,21 +65,17 @@ def routes(tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], str]:
         "cache": {},
     }
     headers = {"jwt": f"Bearer {jwt.token}", "key-auth": "bench-key"}
-    consumers = f"""
-[consumers.bench.credentials.key-auth]
-keys = ["sha256:{sha256(b"bench-key").hexdigest()}"]
-"""
+    consumers = {"bench": {"credentials": {"key-auth": {"keys": [f"sha256:{sha256(b'bench-key').hexdigest()}"]}}}}
     return plugins, headers, consumers
 
 
-def config(upstream: str, plugins: dict[str, dict[str, Any]], consumers: str) -> str:
-    lines = [f'[services.up]\ntargets = ["{upstream}"]']
-    for name, settings in plugins.items():
-        lines.append(f'[[routes]]\nname = "{name}"\npaths = ["/{name}"]\nservice = "up"')
-        lines.append(f'[routes.plugins."{name}"]')
-        lines += [f'"{k}" = {toml_value(v)}' for k, v in settings.items()]
-        lines.append("[routes.plugins.capture]")
-    return "\n".join(lines) + consumers
+def config(upstream: str, plugins: dict[str, dict[str, Any]], consumers: dict[str, Any]) -> str:
+    """One route per plugin, at ``/<plugin>``, with ``capture`` after it."""
+    routes = [
+        {"name": name, "paths": [f"/{name}"], "service": "up", "plugins": {name: settings, "capture": {}}}
+        for name, settings in plugins.items()
+    ]
+    return configs.gateway(0, {"up": [upstream]}, routes, consumers=consumers)
 
 
 def replay(ctx: Context, response: Response, phase: str, call: Any) -> Any:

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import configs
 import trio
 from bascule.server import settle_heap
 from bascule.testing import start_gateway
-from configs import toml_value
 from hooks import routes
 from procs import free_port, wait_port
 
@@ -63,12 +63,11 @@ def serve_upstream(port: int) -> None:
     trio.run(partial(listen, upstream_app, config))
 
 
-def config(upstream: str, plugins: dict[str, dict[str, Any]], consumers: str) -> str:
-    lines = [f'[services.up]\ntargets = ["{upstream}"]', '[[routes]]\nname = "bare"\npaths = ["/bare"]\nservice = "up"']
-    for name, settings in plugins.items():
-        lines.append(f'[[routes]]\nname = "{name}"\npaths = ["/{name}"]\nservice = "up"\n[routes.plugins."{name}"]')
-        lines += [f'"{k}" = {toml_value(v)}' for k, v in settings.items()]
-    return "\n".join(lines) + consumers
+def config(upstream: str, plugins: dict[str, dict[str, Any]], consumers: dict[str, Any]) -> str:
+    """The bare route at ``/bare``, then one route per plugin at ``/<plugin>``."""
+    routes = [{"name": "bare", "paths": ["/bare"], "service": "up"}]
+    routes += [{"name": n, "paths": [f"/{n}"], "service": "up", "plugins": {n: s}} for n, s in plugins.items()]
+    return configs.gateway(0, {"up": [upstream]}, routes, consumers=consumers)
 
 
 def scope(route: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:

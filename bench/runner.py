@@ -30,6 +30,7 @@ from hashlib import sha256
 from http.client import HTTPConnection
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 import configs
 import report
@@ -207,19 +208,14 @@ class Bench:
 
     def load(self, cases: list[Case], runs: int | None = None) -> None:
         """Warm every case up, then ``runs`` (default ``--runs``) interleaved rounds of every case,
-        every other one in reverse order: a cost that drifts through a round weighs on the cases at
-        its end, and the reversed rounds even it out."""
+        in the order ``rounds`` gives."""
         live = []
         for c in cases:
             self.check(c)
             if not c.skipped:
                 live.append(c)
             self.cases.append(c)
-        rounds = [(self.opts.warmup, False, live)] if self.opts.warmup else []
-        rounds += [
-            (self.opts.duration, True, live if i % 2 == 0 else live[::-1]) for i in range(runs or self.opts.runs)
-        ]
-        for seconds, keep, order in rounds:
+        for seconds, keep, order in rounds(live, runs or self.opts.runs, self.opts.warmup, self.opts.duration):
             for c in order:
                 if c.skipped:
                     continue
@@ -381,7 +377,8 @@ class Bench:
         self.load([c for c in cases if want(c.name)])
 
     def wanted(self, *names: str) -> bool:
-        """Whether any of ``names`` is among the main-suite cases asked for (``--cases``)."""
+        """Whether any of ``names`` is among the main-suite cases asked for (``--cases``; the costs
+        suite takes the plugins of the main-suite cases asked for)."""
         return not self.opts.cases or bool(set(names) & set(self.opts.cases.split(",")))
 
     def costs(self) -> None:
@@ -528,6 +525,17 @@ def peer_environment() -> str | None:
 
 
 # -- Bascule cases ------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+def rounds(cases: list[T], runs: int, warmup: float, duration: float) -> list[tuple[float, bool, list[T]]]:
+    """``Bench.load``'s rounds, as (seconds, kept, cases in order): a warm-up round if ``warmup``
+    (not kept), then ``runs`` kept rounds, every other one in reverse order. A cost that drifts
+    through a round weighs on the cases at its end; the reversed rounds even it out."""
+    kept = [(duration, True, cases if i % 2 == 0 else cases[::-1]) for i in range(runs)]
+    return ([(warmup, False, cases)] if warmup else []) + kept
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """The bench's in-process scripts run, briefly, and print a figure for everything they name
-(no timing is asserted: bench/README.md reports the figures of full runs)."""
+(no timing is asserted: bench/README.md reports the figures of full runs); bench/run's rounds."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from runner import rounds  # noqa: E402  (bench/ is not a package: on sys.path above)
 
 
 def bench(script: str, *args: str) -> dict[str, list[str]]:
@@ -40,3 +42,13 @@ def test_the_log_writer_is_timed_at_each_interval():
     rows = bench("writer.py", "--seconds", "0.3", "--rounds", "1")
     assert list(rows) == ["5ms", "100ms"]
     assert all(float(cost) > 0 for cost, *_ in rows.values())
+
+
+def test_every_other_round_runs_the_cases_in_reverse_order():
+    assert rounds(["a", "b", "c"], 3, 2.0, 10.0) == [
+        (2.0, False, ["a", "b", "c"]),  # the warm-up, not kept
+        (10.0, True, ["a", "b", "c"]),
+        (10.0, True, ["c", "b", "a"]),
+        (10.0, True, ["a", "b", "c"]),
+    ]
+    assert rounds(["a", "b"], 2, 0, 1.0) == [(1.0, True, ["a", "b"]), (1.0, True, ["b", "a"])]  # no warm-up
