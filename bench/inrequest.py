@@ -12,7 +12,8 @@ turn, ``rounds`` times; the median is printed, with the cost above the bare rout
 Beside ``bench/hooks.py`` (each plugin's hooks alone, in a loop) this shows what the
 same hooks cost among a request's other work, free of the server and of the
 process-to-process spread of ``bench/run``. The plugins are set as in
-``hooks.py``; Redis is left out.
+``hooks.py``; Redis is left out. Every other round runs the routes in reverse
+order, as ``bench/run`` does (``runner.rounds``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import configs
+import runner
 import trio
 from bascule.server import settle_heap
 from bascule.testing import start_gateway
@@ -123,12 +125,13 @@ async def main(port: int, count: int, rounds: int) -> None:
             gw = await start_gateway(nursery, config(f"http://127.0.0.1:{port}", plugins, consumers))
             settle_heap()  # as a serving gateway does: no full collection lands on one route's round
             requests = {name: scope(name, sent.get(name, [])) for name in names}
-            for name in names:  # warm up; the cache's first answer stores the response
-                await cpu_per_request(gw.gateway, requests[name], TASKS * 10)
             costs: dict[str, list[float]] = {name: [] for name in names}
-            for _ in range(rounds):
-                for name in names:
-                    costs[name].append(await cpu_per_request(gw.gateway, requests[name], count))
+            # A warm-up round (the cache's first answer stores the response), then rounds in alternating order.
+            for n, kept, order in runner.rounds(names, rounds, TASKS * 10, count):
+                for name in order:
+                    cost = await cpu_per_request(gw.gateway, requests[name], int(n))
+                    if kept:
+                        costs[name].append(cost)
             bare = statistics.median(costs["bare"])
             print(f"{'route':12} {'CPU µs/req':>10} {'above bare':>11} {'share':>7}   ({count:,} requests x {rounds})")
             for name in names:

@@ -8,11 +8,10 @@ exception, else absent) and ``request_id`` where the message carries one
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Literal
 
-from .record import rfc3339
+from .record import rfc3339, to_json
 
 __all__ = ["JsonFormatter", "use_format"]
 
@@ -33,7 +32,7 @@ class JsonFormatter(logging.Formatter):
             line["request_id"] = request_id
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line, separators=(",", ":"), default=str)
+        return to_json(line).decode()
 
 
 def use_format(fmt: Literal["text", "json"], shared: dict[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -12,7 +11,7 @@ from bascule_sdk import Context, Gateway, Plugin, Response, hookimpl
 from bascule_sdk.tracecontext import Trace
 
 from .operational import use_format
-from .record import Facts, access_record, facts
+from .record import Facts, access_record, facts, to_json
 from .settings import LoggingSettings
 from .writer import LineWriter, Sink, open_sink
 
@@ -21,7 +20,6 @@ __all__ = ["AccessLog"]
 log = logging.getLogger("bascule.logging")
 
 _DROP_WARNING_INTERVAL = 10.0  # seconds between "lines dropped" warnings
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode  # one encoder for every line
 
 
 class AccessLog(Plugin[LoggingSettings]):
@@ -78,7 +76,7 @@ class AccessLog(Plugin[LoggingSettings]):
 
     def line(self, facts: Facts) -> bytes:
         """The access-log line of a request's ``facts`` (made by the writer task, in batches)."""
-        return (_encode(access_record(facts, redact=self.redact)) + "\n").encode()
+        return to_json(access_record(facts, redact=self.redact)) + b"\n"
 
     def _sampled(self, ctx: Context) -> bool:
         """Whether the request is logged, decided once (by the first hook that asks);

@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import trio
@@ -656,6 +656,34 @@ async def test_plugins_add_fields_but_cannot_replace_the_gateways(nursery):
     assert (broken["tenant"], broken["status"]) == ("acme", 502)
     assert "tenant" not in users  # only the route the plugin is on
     assert set(broken) == FIELDS | {"tenant"}
+
+
+class Unusual(Plugin):
+    """Adds access-log fields that are not JSON, too large for 64 bits, or text beyond ASCII."""
+
+    name = "unusual"
+
+    @hookimpl
+    async def on_request(self, ctx: Context) -> None:
+        ctx.log_fields.update(big=2**70, when=datetime(2026, 12, 2, tzinfo=UTC), note="one\u2028two")
+
+
+async def test_every_line_is_one_line_of_ascii_json_whatever_its_values(nursery):
+    """A value that is not JSON is logged as its str(); text beyond ASCII is \\u-escaped, so a
+    client's header cannot break a line for a reader that splits on U+0085 (str.splitlines)."""
+    sink = MemorySink()
+    upstream = await start_upstream(nursery)
+    extra = "[routes.plugins.unusual]"  # on the route /broken
+    gw = await start_gateway(nursery, config(upstream.url, extra), plugins=[logging_into(sink), FakeAuth, Unusual])
+    async with gw.client() as client:
+        for agent in (b"plain/1", b"odd\x85agent/1"):
+            assert (await client.get("/api/users", headers={"user-agent": agent})).status_code == 200
+        assert (await client.get("/broken")).status_code == 502
+    plain, odd, unusual = await sink.wait_for(3)
+    assert bytes(sink.data).isascii()
+    assert len(sink.text.splitlines()) == 3
+    assert (plain["headers"], odd["headers"]) == ({"user-agent": "plain/1"}, {"user-agent": "odd\x85agent/1"})
+    assert (unusual["big"], unusual["when"], unusual["note"]) == (2**70, "2026-12-02 00:00:00+00:00", "one\u2028two")
 
 
 async def test_operational_log_can_be_json_with_the_access_log_names(nursery):
