@@ -382,11 +382,12 @@ class Bench:
         return not self.opts.cases or bool(set(names) & set(self.opts.cases.split(",")))
 
     def costs(self) -> None:
-        """Each plugin's own cost: the bare route and each plugin's route of the main suite, all in
-        one gateway process, in rounds of alternating order (an even number of them). A plugin's
-        cost is then its route's CPU µs/request above a bare route of the same process, free of
-        the few percent by which separate processes of the same config differ."""
-        plugins = {name for name, _ in report.PLUGIN_CASES}
+        """Each plugin's own cost: the bare route, each plugin's route of the main suite and the
+        full default stack, all in one gateway process, in rounds of alternating order (an even
+        number of them). A plugin's cost is then its route's CPU µs/request above a bare route of
+        the same process, free of the few percent by which separate processes of the same config
+        differ; so is the full stack's."""
+        plugins = {name for name, _ in report.PLUGIN_CASES} | {"full"}
         defs = [
             d
             for d in plugin_cases(self)
