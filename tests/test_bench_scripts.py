@@ -44,6 +44,21 @@ def test_the_log_writer_is_timed_at_each_interval():
     assert all(float(cost) > 0 for cost, *_ in rows.values())
 
 
+def test_each_redis_client_is_timed_at_each_batch_size():
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "redis_batches.py"), "--decisions", "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.rsplit(None, 3) for line in run.stdout.splitlines()[1:]]
+    assert [(client, int(size)) for client, size, _, _ in rows] == [
+        (client, size) for client in ("coredis pipeline", "resp.Pipe") for size in (1, 5, 20, 50)
+    ]
+    assert all(float(batch) > 0 and float(decision) > 0 for _, _, batch, decision in rows)
+
+
 def test_every_other_round_runs_the_cases_in_reverse_order():
     assert rounds(["a", "b", "c"], 3, 2.0, 10.0) == [
         (2.0, False, ["a", "b", "c"]),  # the warm-up, not kept
