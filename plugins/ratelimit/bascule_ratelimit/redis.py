@@ -19,6 +19,7 @@ fail until the new primary answers.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -107,13 +108,15 @@ class BackendError(Exception):
 
 
 class _Call:
-    """One decision waiting for its batch: the script's keys and arguments, then its answer."""
+    """One decision waiting for its batch: the script's keys and arguments, the time it must be
+    answered by (``trio.current_time()``), then its answer."""
 
-    __slots__ = ("keys", "args", "done", "answer", "error", "abandoned")
+    __slots__ = ("keys", "args", "deadline", "done", "answer", "error", "abandoned")
 
-    def __init__(self, keys: list[str], args: list[Any]) -> None:
+    def __init__(self, keys: list[str], args: list[Any], deadline: float) -> None:
         self.keys = keys
         self.args = args
+        self.deadline = deadline
         self.done = trio.Event()
         self.answer: list[Any] | None = None
         self.error: str | None = None
@@ -139,6 +142,9 @@ class RedisBackend:
         self._script: Any = None  # the client's, while open
         self._pending: list[_Call] = []
         self._wake = trio.Event()  # set when ``_pending`` gets its first call
+        # Batched calls not yet past their deadline, oldest first (so by deadline: one ``timeout``).
+        self._waiting: deque[_Call] = deque()
+        self._watch = trio.Event()  # set when ``_waiting`` gets a call
 
     @classmethod
     @asynccontextmanager
@@ -160,6 +166,7 @@ class RedisBackend:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(backend._send_batches, client, script)
+                    nursery.start_soon(backend._expire_late_calls)
                     backend._script = script
                     try:
                         yield backend
@@ -169,18 +176,33 @@ class RedisBackend:
                 backend._script = None
                 if backend._pipe is not None:
                     backend._pipe.close()
-                for call in backend._pending:
+                for call in backend._waiting:  # queued, or sent and unanswered
                     call.settle(BackendError("the Redis client stopped"))
                 backend._pending = []
+                backend._waiting.clear()
 
     async def _send_batches(self, client: Any, script: Any) -> None:
         """Send what is pending as one pipeline, wait for its answers, and again."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            batch, self._pending = [c for c in self._pending if not c.abandoned], []
+            batch, self._pending = [c for c in self._pending if not (c.abandoned or c.done.is_set())], []
             if batch:
                 await self._send(client, script, batch)
+
+    async def _expire_late_calls(self) -> None:
+        """Answer each batched call that is still waiting at its deadline with "no answer": one
+        task and one sleep per ``timeout`` or so, not a cancel scope per decision (7 µs each here).
+        A call expired before its batch left is not sent."""
+        waiting = self._waiting
+        while True:
+            if not waiting:
+                self._watch = trio.Event()
+                await self._watch.wait()
+            await trio.sleep_until(waiting[0].deadline)
+            now = trio.current_time()
+            while waiting and (waiting[0].done.is_set() or waiting[0].deadline <= now):
+                waiting.popleft().done.set()  # answered already, or now: no answer in time
 
     async def _send(self, client: Any, script: Any, batch: list[_Call]) -> None:
         """``batch``'s scripts as one pipeline; each call gets its answer or error.
@@ -221,11 +243,11 @@ class RedisBackend:
                     call.settle(answer)
 
     async def _send_alone(self, script: Any, call: _Call) -> None:
-        """``call`` as a command of its own, within ``timeout`` (coredis loads a missing script
+        """``call`` as a command of its own, by its deadline (coredis loads a missing script
         and retries); unsettled if the time ran out."""
         if call.abandoned:
             return
-        with trio.move_on_after(self.timeout):
+        with trio.move_on_at(call.deadline):
             try:
                 call.settle(await script(keys=call.keys, args=call.args))
             except Exception as e:
@@ -249,13 +271,14 @@ class RedisBackend:
         args: list[Any] = []
         for p in policies:
             args += [p.algorithm, p.limit, int(p.window * 1_000_000), p.burst]
-        call = _Call(list(keys), args)
+        call = _Call(list(keys), args, trio.current_time() + self.timeout)
         if self._pipelines and not self._alone:
             self._queue(call)
+            self._waiting.append(call)
+            self._watch.set()
             try:
-                with trio.move_on_after(self.timeout):
-                    await call.done.wait()
-            finally:  # timed out, or the request was cancelled
+                await call.done.wait()  # answered, or its deadline passed (``_expire_late_calls``)
+            finally:  # the request was cancelled
                 call.abandoned = not call.done.is_set()
         else:
             await self._send_alone(script, call)

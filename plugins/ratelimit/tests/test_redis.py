@@ -247,3 +247,31 @@ async def test_concurrent_decisions_survive_a_redis_that_lost_the_script(nursery
         codes = await fire([client], "/api", 40)
     assert sorted(codes) == [200] * 29 + [429] * 11
     assert len(upstream.requests) == 30
+
+
+async def test_a_decision_waits_no_longer_than_its_timeout_behind_a_stalled_batch(nursery, autojump_clock):
+    """Each decision is answered by its own deadline, ``redis_timeout`` after it was asked, also
+    when it queued behind a batch Redis never answers (virtual time: trio's autojump clock)."""
+    from bascule_ratelimit.policy import Policy
+    from bascule_ratelimit.redis import BackendError, RedisBackend
+
+    async def black_hole(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, black_hole, 0, host="127.0.0.1"))
+    url = f"redis://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    policy = Policy("default", "gcra", 10, 60.0, 10)
+    waited: dict[str, float] = {}
+
+    async def decide(backend: RedisBackend, key: str) -> None:
+        asked = trio.current_time()
+        with pytest.raises(BackendError, match="no answer within 50 ms"):
+            await backend.decide([key], [policy])
+        waited[key] = trio.current_time() - asked
+
+    with trio.fail_after(10):  # a guard against a decision never answered
+        async with RedisBackend.opened(url, 0.05) as backend, trio.open_nursery() as decisions:
+            decisions.start_soon(decide, backend, "first")  # its batch leaves at once, and stalls
+            await trio.sleep(0.03)
+            decisions.start_soon(decide, backend, "second")  # queued behind it
+    assert waited == {"first": pytest.approx(0.05), "second": pytest.approx(0.05)}
