@@ -8,7 +8,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -42,7 +42,7 @@ from bascule_sdk.settings import (
     resolve_secret,
     type_spec,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -365,12 +365,15 @@ def tables(model: type) -> st.SearchStrategy[dict[str, Any]]:
 
 
 @st.composite
-def plugin_tables(draw: st.DrawFn, *, route: bool) -> dict[str, Any]:
-    """``[plugins]`` or a route's ``plugins``: the plugin by its name, a second instance, a misspelt name."""
+def plugin_tables(draw: st.DrawFn, *, route: bool, instances: Collection[str] = ()) -> dict[str, Any]:
+    """``[plugins]`` or a route's ``plugins``: the plugin by its name, a second instance, a misspelt
+    name. ``instances``: the names ``[plugins]`` has, which a route's table may layer over."""
     result: dict[str, Any] = {}
     for name in draw(st.lists(st.sampled_from(["bounded", "second", "bounde"]), unique=True, max_size=2)):
         table = draw(tables(Bounded))
-        if name != "bounded" and not draw(sometimes(4)):
+        # In a route, a table without `plugin` under a name no plugin has: only `validate` can look
+        # for the [plugins.X] instance it layers over. Drawn only where there is one.
+        if name != "bounded" and (not draw(sometimes(4)) or (route and name not in instances)):
             table["plugin"] = draw(st.sampled_from(["bounded", "bounded", "absent"]))
         if draw(sometimes(6)):
             table["priority"] = draw(st.sampled_from([5, "high"]))
@@ -393,7 +396,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     for i in range(draw(st.integers(0, 2))):
         route = draw(tables(RouteSettings)) | {"name": f"r{i}", "paths": [f"/r{i}"], "service": "svc"}
         if draw(st.booleans()):
-            route["plugins"] = draw(plugin_tables(route=True))
+            route["plugins"] = draw(plugin_tables(route=True, instances=config.get("plugins", {})))
         routes.append(route)
     config["routes"] = routes
     if draw(sometimes(20)):
@@ -404,6 +407,13 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
 @pytest.mark.slow
 @settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
+@example(  # a route layering over the [plugins] instance `second` (no `plugin` key): valid
+    {
+        "services": {"svc": {"targets": ["http://127.0.0.1:1"]}},
+        "plugins": {"bounded": {}, "second": {"plugin": "bounded"}},
+        "routes": [{"name": "r0", "paths": ["/r0"], "service": "svc", "plugins": {"bounded": {}, "second": {}}}],
+    }
+)
 def test_the_schema_and_validate_accept_and_reject_the_same_configs(config):
     available = discover([BoundedPlugin], entry_points=False)
     try:

@@ -222,11 +222,13 @@ def _plugins_schema(visible: Mapping[str, InstalledPlugin], *, route: bool) -> d
     """``[plugins]``, or a route's ``plugins`` table (``route``: ``X = true/false`` too).
 
     Under the name of an installed plugin, its table; under any other name, a
-    table that names its plugin with ``plugin = "..."``.
+    table that names its plugin with ``plugin = "..."``, or in a route any
+    plugin's table: it may be layered over a ``[plugins.X]`` instance, which
+    only ``bascule validate`` can look for.
     """
     switch = [{"type": "boolean"}] if route else []
     properties = {name: {"anyOf": [_ref(name), *switch]} if route else _ref(name) for name in visible}
-    aliases = [{**_ref(name), "required": ["plugin"]} for name in visible] + switch
+    aliases = [_ref(name) if route else {**_ref(name), "required": ["plugin"]} for name in visible] + switch
     description = "Plugin instances by name; any other name runs the plugin named by its `plugin` key."
     if route:
         description += " `X = false` switches a global plugin off on this route."
