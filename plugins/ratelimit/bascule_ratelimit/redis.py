@@ -231,7 +231,7 @@ class RedisBackend:
                             answers[i] = e
             except Exception as e:
                 answers = [e] * len(batch)
-        if waited.cancelled_caught:  # Redis does not answer: each call's own timeout answers it
+        if waited.cancelled_caught:  # Redis does not answer: each call is answered at its deadline
             self._alone = True
             return
         self._alone = any(isinstance(answer, Exception) for answer in answers)

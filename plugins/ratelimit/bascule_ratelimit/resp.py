@@ -58,9 +58,13 @@ class Address:
         if parts.scheme == "unix":
             return cls(None, 0, unquote(parts.path), username, password, 0)
         db = parts.path.strip("/")
+        try:
+            port = parts.port or 6379
+        except ValueError:  # not a port: coredis says so
+            return None
         if not (db == "" or db.isdigit()) or parts.hostname is None:
             return None
-        return cls(parts.hostname, parts.port or 6379, None, username, password, int(db or 0))
+        return cls(parts.hostname, port, None, username, password, int(db or 0))
 
 
 class Pipe:

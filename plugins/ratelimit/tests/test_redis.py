@@ -40,6 +40,12 @@ service = "api"
 """
 
 
+async def rate_limited(nursery: trio.Nursery, upstream: str, *routes: str):
+    """A gateway in ``nursery`` with the service ``api`` at ``upstream`` and ``routes`` (``route(...)``)."""
+    config = f'[services.api]\ntargets = ["{upstream}"]\n' + "".join(routes)
+    return await start_gateway(nursery, config, plugins=[RateLimit])
+
+
 @contextmanager
 def gateway_processes(configs: list[Path]):
     """Run ``bascule run -c CONFIG`` for each config; stop them all on exit."""
@@ -135,15 +141,8 @@ async def test_redis_down_fails_open_or_closed_per_route_then_recovers(nursery, 
     upstream = await start_upstream(nursery)
     # A refused connection fails at once; the long timeout only keeps a loaded machine from failing open.
     common = ("limit = 2", 'window = "1h"', f'redis_url = "{redis.url}"', 'redis_timeout = "5s"')
-    gw = await start_gateway(
-        nursery,
-        f"""
-        [services.api]
-        targets = ["{upstream.url}"]
-        {route("open", *common)}
-        {route("closed", *common, 'on_error = "fail-closed"')}
-    """,
-        plugins=[RateLimit],
+    gw = await rate_limited(
+        nursery, upstream.url, route("open", *common), route("closed", *common, 'on_error = "fail-closed"')
     )
     async with gw.client() as client:
         for path in ("/open", "/closed"):
@@ -181,15 +180,8 @@ async def test_a_redis_that_never_answers_cannot_stall_requests(nursery):
     port = listeners[0].socket.getsockname()[1]
     upstream = await start_upstream(nursery)
     common = ("limit = 2", 'window = "1h"', f'redis_url = "redis://127.0.0.1:{port}"', 'redis_timeout = "50ms"')
-    gw = await start_gateway(
-        nursery,
-        f"""
-        [services.api]
-        targets = ["{upstream.url}"]
-        {route("open", *common)}
-        {route("closed", *common, 'on_error = "fail-closed"')}
-    """,
-        plugins=[RateLimit],
+    gw = await rate_limited(
+        nursery, upstream.url, route("open", *common), route("closed", *common, 'on_error = "fail-closed"')
     )
     async with gw.client() as client:
         with trio.fail_after(20):  # a guard against a hang, not a timing assertion
@@ -201,23 +193,17 @@ async def test_a_redis_that_never_answers_cannot_stall_requests(nursery):
 async def test_a_gateway_starts_while_redis_is_down(nursery):
     redis = RedisServer()  # not started yet
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(
+    gw = await rate_limited(
         nursery,
-        f"""
-        [services.api]
-        targets = ["{upstream.url}"]
-        {
-            route(
-                "closed",
-                "limit = 1",
-                'window = "1h"',
-                f'redis_url = "{redis.url}"',
-                'redis_timeout = "5s"',
-                'on_error = "fail-closed"',
-            )
-        }
-    """,
-        plugins=[RateLimit],
+        upstream.url,
+        route(
+            "closed",
+            "limit = 1",
+            'window = "1h"',
+            f'redis_url = "{redis.url}"',
+            'redis_timeout = "5s"',
+            'on_error = "fail-closed"',
+        ),
     )
     async with gw.client() as client:
         assert (await client.get("/closed")).status_code == 503
@@ -232,14 +218,10 @@ async def test_concurrent_decisions_survive_a_redis_that_lost_the_script(nursery
     from bascule.testing import redis_command
 
     upstream = await start_upstream(nursery)
-    gw = await start_gateway(
+    gw = await rate_limited(
         nursery,
-        f"""
-        [services.api]
-        targets = ["{upstream.url}"]
-        {route("api", "limit = 30", 'window = "1h"', f'redis_url = "{redis.url}"', 'redis_timeout = "5s"')}
-    """,
-        plugins=[RateLimit],
+        upstream.url,
+        route("api", "limit = 30", 'window = "1h"', f'redis_url = "{redis.url}"', 'redis_timeout = "5s"'),
     )
     async with gw.client() as client:
         assert (await client.get("/api")).status_code == 200
@@ -247,6 +229,27 @@ async def test_concurrent_decisions_survive_a_redis_that_lost_the_script(nursery
         codes = await fire([client], "/api", 40)
     assert sorted(codes) == [200] * 29 + [429] * 11
     assert len(upstream.requests) == 30
+
+
+async def test_decisions_go_through_a_password_and_a_database(nursery, redis):
+    """The batches' own connection (``resp.Pipe``) logs in and selects the URL's database."""
+    from bascule.testing import redis_command
+    from bascule_ratelimit.resp import Pipe
+
+    assert redis_command(redis.port, "CONFIG", "SET", "requirepass", "s3cret") == "OK"
+    upstream = await start_upstream(nursery)
+    url = f"redis://:s3cret@127.0.0.1:{redis.port}/4"
+    gw = await rate_limited(
+        nursery,
+        upstream.url,
+        route("api", "limit = 2", 'window = "1h"', f'redis_url = "{url}"', 'on_error = "fail-closed"'),
+    )
+    async with gw.client() as client:
+        assert [(await client.get("/api")).status_code for _ in range(3)] == [200, 200, 429]
+    pipe = Pipe.for_url(url)
+    assert pipe is not None
+    assert await pipe.send([("DBSIZE",), ("SELECT", 0), ("DBSIZE",)]) == [1, b"OK", 0]  # the bucket is in db 4
+    pipe.close()
 
 
 async def test_a_decision_waits_no_longer_than_its_timeout_behind_a_stalled_batch(nursery, autojump_clock):
