@@ -36,6 +36,7 @@ import configs
 import report
 import wrk
 from apps.hello import BODY
+from bascule.testing import RedisServer
 from procs import CORES, Procs, cpu_seconds, free_port, memory_kib, wait_port
 
 BENCH = Path(__file__).resolve().parent
@@ -100,11 +101,14 @@ class Bench:
         return self._upstream
 
     def redis(self) -> str:
+        """The URL of the bench's Redis, started on first use: ``redis-server`` from the PATH, else
+        the ``valkey-server`` of the test extra (``bascule.testing.RedisServer.find_binary``)."""
         if self._redis is None:
             port = free_port()
+            server = RedisServer.find_binary()
             self.procs.start(
                 "redis",
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                 core=LOAD_CORE,
                 port=port,
             )
