@@ -165,6 +165,15 @@ def targets(result: dict) -> list[dict]:
         lambda v: v <= 1.5,
     )
     base = _m(result, "cost-bare" if paired else "bare").get("cpu_us_per_req")
+    again = _m(result, "cost-bare-again").get("cpu_us_per_req")
+    if paired and again:
+        add(
+            "control: the bare route again, above the bare route of its process",
+            "(shown: the run's resolution)",
+            (again - base) / base * 100 if base else None,
+            lambda v: None,
+            "{:+.1f}%",
+        )
     for name, exempt in PLUGIN_CASES:
         cost = _m(result, f"cost-{name}" if paired else name).get("cpu_us_per_req")
         add(

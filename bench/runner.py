@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from hashlib import sha256
 from http.client import HTTPConnection
 from importlib import metadata
@@ -390,13 +390,16 @@ class Bench:
         full default stack, all in one gateway process, in rounds of alternating order (an even
         number of them). A plugin's cost is then its route's CPU µs/request above a bare route of
         the same process, free of the few percent by which separate processes of the same config
-        differ; so is the full stack's."""
+        differ; so is the full stack's. A second bare route among them, ``bare-again``, is the
+        control: what it measures above the first is the run's resolution."""
         plugins = {name for name, _ in report.PLUGIN_CASES} | {"full"}
         defs = [
             d
             for d in plugin_cases(self)
             if d.name == "bare" or (d.name in plugins and self.wanted(d.name) and set(d.needs) <= self.available)
         ]
+        control = replace(defs[0], name="bare-again", label="the bare route again (control)")
+        defs.insert((len(defs) + 1) // 2, control)  # mid-round, where the plugins are measured
         routes = [{**d.routes[0], "name": d.name, "paths": [f"/{d.name}"]} for d in defs]
         consumers = next((d.consumers for d in defs if d.consumers), None)
         cases = [

@@ -49,7 +49,8 @@ def test_quick_run_writes_results(tmp_path):
         assert cases[name]["skipped"] is None, (name, cases[name]["skipped"])
         (only,) = cases[name]["runs"]
         assert only["requests"] > 0 and only["errors"] == 0 and only["non_2xx"] == 0, (name, only)
-    for name in ("cost-bare", "cost-key-auth", "cost-full"):  # one process, two rounds (an even number), one reversed
+    # One process, two rounds (an even number), one reversed; a second bare route as the control.
+    for name in ("cost-bare", "cost-bare-again", "cost-key-auth", "cost-full"):
         assert cases[name]["skipped"] is None, (name, cases[name]["skipped"])
         assert [r["non_2xx"] + r["errors"] for r in cases[name]["runs"]] == [0, 0], (name, cases[name]["runs"])
     assert "cost-jwt" not in cases  # --cases chooses the plugins of the costs suite too
@@ -63,6 +64,7 @@ def test_quick_run_writes_results(tmp_path):
         "key-auth alone: CPU µs/req above the bare route of its process, share of it",
         "full default stack / bare route of its process",
         "full default stack / bare route, each in a process of its own",
+        "control: the bare route again, above the bare route of its process",
     }
 
 
