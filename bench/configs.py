@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,31 @@ def gateway(
         for plugin, table in credentials.items():
             parts.append(_table(f"consumers.{json.dumps(name)}.credentials.{json.dumps(plugin)}", table))
     return "\n".join(parts)
+
+
+API_KEY = "bench-key"  # key-auth's API key, of the consumer ``bench`` in ``CONSUMERS``
+CONSUMERS = {"bench": {"credentials": {"key-auth": {"keys": [f"sha256:{sha256(API_KEY.encode()).hexdigest()}"]}}}}
+
+
+def plugin_settings(tmp: Path, jwt: JWTKeys, redis_url: str = "") -> dict[str, dict[str, Any]]:
+    """Each plugin's settings as every bench case and script sets them (after the plugin's README),
+    by case name: ``jwt`` (``jwt``'s key), ``key-auth`` (``CONSUMERS``), ``rate-limit-local``,
+    ``rate-limit-redis`` (on ``redis_url``), ``logging`` (JSON lines to ``tmp/access.log``),
+    ``prometheus`` and ``cache``."""
+    limit = {"limit": 10_000_000, "window": "1m", "key": "ip"}  # per minute: never reached (the cap is 1,000,000/s)
+    return {
+        "jwt": {
+            "keys": [{"pem": f"file:{jwt.public_pem}", "algorithms": ["RS256"], "kid": "bench"}],
+            "issuers": [jwt.issuer],
+            "audiences": [jwt.audience],
+        },
+        "key-auth": {},
+        "rate-limit-local": limit,
+        "rate-limit-redis": {**limit, "backend": "redis", "redis_url": redis_url},
+        "logging": {"format": "json", "output": str(tmp / "access.log")},
+        "prometheus": {},
+        "cache": {},
+    }
 
 
 class JWTKeys:

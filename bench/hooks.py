@@ -23,7 +23,6 @@ import argparse
 import tempfile
 import timeit
 from functools import partial
-from hashlib import sha256
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,24 +48,25 @@ class Capture(Plugin):
         self.seen[ctx.route.name] = (ctx, response)
 
 
+#: The plugins timed here, by name, and the bench case whose settings each takes.
+PLUGINS = {
+    "jwt": "jwt",
+    "key-auth": "key-auth",
+    "rate-limit": "rate-limit-local",
+    "logging": "logging",
+    "prometheus": "prometheus",
+    "cache": "cache",
+}
+
+
 def routes(tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, Any]]:
-    """Each plugin's settings (as the main suite sets them), the headers its request sends, and the consumers."""
+    """Each plugin's settings (``configs.plugin_settings``, as the main suite sets them), the
+    headers its request sends, and the consumers."""
     jwt = JWTKeys(tmp)
-    plugins = {
-        "jwt": {
-            "keys": [{"pem": f"file:{jwt.public_pem}", "algorithms": ["RS256"], "kid": "bench"}],
-            "issuers": [jwt.issuer],
-            "audiences": [jwt.audience],
-        },
-        "key-auth": {},
-        "rate-limit": {"limit": 10_000_000, "window": "1m", "key": "ip"},
-        "logging": {"format": "json", "output": str(tmp / "access.log")},
-        "prometheus": {},
-        "cache": {},
-    }
-    headers = {"jwt": f"Bearer {jwt.token}", "key-auth": "bench-key"}
-    consumers = {"bench": {"credentials": {"key-auth": {"keys": [f"sha256:{sha256(b'bench-key').hexdigest()}"]}}}}
-    return plugins, headers, consumers
+    settings = configs.plugin_settings(tmp, jwt)
+    plugins = {name: settings[case] for name, case in PLUGINS.items()}
+    headers = {"jwt": f"Bearer {jwt.token}", "key-auth": configs.API_KEY}
+    return plugins, headers, configs.CONSUMERS
 
 
 def config(upstream: str, plugins: dict[str, dict[str, Any]], consumers: dict[str, Any]) -> str:

@@ -119,7 +119,10 @@ async def cpu_per_request(app: Any, request: dict[str, Any], count: int) -> floa
 async def main(port: int, count: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plugins, headers, consumers = routes(Path(tmp))
-        sent = {"jwt": [(b"authorization", headers["jwt"].encode())], "key-auth": [(b"apikey", b"bench-key")]}
+        sent = {
+            "jwt": [(b"authorization", headers["jwt"].encode())],
+            "key-auth": [(b"apikey", headers["key-auth"].encode())],
+        }
         names = ["bare", *plugins]
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, config(f"http://127.0.0.1:{port}", plugins, consumers))

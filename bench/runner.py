@@ -26,7 +26,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from hashlib import sha256
 from http.client import HTTPConnection
 from importlib import metadata
 from pathlib import Path
@@ -398,7 +397,8 @@ class Bench:
             for d in plugin_cases(self)
             if d.name == "bare" or (d.name in plugins and self.wanted(d.name) and set(d.needs) <= self.available)
         ]
-        control = replace(defs[0], name="bare-again", label="the bare route again (control)")
+        bare = next(d for d in defs if d.name == "bare")
+        control = replace(bare, name="bare-again", label="the bare route again (control)")
         defs.insert((len(defs) + 1) // 2, control)  # mid-round, where the plugins are measured
         routes = [{**d.routes[0], "name": d.name, "paths": [f"/{d.name}"]} for d in defs]
         consumers = next((d.consumers for d in defs if d.consumers), None)
@@ -582,20 +582,11 @@ def plugin_cases(b: Bench) -> list[GatewayCase]:
     """
     up = b.upstream()
     services = {"up": [up]}
-    huge = 10_000_000  # per minute: never reached here (the plugin caps a limit at 1,000,000 per s)
     needs_redis = {"rate-limit-redis", "full"}
     redis = b.redis() if b.wanted(*needs_redis) and "rate-limit" in b.available else ""
     jwt = b.jwt()
     bearer = [f"Authorization: Bearer {jwt.token}"]
-    jwt_settings = {
-        "keys": [{"pem": f"file:{jwt.public_pem}", "algorithms": ["RS256"], "kid": "bench"}],
-        "issuers": [jwt.issuer],
-        "audiences": [jwt.audience],
-    }
-    limit_local = {"limit": huge, "window": "1m", "key": "ip"}
-    limit_redis = {**limit_local, "backend": "redis", "redis_url": redis}
-    key_hash = sha256(b"bench-key").hexdigest()
-    logging_settings = {"format": "json", "output": str(b.tmp / "access.log")}
+    s = configs.plugin_settings(b.tmp, jwt, redis)
 
     def one(
         name: str,
@@ -610,29 +601,29 @@ def plugin_cases(b: Bench) -> list[GatewayCase]:
 
     return [
         bare_case("bare", "(5) Bascule, bare route", up),
-        one("jwt", "(6) jwt (RS256, verified-token cache)", ("jwt",), {"jwt": jwt_settings}, headers=bearer),
+        one("jwt", "(6) jwt (RS256, verified-token cache)", ("jwt",), {"jwt": s["jwt"]}, headers=bearer),
         one(
             "key-auth",
             "(6) key-auth",
             ("key-auth",),
-            {"key-auth": {}},
-            headers=["apikey: bench-key"],
-            consumers={"bench": {"credentials": {"key-auth": {"keys": [f"sha256:{key_hash}"]}}}},
+            {"key-auth": s["key-auth"]},
+            headers=[f"apikey: {configs.API_KEY}"],
+            consumers=configs.CONSUMERS,
         ),
-        one("rate-limit-local", "(6) rate-limit, local", ("rate-limit",), {"rate-limit": limit_local}),
-        one("rate-limit-redis", "(6) rate-limit, Redis", ("rate-limit",), {"rate-limit": limit_redis}),
-        one("cache-hit", "(6) cache hit", ("cache",), {"cache": {}}, path="/cacheable/x", gateway="cache"),
+        one("rate-limit-local", "(6) rate-limit, local", ("rate-limit",), {"rate-limit": s["rate-limit-local"]}),
+        one("rate-limit-redis", "(6) rate-limit, Redis", ("rate-limit",), {"rate-limit": s["rate-limit-redis"]}),
+        one("cache-hit", "(6) cache hit", ("cache",), {"cache": s["cache"]}, path="/cacheable/x", gateway="cache"),
         one(
             "cache-miss",
             "(6) cache miss (every URL new)",
             ("cache",),
-            {"cache": {}},
+            {"cache": s["cache"]},
             path="/cacheable/x",
             gateway="cache",
             lua=wrk.UNIQUE_QUERY,
         ),
-        one("logging", "(6) logging (JSON lines to a file)", ("logging",), {"logging": logging_settings}),
-        one("prometheus", "(6) metrics (prometheus)", ("prometheus",), {"prometheus": {}}),
+        one("logging", "(6) logging (JSON lines to a file)", ("logging",), {"logging": s["logging"]}),
+        one("prometheus", "(6) metrics (prometheus)", ("prometheus",), {"prometheus": s["prometheus"]}),
         # The upstream nginx stands in for a collector that accepts every export (200), on core 0.
         one(
             "otel-collector-up",
@@ -650,7 +641,12 @@ def plugin_cases(b: Bench) -> list[GatewayCase]:
             "full",
             "(6) full default stack: jwt + rate-limit Redis + logging + metrics",
             ("jwt", "rate-limit", "logging", "prometheus"),
-            {"jwt": jwt_settings, "rate-limit": limit_redis, "logging": logging_settings, "prometheus": {}},
+            {
+                "jwt": s["jwt"],
+                "rate-limit": s["rate-limit-redis"],
+                "logging": s["logging"],
+                "prometheus": s["prometheus"],
+            },
             headers=bearer,
         ),
         bare_case("bare-100k", "100 KB body: (5) Bascule, bare route", up, "/big", gateway="bare"),

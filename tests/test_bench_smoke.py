@@ -66,6 +66,12 @@ def test_quick_run_writes_results(tmp_path):
         "full default stack / bare route, each in a process of its own",
         "control: the bare route again, above the bare route of its process",
     }
+    measured = {t["target"]: t["measured"] for t in result["targets"]}
+    for paired in (
+        "full default stack / bare route of its process",
+        "control: the bare route again, above the bare route of its process",
+    ):
+        assert measured[paired] is not None, paired  # from the costs suite's cases, not left out
 
 
 def test_compare_reads_two_results(tmp_path):
