@@ -134,6 +134,13 @@ API_KEY = "bench-key"  # key-auth's API key, of the consumer ``bench`` in ``CONS
 CONSUMERS = {"bench": {"credentials": {"key-auth": {"keys": [f"sha256:{sha256(API_KEY.encode()).hexdigest()}"]}}}}
 
 
+def credentials(jwt: JWTKeys) -> dict[str, str]:
+    """The jwt case's bearer token and key-auth's API key, as request headers. The costs suite and
+    the in-process scripts send both on every route: a route's cost above the bare route is then
+    its plugins' work, not the carrying of a longer request."""
+    return {"authorization": f"Bearer {jwt.token}", "apikey": API_KEY}
+
+
 def plugin_settings(tmp: Path, jwt: JWTKeys, redis_url: str = "") -> dict[str, dict[str, Any]]:
     """Each plugin's settings as every bench case and script sets them (after the plugin's README),
     by case name: ``jwt`` (``jwt``'s key), ``key-auth`` (``CONSUMERS``), ``rate-limit-local``,

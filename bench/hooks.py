@@ -61,12 +61,11 @@ PLUGINS = {
 
 def routes(tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, Any]]:
     """Each plugin's settings (``configs.plugin_settings``, as the main suite sets them), the
-    headers its request sends, and the consumers."""
+    credentials every route is sent (``configs.credentials``), and the consumers."""
     jwt = JWTKeys(tmp)
     settings = configs.plugin_settings(tmp, jwt)
     plugins = {name: settings[case] for name, case in PLUGINS.items()}
-    headers = {"jwt": f"Bearer {jwt.token}", "key-auth": configs.API_KEY}
-    return plugins, headers, configs.CONSUMERS
+    return plugins, configs.credentials(jwt), configs.CONSUMERS
 
 
 def config(upstream: str, plugins: dict[str, dict[str, Any]], consumers: dict[str, Any]) -> str:
@@ -126,16 +125,14 @@ async def cacheable(request: Any) -> Response:
 
 async def main(loops: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        plugins, headers, consumers = routes(Path(tmp))
+        plugins, credentials, consumers = routes(Path(tmp))
         async with trio.open_nursery() as nursery:
             up = await start_upstream(nursery, cacheable)
             gw = await start_gateway(nursery, config(up.url, plugins, consumers), plugins=[Capture])
             async with gw.client() as client:
                 for name in plugins:
-                    sent = {"authorization": headers["jwt"]} if name == "jwt" else {}
-                    sent |= {"apikey": headers["key-auth"]} if name == "key-auth" else {}
                     for _ in range(2):  # the cache's second answer is a hit
-                        r = await client.get(f"/{name}/x", headers=sent)
+                        r = await client.get(f"/{name}/x", headers=credentials)
                         assert r.status_code == 200, (name, r.status_code, r.text)
             print(f"{'plugin':12} " + " ".join(f"{p:>20}" for p in PHASES) + f" {'total':>8}   (µs, {loops:,} loops)")
             for name in plugins:

@@ -118,16 +118,13 @@ async def cpu_per_request(app: Any, request: dict[str, Any], count: int) -> floa
 
 async def main(port: int, count: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        plugins, headers, consumers = routes(Path(tmp))
-        sent = {
-            "jwt": [(b"authorization", headers["jwt"].encode())],
-            "key-auth": [(b"apikey", headers["key-auth"].encode())],
-        }
+        plugins, credentials, consumers = routes(Path(tmp))
+        sent = [(k.encode(), v.encode()) for k, v in credentials.items()]
         names = ["bare", *plugins]
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, config(f"http://127.0.0.1:{port}", plugins, consumers))
             settle_heap()  # as a serving gateway does: no full collection lands on one route's round
-            requests = {name: scope(name, sent.get(name, [])) for name in names}
+            requests = {name: scope(name, sent) for name in names}
             costs: dict[str, list[float]] = {name: [] for name in names}
             # A warm-up round (the cache's first answer stores the response), then rounds in alternating order.
             for n, kept, order in runner.rounds(names, rounds, TASKS * 10, count):

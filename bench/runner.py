@@ -390,7 +390,8 @@ class Bench:
         number of them). A plugin's cost is then its route's CPU µs/request above a bare route of
         the same process, free of the few percent by which separate processes of the same config
         differ; so is the full stack's. A second bare route among them, ``bare-again``, is the
-        control: what it measures above the first is the run's resolution."""
+        control: what it measures above the first is the run's resolution. Every route is sent
+        the same request, with both credentials (``configs.credentials``)."""
         plugins = {name for name, _ in report.PLUGIN_CASES} | {"full"}
         defs = [
             d
@@ -402,6 +403,7 @@ class Bench:
         defs.insert((len(defs) + 1) // 2, control)  # mid-round, where the plugins are measured
         routes = [{**d.routes[0], "name": d.name, "paths": [f"/{d.name}"]} for d in defs]
         consumers = next((d.consumers for d in defs if d.consumers), None)
+        headers = [f"{name}: {value}" for name, value in configs.credentials(self.jwt()).items()]
         cases = [
             GatewayCase(
                 f"cost-{d.name}",
@@ -411,7 +413,7 @@ class Bench:
                 routes,
                 d.services,
                 d.needs,
-                headers=d.headers,
+                headers=headers,
                 consumers=consumers,
             )
             for d in defs
@@ -585,7 +587,8 @@ def plugin_cases(b: Bench) -> list[GatewayCase]:
     needs_redis = {"rate-limit-redis", "full"}
     redis = b.redis() if b.wanted(*needs_redis) and "rate-limit" in b.available else ""
     jwt = b.jwt()
-    bearer = [f"Authorization: Bearer {jwt.token}"]
+    credentials = configs.credentials(jwt)
+    bearer = [f"authorization: {credentials['authorization']}"]
     s = configs.plugin_settings(b.tmp, jwt, redis)
 
     def one(
@@ -607,7 +610,7 @@ def plugin_cases(b: Bench) -> list[GatewayCase]:
             "(6) key-auth",
             ("key-auth",),
             {"key-auth": s["key-auth"]},
-            headers=[f"apikey: {configs.API_KEY}"],
+            headers=[f"apikey: {credentials['apikey']}"],
             consumers=configs.CONSUMERS,
         ),
         one("rate-limit-local", "(6) rate-limit, local", ("rate-limit",), {"rate-limit": s["rate-limit-local"]}),

@@ -1,9 +1,12 @@
 """The bench's in-process scripts run, briefly, and print a figure for everything they name
 (no timing is asserted: bench/README.md reports the figures of full runs); bench/run's rounds."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -34,6 +37,15 @@ def test_each_plugins_route_is_timed_in_process():
     rows = bench("inrequest.py", "--requests", "40", "--rounds", "1")
     assert set(rows) == {"bare", "jwt", "key-auth", "rate-limit", "logging", "prometheus", "cache"}
     assert all(float(cost) > 0 for cost, *_ in rows.values())
+    assert float(rows["bare"][1]) == 0  # the baseline
+    assert float(rows["cache"][1]) < 0  # a hit goes nowhere upstream
+
+
+@pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind is not installed (bench only)")
+def test_each_plugins_route_is_counted_in_instructions():
+    rows = bench("instructions.py", "--requests", "20", "--rounds", "1", "--connections", "2")
+    assert set(rows) == {"bare", "bare-again", "jwt", "key-auth", "rate-limit", "logging", "prometheus", "cache"}
+    assert all(float(count) > 100 for count, *_ in rows.values())  # thousands of instructions per request
     assert float(rows["bare"][1]) == 0  # the baseline
     assert float(rows["cache"][1]) < 0  # a hit goes nowhere upstream
 
