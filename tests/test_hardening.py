@@ -107,7 +107,7 @@ async def test_unknown_hosts_are_rejected_unless_a_default_route_exists(nursery)
 
 def test_header_values_cannot_be_split():
     headers = Headers()
-    for bad in ("a\r\nX-Injected: 1", "a\nb", "a\rb", "a\0b"):
+    for bad in ("a\r\nX-Injected: 1", "a\nb", "a\rb", "a\0b", b"a\rb", b"a\nb", b"\0"):
         with pytest.raises(ValueError, match="CR, LF or NUL"):
             headers.set("x-consumer-username", bad)
     assert len(headers) == 0

