@@ -92,13 +92,16 @@ class LocalBackend:
     async def decide(self, keys: Sequence[str], policies: Sequence[Policy]) -> Decision:
         """Check the request against every policy; consume all quotas or none."""
         now = self.clock()
-        checks: list[Check] = []
+        outcomes: list[Outcome] = []
+        consumers: list[tuple[str, Callable[[], tuple[float, Any]]]] = []
         for key, policy in zip(keys, policies, strict=True):
             held = self.buckets.get(key)
-            checks.append(CHECKS[policy.algorithm](policy, held[1] if held and held[0] > now else None, now))
-        allowed = all(outcome.allowed for outcome, _ in checks)
+            outcome, consume = CHECKS[policy.algorithm](policy, held[1] if held and held[0] > now else None, now)
+            outcomes.append(outcome)
+            if consume is not None:  # a check that admits always says how to consume
+                consumers.append((key, consume))
+        allowed = len(consumers) == len(outcomes)
         if allowed:
-            for key, (_, consume) in zip(keys, checks, strict=True):
-                assert consume is not None  # a check that admits always says how to consume
+            for key, consume in consumers:
                 self.buckets[key] = consume()
-        return Decision(allowed, tuple(outcome for outcome, _ in checks))
+        return Decision(allowed, tuple(outcomes))
