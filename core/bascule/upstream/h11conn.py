@@ -177,9 +177,9 @@ class H11Connection:
                 event = await self._next_event()
             except h11.RemoteProtocolError as e:
                 raise httpcore.RemoteProtocolError(str(e)) from e
-            if isinstance(event, h11.Data):
+            if type(event) is h11.Data:  # h11's events are ABCs: isinstance costs more (worker._H11)
                 yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            elif type(event) is h11.EndOfMessage:
                 self._finish()
                 return
             else:
