@@ -8,7 +8,8 @@ again (the control) and one route per plugin, set as in ``bench/hooks.py``. Its 
 another process, outside valgrind (``inrequest.py``'s). For each route in turn: a warm-up, the
 counters zeroed, ``requests`` requests over ``connections`` keep-alive connections, then a dump.
 Its total over ``requests`` is the route's instructions per request, server included. Every
-route is sent the same request, with both credentials (``configs.credentials``). Rounds
+route is sent the same request, with both credentials (``configs.credentials``); ``bare-plain``
+is the bare route sent neither, to show what carrying them costs. Rounds
 alternate their order (``runner.rounds``); the median is printed, with the share above the
 bare route.
 
@@ -40,6 +41,7 @@ from hooks import routes
 from procs import Procs, free_port
 
 ROUTES = ("bare", "bare-again")  # the baseline and the control: no plugin
+PLAIN = "bare-plain"  # the bare route without the credentials
 
 
 def config(port: int, upstream: str, plugins: dict[str, dict[str, Any]], consumers: dict[str, Any]) -> str:
@@ -108,12 +110,13 @@ def main(count: int, rounds: int, connections: int) -> None:
         procs.start("upstream", upstream, port=up)
         port = free_port()
         gateway = Callgrind(procs, Path(tmp), config(port, f"http://127.0.0.1:{up}", plugins, consumers), port)
-        names = [*ROUTES, *plugins]
+        names = [*ROUTES, PLAIN, *plugins]
         counts: dict[str, list[float]] = {name: [] for name in names}
         # A warm-up round (the cache's first answer stores the response), then rounds in alternating order.
         for n, kept, order in runner.rounds(names, rounds, connections * 5, count):
             for name in order:
-                ran = gateway.count(partial(load, port, f"/{name}/x", credentials, int(n), connections))
+                path, sent = ("/bare/x", {}) if name == PLAIN else (f"/{name}/x", credentials)
+                ran = gateway.count(partial(load, port, path, sent, int(n), connections))
                 if kept:
                     counts[name].append(ran / n)
         bare = statistics.median(counts["bare"])
