@@ -128,7 +128,7 @@ def main(count: int, rounds: int, connections: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=400, help="requests per route and round")
+    parser.add_argument("--requests", type=int, default=300, help="requests per route and round")
     parser.add_argument("--rounds", type=int, default=2, help="turns of every route")
     parser.add_argument("--connections", type=int, default=10, help="requests in flight")
     args = parser.parse_args()

@@ -93,15 +93,15 @@ class LocalBackend:
         """Check the request against every policy; consume all quotas or none."""
         now = self.clock()
         outcomes: list[Outcome] = []
-        consumers: list[tuple[str, Callable[[], tuple[float, Any]]]] = []
+        to_consume: list[tuple[str, Callable[[], tuple[float, Any]]]] = []
         for key, policy in zip(keys, policies, strict=True):
             held = self.buckets.get(key)
             outcome, consume = CHECKS[policy.algorithm](policy, held[1] if held and held[0] > now else None, now)
             outcomes.append(outcome)
             if consume is not None:  # a check that admits always says how to consume
-                consumers.append((key, consume))
-        allowed = len(consumers) == len(outcomes)
+                to_consume.append((key, consume))
+        allowed = len(to_consume) == len(outcomes)
         if allowed:
-            for key, consume in consumers:
+            for key, consume in to_consume:
                 self.buckets[key] = consume()
         return Decision(allowed, tuple(outcomes))
