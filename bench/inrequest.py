@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,19 @@ def serve_upstream(port: int) -> None:
     trio.run(partial(listen, upstream_app, config))
 
 
-def config(upstream: str, plugins: dict[str, dict[str, Any]], consumers: dict[str, Any]) -> str:
-    """The bare route at ``/bare``, then one route per plugin at ``/<plugin>``."""
-    routes = [{"name": "bare", "paths": ["/bare"], "service": "up"}]
+def config(
+    upstream: str,
+    plugins: dict[str, dict[str, Any]],
+    consumers: dict[str, Any],
+    *,
+    bare: Sequence[str] = ("bare",),
+    port: int = 0,
+) -> str:
+    """A route without plugins at ``/<name>`` for each name of ``bare``, then one route per plugin
+    at ``/<plugin>``; listening on ``port`` (0: the tests' in-process gateway picks one)."""
+    routes = [{"name": n, "paths": [f"/{n}"], "service": "up"} for n in bare]
     routes += [{"name": n, "paths": [f"/{n}"], "service": "up", "plugins": {n: s}} for n, s in plugins.items()]
-    return configs.gateway(0, {"up": [upstream]}, routes, consumers=consumers)
+    return configs.gateway(port, {"up": [upstream]}, routes, consumers=consumers)
 
 
 def scope(route: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:

@@ -31,24 +31,16 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import configs
 import h11
 import runner
 import trio
 from hooks import routes
+from inrequest import config
 from procs import Procs, free_port
 
 ROUTES = ("bare", "bare-again")  # the baseline and the control: no plugin
 PLAIN = "bare-plain"  # the bare route without the credentials
-
-
-def config(port: int, upstream: str, plugins: dict[str, dict[str, Any]], consumers: dict[str, Any]) -> str:
-    """``ROUTES`` and one route per plugin, each at ``/<name>``."""
-    named = {**{name: {} for name in ROUTES}, **{name: {name: settings} for name, settings in plugins.items()}}
-    routes = [{"name": n, "paths": [f"/{n}"], "service": "up", "plugins": p} for n, p in named.items()]
-    return configs.gateway(port, {"up": [upstream]}, routes, consumers=consumers)
 
 
 async def load(port: int, path: str, headers: dict[str, str], count: int, connections: int) -> None:
@@ -109,7 +101,8 @@ def main(count: int, rounds: int, connections: int) -> None:
         upstream = [runner.PYTHON, str(runner.BENCH / "inrequest.py"), "--serve-upstream", str(up)]
         procs.start("upstream", upstream, port=up)
         port = free_port()
-        gateway = Callgrind(procs, Path(tmp), config(port, f"http://127.0.0.1:{up}", plugins, consumers), port)
+        text = config(f"http://127.0.0.1:{up}", plugins, consumers, bare=ROUTES, port=port)
+        gateway = Callgrind(procs, Path(tmp), text, port)
         names = [*ROUTES, PLAIN, *plugins]
         counts: dict[str, list[float]] = {name: [] for name in names}
         # A warm-up round (the cache's first answer stores the response), then rounds in alternating order.
