@@ -84,8 +84,7 @@ class JWTPlugin(Plugin[JWTSettings]):
             raise self._invalid(str(e)) from None
         if verified.consumer is None:
             raise HTTPError(403, "The token's subject is not a known consumer.")
-        missing = [scope for scope in s.scopes if scope not in verified.scopes]
-        if missing:
+        if not verified.scopes.issuperset(s.scopes):
             raise HTTPError(
                 403,
                 "The token lacks a required scope.",
