@@ -6,12 +6,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from bascule_sdk import Context, Gateway, Plugin, Response, hookimpl
 from bascule_sdk.tracecontext import Trace
 
 from .operational import use_format
-from .record import Facts, access_record, facts, to_json
+from .record import access_record, to_json
 from .settings import LoggingSettings
 from .writer import LineWriter, Sink, open_sink
 
@@ -41,6 +42,7 @@ class AccessLog(Plugin[LoggingSettings]):
         super().__init__(settings, instance=instance)
         self.redact = frozenset(n.lower() for n in settings.redact_query)
         self.headers = tuple(h.lower() for h in settings.headers)
+        self.exclude = tuple((p, p.rstrip("/") + "/") for p in settings.exclude_paths)  # (path, what is below it)
         self.writer: LineWriter | None = None
         self._warned_at = float("-inf")
 
@@ -71,12 +73,12 @@ class AccessLog(Plugin[LoggingSettings]):
             return
         if not self._sampled(ctx) and response.status < 500:
             return
-        if not self.writer.put(facts(ctx, response, self.headers)):
+        if not self.writer.put(access_record(ctx, response, headers=self.headers, redact=self.redact)):
             self._warn_dropped(self.writer.dropped)
 
-    def line(self, facts: Facts) -> bytes:
-        """The access-log line of a request's ``facts`` (made by the writer task, in batches)."""
-        return to_json(access_record(facts, redact=self.redact)) + b"\n"
+    def line(self, record: dict[str, Any]) -> bytes:
+        """The access-log line of a request's ``access_record`` (made by the writer task, in batches)."""
+        return to_json(record) + b"\n"
 
     def _sampled(self, ctx: Context) -> bool:
         """Whether the request is logged, decided once (by the first hook that asks);
@@ -86,12 +88,11 @@ class AccessLog(Plugin[LoggingSettings]):
             rate = self.settings.sample_rate
             sampled = ctx.state[self.name] = rate >= 1.0 or random.random() < rate
             if self.settings.trace_context and ctx.trace is None:
-                headers = ctx.request.headers
-                ctx.trace = Trace.from_headers(headers.get_all("traceparent"), headers.get_all("tracestate"), sampled)
+                ctx.trace = Trace.from_headers(ctx.request.headers, sampled)
         return bool(sampled)
 
     def _excluded(self, path: str) -> bool:
-        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.settings.exclude_paths)
+        return bool(self.exclude) and any(path == p or path.startswith(below) for p, below in self.exclude)
 
     def _warn_dropped(self, dropped: int) -> None:
         now = time.monotonic()

@@ -1,13 +1,15 @@
 """W3C Trace Context parsing, at the limits the spec sets."""
 
 import pytest
+from bascule_sdk import Headers
 from bascule_sdk.tracecontext import MAX_TRACESTATE_MEMBERS, Trace, parse_traceparent, parse_tracestate
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def test_valid_traceparent_is_continued():
-    trace = Trace.from_headers([VALID], ["congo=t61rcWkgMzE"], sampled=False)
+    headers = Headers.of({"traceparent": VALID, "tracestate": "congo=t61rcWkgMzE"})
+    trace = Trace.from_headers(headers, sampled=False)
     assert (trace.trace_id, trace.parent_id, trace.flags) == (
         "4bf92f3577b34da6a3ce929d0e0e4736",
         "00f067aa0ba902b7",
