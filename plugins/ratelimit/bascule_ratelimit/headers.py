@@ -55,16 +55,17 @@ def policy_field(policies: Sequence[Policy]) -> str:
     return ", ".join(items)
 
 
-def add_headers(headers: Headers, decision: Decision, advertised_policies: str, style: str) -> None:
+def add_headers(headers: Headers, decision: Decision, advertised_policies: bytes, style: str) -> None:
     """Add the fields of ``style`` ("ietf", "legacy", "both") for ``decision``; ``advertised_policies`` is the
-    route's ``policy_field``."""
+    route's ``policy_field``, encoded."""
     tightest = decision.tightest
     quota, _ = advertised(tightest.policy)
     remaining = min(tightest.remaining, quota)  # never more than the quota (the bucket)
-    if style in ("ietf", "both"):
-        # List members: added beside any the upstream (or another instance) sent.
-        headers.add("ratelimit-policy", advertised_policies)
-        headers.add("ratelimit", f'"{tightest.policy.name}";r={remaining};t={delay_seconds(tightest.grows_in)}')
+    if style != "legacy":  # "ietf" or "both"
+        # List members: added beside any the upstream (or another instance) sent. Raw: a policy's
+        # name is a token (settings) and the rest digits, so there is nothing for Headers.add to refuse.
+        now = f'"{tightest.policy.name}";r={remaining};t={delay_seconds(tightest.grows_in)}'
+        headers.raw += ((b"ratelimit-policy", advertised_policies), (b"ratelimit", now.encode()))
     if style in ("legacy", "both"):
         current = headers.get("x-ratelimit-remaining")
         if current is None or not current.isdigit() or int(current) > remaining:

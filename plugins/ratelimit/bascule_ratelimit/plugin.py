@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from functools import partial
 from typing import ClassVar
 from urllib.parse import quote
@@ -48,7 +47,7 @@ class RateLimit(Plugin[RateLimitSettings]):
         self.policies = settings.policies()
         # A bucket per policy; the algorithm is part of its name, as each keeps a different state.
         self._suffixes = [f"{p.name}:{p.algorithm}" for p in self.policies]
-        self._policy_field = policy_field(self.policies)
+        self._policy_field = policy_field(self.policies).encode()
         self._buckets: dict[str, str] = {}  # each route's bucket prefix, by route name
         self.keys = KeyChain.parse(settings.key)
         self.backend: LocalBackend | RedisBackend | None = None
@@ -102,11 +101,13 @@ class RateLimit(Plugin[RateLimitSettings]):
         s = self.settings
         bucket = f"{self._bucket(ctx.route.name)}{identity}}}:"
         assert self.backend is not None, "startup did not run"
-        # A Redis round trip is a span of the request's trace (the opentelemetry plugin).
-        timed = ctx.phase("redis", self.instance, **{"db.system": "redis"}) if s.backend == "redis" else nullcontext()
+        keys = [bucket + suffix for suffix in self._suffixes]
         try:
-            with timed:
-                decision = await self.backend.decide([bucket + suffix for suffix in self._suffixes], self.policies)
+            if s.backend == "redis":  # a Redis round trip is a span of the request's trace (the opentelemetry plugin)
+                with ctx.phase("redis", self.instance, **{"db.system": "redis"}):
+                    decision = await self.backend.decide(keys, self.policies)
+            else:  # local: no span, and no context manager to enter per request
+                decision = await self.backend.decide(keys, self.policies)
         except BackendError as e:
             self.failures += 1
             ctx.tags["rate_limit"] = "error"
