@@ -270,11 +270,12 @@ class Cache(Plugin[CacheSettings]):
         else:
             status = state
         headers = response.headers
-        if b"x-cache-status" in (k for k, _ in headers.raw):  # from an upstream cache
+        if "x-cache-status" in headers:  # from an upstream cache
             headers.remove("x-cache-status")
-        headers.raw.append((b"x-cache-status", status.value.encode()))
-        ctx.tags["cache"] = status.value
-        self.counts[status.value] += 1
+        value = status.value  # an Enum's value is a descriptor: read once
+        headers.raw.append((b"x-cache-status", value.encode()))
+        ctx.tags["cache"] = value
+        self.counts[value] += 1
         return response
 
     async def _from_upstream(
