@@ -61,7 +61,7 @@ def add_headers(headers: Headers, decision: Decision, advertised_policies: bytes
     tightest = decision.tightest
     quota, _ = advertised(tightest.policy)
     remaining = min(tightest.remaining, quota)  # never more than the quota (the bucket)
-    if style != "legacy":  # "ietf" or "both"
+    if style in ("ietf", "both"):
         # List members: added beside any the upstream (or another instance) sent. Raw: a policy's
         # name is a token (settings) and the rest digits, so there is nothing for Headers.add to refuse.
         now = f'"{tightest.policy.name}";r={remaining};t={delay_seconds(tightest.grows_in)}'
