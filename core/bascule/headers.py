@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import operator
 import os
 import re
 from collections.abc import Iterable
@@ -462,7 +461,7 @@ os.register_at_fork(after_in_child=_forget_supply)
 
 def set_trace(headers: Headers, trace: Trace, span_id: str) -> None:
     """Write the W3C ``traceparent`` naming the attempt's span ``span_id``, and the trace's ``tracestate``."""
-    if not _TRACE_FIELDS.isdisjoint(map(_name, headers.raw)):  # the client's, or an earlier attempt's
+    if headers.has_any(_TRACE_FIELDS):  # the client's, or an earlier attempt's
         headers.raw = [(k, v) for k, v in headers.raw if k not in _TRACE_FIELDS]
     raw = headers.raw  # hex ids and a parsed tracestate: nothing for Headers.add to refuse
     raw.append((b"traceparent", trace.traceparent(span_id).encode()))
@@ -471,7 +470,6 @@ def set_trace(headers: Headers, trace: Trace, span_id: str) -> None:
 
 
 _TRACE_FIELDS = frozenset({b"traceparent", b"tracestate"})
-_name = operator.itemgetter(0)  # a field's name: map(_name, raw) is a pass in C
 
 
 def response_headers(headers: Headers) -> None:

@@ -51,8 +51,7 @@ class Trace(NamedTuple):
     @classmethod
     def from_headers(cls, headers: Headers, sampled: bool) -> Trace:
         """Continue the caller's trace if its ``traceparent`` is valid, else start one."""
-        traceparent = headers.get_all("traceparent")
-        parsed = parse_traceparent(traceparent) if traceparent else None
+        parsed = parse_traceparent(headers.get_all("traceparent"))
         if parsed is None:
             return cls.start(sampled)
         trace_id, parent_id, flags = parsed

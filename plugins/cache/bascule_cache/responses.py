@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 from bascule_sdk import Headers, Response
 
 from .control import http_date, weak_match
@@ -18,7 +16,6 @@ _NOT_MODIFIED_FIELDS = frozenset(
 
 _CONDITIONS = frozenset({b"if-none-match", b"if-modified-since", b"if-range"})  # what respond reads
 _NO_CONDITIONS = Headers()  # read, never written
-_name = itemgetter(0)
 
 
 def _not_modified(entry: Entry, conditionals: Headers | None) -> bool:
@@ -57,7 +54,7 @@ def respond(entry: Entry, now: float, conditionals: Headers | None, range_: str 
     """The stored response, with its ``Age``: a 304 for a matching conditional request,
     a 206 for a single byte range of a stored 200 (without ``If-Range``)."""
     age = (b"age", str(int(entry.age(now))).encode())  # stored headers never hold Age
-    if conditionals is not None and _CONDITIONS.isdisjoint(map(_name, conditionals.raw)):
+    if conditionals is not None and not conditionals.has_any(_CONDITIONS):
         conditionals = _NO_CONDITIONS  # most requests: one pass over the fields, not one per condition
     if _not_modified(entry, conditionals):
         return Response(304, Headers([*(f for f in entry.headers if f[0] in _NOT_MODIFIED_FIELDS), age]), b"")

@@ -16,6 +16,7 @@ import trio
 from bascule.config import ConfigError
 from bascule.testing import Received, start_gateway, start_upstream
 from bascule_logging import AccessLog
+from bascule_logging.writer import LineWriter
 from bascule_sdk import Consumer, Context, HTTPError, Plugin, Request, Response, hookimpl
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -293,6 +294,8 @@ async def test_aggregated_request_is_logged_and_each_hop_is_a_new_span(nursery):
     assert all(h.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-") and h.endswith("-01") for h in hops)
     assert len(set(spans)) == 2 and "00f067aa0ba902b7" not in spans
     assert [a.requests[0].header("tracestate"), b.requests[0].header("tracestate")] == ["congo=t61rcWkgMzE"] * 2
+    for hop in (a.requests[0], b.requests[0]):  # the client's fields replaced, not sent beside the gateway's
+        assert len(hop.headers.get_all("traceparent")) == len(hop.headers.get_all("tracestate")) == 1
     assert (line["route"], line["status"], line["trace_id"]) == ("both", 200, "4bf92f3577b34da6a3ce929d0e0e4736")
     assert line["span_id"] == spans[-1]
     assert line["upstream"] == b.url  # the last service called
@@ -517,6 +520,19 @@ async def test_lines_wait_for_flush_interval_or_half_the_buffer(nursery):
     with trio.fail_after(5):  # shutdown writes what waits at once
         await plugin.writer.aclose(10)
     assert [r["path"] for r in sink.records()][-1] == "/api/users/5"
+
+
+async def test_a_writer_with_nothing_queued_closes_its_sink_at_once(nursery):
+    """aclose wakes a writer waiting for its first line: the sink closes within the timeout
+    (not once it ran out), and a line put after is dropped."""
+    sink, closed = io.BytesIO(), []
+    writer = LineWriter(sink, 4, interval=60, close=lambda: closed.append(True))
+    nursery.start_soon(writer.run)
+    await trio.sleep(0.1)  # the writer waits for a first line
+    await writer.aclose(timeout=30)
+    assert closed == [True]
+    assert not writer.put(b"late\n") and writer.dropped == 1
+    assert sink.getvalue() == b""
 
 
 async def test_file_output_is_reopened_on_reload(nursery, tmp_path):
