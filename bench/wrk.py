@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,18 +21,21 @@ done = function(summary, latency, requests)
 end
 """
 
-# Every request to a new URL (cache misses): "?n=1", "?n=2", ...
+# Every request to a URL no run asked for before (cache misses): "?n=<RUN>-1", "?n=<RUN>-2", ...
 UNIQUE_QUERY = """
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format(nil, wrk.path .. "?n=" .. n)
+  return wrk.format(nil, wrk.path .. "?n=" .. RUN .. "-" .. n)
 end
 """
 
 
 def script(path: Path, extra: str = "") -> Path:
-    path.write_text(extra + DONE)
+    """Write a wrk script: ``extra`` and the ``done`` hook that reports the figures. It sees
+    ``RUN``, a token new at every call: a script is written for each run, and a count that
+    started again at 1 would ask for the URLs the warm-up and the earlier rounds stored."""
+    path.write_text(f'RUN = "{secrets.token_hex(8)}"\n' + extra + DONE)
     return path
 
 

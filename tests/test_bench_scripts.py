@@ -10,7 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from runner import rounds  # noqa: E402  (bench/ is not a package: on sys.path above)
+from report import targets  # noqa: E402  (bench/ is not a package: on sys.path above)
+from runner import rounds  # noqa: E402
+from wrk import UNIQUE_QUERY, script  # noqa: E402
 
 
 def bench(script: str, *args: str) -> dict[str, list[str]]:
@@ -83,3 +85,25 @@ def test_every_other_round_runs_the_cases_in_reverse_order():
         (10.0, True, ["a", "b", "c"]),
     ]
     assert rounds(["a", "b"], 2, 0, 1.0) == [(1.0, True, ["a", "b"]), (1.0, True, ["b", "a"])]  # no warm-up
+
+
+def test_a_plugins_share_is_taken_against_both_measures_of_the_bare_route():
+    cpu = {"cost-bare": 400.0, "cost-bare-again": 410.0, "cost-jwt": 425.0, "cost-logging": 430.0}
+    measured = {
+        t["target"]: t["measured"]
+        for t in targets({"cases": {n: {"median": {"cpu_us_per_req": v}} for n, v in cpu.items()}})
+    }
+    assert measured["control: the bare route again, above the bare route of its process"] == pytest.approx(2.5)
+    share = "{} alone: CPU µs/req above the bare route of its process, share of it"
+    assert measured[share.format("jwt")] == pytest.approx(20 / 405 * 100)  # 4.9%: 6.25% against the first alone
+    assert measured[share.format("logging")] == pytest.approx(25 / 405 * 100)
+    assert measured[share.format("key-auth")] is None  # not measured in this run
+
+
+def test_each_run_of_the_cache_miss_case_asks_for_urls_never_asked_before(tmp_path):
+    # The script is written again for every run: its RUN token makes the URLs of a run its own.
+    first, second = (script(tmp_path / f"{n}.lua", UNIQUE_QUERY).read_text() for n in (1, 2))
+    assert '"?n=" .. RUN .. "-" .. n' in first
+    run_lines = [text.splitlines()[0] for text in (first, second)]
+    assert all(line.startswith('RUN = "') for line in run_lines)
+    assert run_lines[0] != run_lines[1]
