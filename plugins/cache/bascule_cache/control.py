@@ -6,8 +6,10 @@ Pure functions over header values; no I/O and no clock of their own.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
+from collections.abc import Iterator
 
 from bascule_sdk import Headers
 
@@ -54,13 +56,23 @@ def parse_cache_control(values: list[str]) -> dict[str, str | None]:
     """
     directives: dict[str, str | None] = {}
     for value in values:
-        for name, arg in _split_directives(value):
+        for name, arg in _directives_of(value) if len(value) <= _REMEMBERED else _split_directives(value):
             if name and name not in directives:
                 directives[name] = arg
     return directives
 
 
-def _split_directives(value: str):
+#: The longest field value whose parse is remembered: services send few distinct Cache-Control
+#: values, each parsed a few times per stored response; a client's long one is parsed, not kept.
+_REMEMBERED = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _directives_of(value: str) -> tuple[tuple[str, str | None], ...]:
+    return tuple(_split_directives(value))
+
+
+def _split_directives(value: str) -> Iterator[tuple[str, str | None]]:
     i, n = 0, len(value)
     while i < n:
         j = i
@@ -322,15 +334,27 @@ def http_date(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if m := _IMF_FIXDATE.fullmatch(value):
-        day, month, year, hh, mm, ss = m.groups()
-    elif m := _RFC850.fullmatch(value):
+    if len(value) == 29:  # IMF-fixdate's length: what servers send
+        return _fixdate(value)
+    if m := _RFC850.fullmatch(value):
         day, month, yy, hh, mm, ss = m.groups()
         year = str(_full_year(int(yy)))
     elif m := _ASCTIME.fullmatch(value):
         month, day, hh, mm, ss, year = m.groups()
     else:
         return None
+    return _timestamp(year, month, day, hh, mm, ss)
+
+
+@functools.lru_cache(maxsize=1024)  # a response's Date and Last-Modified, read a few times when it is stored
+def _fixdate(value: str) -> float | None:
+    if m := _IMF_FIXDATE.fullmatch(value):
+        day, month, year, hh, mm, ss = m.groups()
+        return _timestamp(year, month, day, hh, mm, ss)
+    return None
+
+
+def _timestamp(year: str, month: str, day: str, hh: str, mm: str, ss: str) -> float | None:
     parts = (int(year), _MONTHS[month.lower()], int(day), int(hh), int(mm), int(ss))
     if not (1 <= parts[2] <= 31 and parts[3] < 24 and parts[4] < 60 and parts[5] <= 60):
         return None

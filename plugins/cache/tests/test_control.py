@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from bascule_cache import control
 from bascule_cache.control import delta_seconds, http_date, parse_cache_control, parse_vary, weak_match
 from bascule_cache.entry import Entry, Policy, Use, freshness_lifetime, serves_on_error, storable, usable
 from bascule_sdk import Headers
@@ -49,6 +50,17 @@ def test_cache_control_parsing(value, expected):
 )
 def test_delta_seconds(arg, expected):
     assert delta_seconds(arg) == expected
+
+
+def test_a_cache_control_value_parses_alike_on_either_side_of_the_remembered_length():
+    # Values up to control._REMEMBERED characters are parsed once and remembered; a longer one (a
+    # client's, say) is parsed each time and not kept. Either way the directives are the same.
+    for length in (control._REMEMBERED, control._REMEMBERED + 1):
+        value = "max-age=60, " + "x" * (length - len("max-age=60, ") - len(', a="b,c"')) + ', a="b,c"'
+        assert len(value) == length
+        kept = control._directives_of.cache_info().currsize
+        assert parse_cache_control([value]) == {"max-age": "60", "x" * (length - 21): None, "a": "b,c"}
+        assert control._directives_of.cache_info().currsize - kept == (length <= control._REMEMBERED)
 
 
 @pytest.mark.parametrize(
