@@ -6,7 +6,7 @@ import httpx
 import pytest
 import trio
 from bascule.configstore import open_store
-from bascule.testing import RedisCluster, RedisSentinels, eventually, start_gateway, start_upstream
+from bascule.testing import RedisCluster, RedisSentinels, RedisServer, eventually, start_gateway, start_upstream
 from bascule_cache import Cache
 from bascule_ratelimit import RateLimit
 from bascule_sdk import Response
@@ -179,3 +179,15 @@ async def test_rate_limits_hold_through_a_cluster_failover_under_load(nursery):
     assert undecided > 0
     # Exact through the failover (no decision lost: the primary stopped cleanly, its replica had them all).
     assert 10 + closed.count(200) + opened.count(200) - undecided == LIMIT
+
+
+def test_a_clusters_ports_are_chosen_where_no_outgoing_connection_takes_them():
+    # A port bind(0) hands out is in the kernel's ephemeral range, where a connection to one node
+    # could take another's port as its source before that node starts ("Address already in use").
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral = int(f.read().split()[0])
+    cluster = RedisCluster(size=3, replicas=1)
+    ports = [n.port for n in (*cluster.nodes, *cluster.replicas)]
+    buses = [int(n.args[n.args.index("--cluster-port") + 1]) for n in (*cluster.nodes, *cluster.replicas)]
+    assert all(p < ephemeral for p in ports + buses)
+    assert RedisServer().port < ephemeral

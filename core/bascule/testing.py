@@ -380,12 +380,30 @@ class RedisServer:
 
 
 def _free_port() -> int:
+    """A loopback port free now, for a server started later, from below the kernel's ephemeral
+    range: a port that bind(0) hands out is in that range, where any outgoing connection (a probe
+    of another server, say) may take it as its source port before the server binds it."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    for _ in range(100):
+        port = random.randrange(1024, max(_ephemeral_low(), 2048))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (Linux; 32768, its default, elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def redis_command(port: int, *args: str | int, timeout: float = 5.0) -> Any:
