@@ -1,4 +1,5 @@
-"""Fields on the wire: ``headers.valid_fields`` decides as h11 does, and what it refuses is never written."""
+"""Fields on the wire: ``headers.valid_fields`` decides as h11 does, what it refuses is never written,
+and a head split for h11 (``headers.for_h11``) is written as h11 writes it whole."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 
 import h11
 import pytest
-from bascule.headers import valid_fields
+from bascule.headers import for_h11, valid_fields, with_lines
 from bascule.testing import start_gateway, start_upstream
 from bascule_sdk import Context, Plugin, Request, Response, hookimpl
 
@@ -35,9 +36,9 @@ def test_valid_fields_decides_as_h11_does():
     refused = 0
     for _ in range(20_000):
         fields = [(text(rng, 6, 0.8, 5), text(rng, 7, 0.7, 6)) for _ in range(rng.randint(0, 4))]
-        accepted = h11_accepts(fields)
+        accepted = h11_accepts(fields) and all(name == name.lower() for name, _ in fields)
         refused += not accepted
-        assert valid_fields(fields) == accepted, fields
+        assert valid_fields(fields) == accepted, fields  # and its names as Headers holds them: lower-case
     assert 2_000 < refused < 18_000  # both answers were exercised
 
 
@@ -89,3 +90,56 @@ async def test_a_field_h11_refuses_is_never_sent_upstream(nursery):
     assert up.requests == []
     (target,) = gw.gateway.describe_upstreams()["up"]["targets"]
     assert (target["failures"], target["consecutive_failures"]) == (0, 0)  # not counted against the service
+
+
+def fields_by_name(head: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
+    """A head's start line, and its field values by name, in order."""
+    start, *lines = head.removesuffix(b"\r\n\r\n").split(b"\r\n")
+    by_name: dict[bytes, list[bytes]] = {}
+    for line in lines:
+        name, _, value = line.partition(b": ")
+        by_name.setdefault(name, []).append(value)
+    return start, by_name
+
+
+def h11_head(event: type[h11.Request] | type[h11.Response], fields: list[tuple[bytes, bytes]], **kw) -> bytes:
+    """The head h11 writes for ``event`` with ``fields``, as the side that sends it."""
+    role = h11.CLIENT if event is h11.Request else h11.SERVER
+    connection = h11.Connection(role)
+    if role is h11.SERVER:
+        connection.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        connection.next_event()
+    return connection.send(event(headers=fields, **kw))
+
+
+EXTRA = [(b"x-a", b"1"), (b"date", b"Wed, 02 Dec 2026 12:00:00 GMT"), (b"x-a", b"2"), (b"set-cookie", b"a=b; c")]
+
+
+@pytest.mark.parametrize(
+    ("event", "kw", "own"),
+    [
+        (h11.Response, {"status_code": 200}, [(b"content-length", b"2")]),
+        (h11.Response, {"status_code": 200}, []),  # h11 frames it: Transfer-Encoding: chunked
+        (h11.Response, {"status_code": 200}, [(b"content-length", b"2"), (b"connection", b"close")]),
+        (h11.Response, {"status_code": 304}, [(b"connection", b"keep-alive")]),
+        (h11.Request, {"method": b"GET", "target": b"/"}, [(b"host", b"up")]),
+        (h11.Request, {"method": b"POST", "target": b"/"}, [(b"host", b"up"), (b"content-length", b"5")]),
+        (h11.Request, {"method": b"POST", "target": b"/"}, [(b"transfer-encoding", b"chunked"), (b"host", b"up")]),
+        (h11.Request, {"method": b"PUT", "target": b"/"}, [(b"host", b"up"), (b"expect", b"100-continue")]),
+    ],
+)
+def test_a_head_split_for_h11_is_written_as_h11_writes_it_whole(event, kw, own):
+    for at in range(len(EXTRA) + 1):  # h11's own fields among the others, at each place
+        fields = [*EXTRA[:at], *own, *EXTRA[at:]]
+        split = for_h11(fields)
+        assert split is not None
+        reads, lines = split
+        assert reads == own  # h11 is given only the fields it acts on
+        assert fields_by_name(with_lines(h11_head(event, reads, _parsed=True, **kw), lines)) == fields_by_name(
+            h11_head(event, fields, **kw)
+        )
+
+
+def test_a_head_with_a_field_h11_refuses_is_not_split():
+    assert for_h11([(b"content-length", b"2"), (b"x-a", b"1\x00")]) is None
+    assert for_h11([(b"X-A", b"1")]) is None  # h11 writes it (names it has not lower-cased are not split)

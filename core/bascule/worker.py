@@ -29,8 +29,8 @@ does, with these changes, all here and nowhere else:
   spawned and cancelled per request; a plain cancel scope per read; the head of a
   response of known length written with its first body bytes (one write, not two); a
   write the socket takes at once made without the lock and the stream's extra
-  checkpoints (``_write_now``); a final response's fields checked in one pass
-  (``headers.valid_fields``), not by h11 one by one.
+  checkpoints (``_write_now``); a final response's fields checked in one pass, and h11
+  given only those it acts on (``headers.for_h11``).
 
 This reaches into hypercorn's trio internals, so it is used only on the
 version it was written against (``HYPERCORN``); on another version a warning
@@ -70,7 +70,7 @@ from hypercorn.utils import ShutdownError, parse_socket_addr, raise_shutdown, re
 from wsproto.connection import ConnectionState as WebSocketState
 from wsproto.events import CloseConnection, Ping
 
-from .headers import new_request_id, valid_fields
+from .headers import for_h11, new_request_id, with_lines
 
 __all__ = ["HYPERCORN", "WEBSOCKET_OPTIONS", "contained_errors", "listen"]
 
@@ -623,23 +623,26 @@ class _H11(H11Protocol):
             raise H2ProtocolAssumedError(b"PRI * HTTP/2.0\r\n\r\n" + self.connection.trailing_data[0])
 
     async def stream_send(self, event: StreamEvent) -> None:
-        """hypercorn's, but a final response's fields are checked all at once (``headers.valid_fields``),
-        not by h11 one by one."""
+        """hypercorn's, but a final response's fields are checked all at once, and h11 writes only
+        those it acts on (``headers.for_h11``)."""
         if type(event) is not Response or event.status_code < 200:
             await super().stream_send(event)
             return
         headers = [*event.headers, *self.config.response_headers("h11")]
         if self.keep_alive_requests >= self.config.keep_alive_max_requests:
             headers.append((b"connection", b"close"))
-        await self._send_h11_event(
-            h11.Response(status_code=int(event.status_code), headers=headers, _parsed=valid_fields(headers))
-        )
+        status = int(event.status_code)
+        if (split := for_h11(headers)) is None:  # h11 checks them all, and names the field it refuses
+            await self._send_h11_event(h11.Response(status_code=status, headers=headers))
+        else:
+            await self._send_h11_event(h11.Response(status_code=status, headers=split[0], _parsed=True), split[1])
 
-    async def _send_h11_event(self, event: H11SendableEvent) -> None:
+    async def _send_h11_event(self, event: H11SendableEvent, lines: bytes = b"") -> None:
         """hypercorn's, but the head of a response of known length waits for its first
         body bytes (one write, not two) and nothing empty is written. A head without
         Content-Length (a stream: server-sent events, long polls) leaves at once.
-        What comes after a request's whole answer is dropped, not raised in the app."""
+        What comes after a request's whole answer is dropped, not raised in the app.
+        ``lines``: a response's fields that h11 was not given (``headers.for_h11``)."""
         if (
             type(event) is h11.Response
             and self.connection.their_state is h11.SEND_BODY
@@ -659,6 +662,8 @@ class _H11(H11Protocol):
             if self.connection.their_state != h11.ERROR and state in _ANSWERING:
                 raise
             return  # the request failed, or was answered already (hypercorn's own 400 beat the app's answer)
+        if lines and data is not None:
+            data = with_lines(data, lines)
         if type(event) is h11.Response and any(name == b"content-length" for name, _ in event.headers):
             self._head = data
             return

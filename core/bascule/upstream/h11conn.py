@@ -29,7 +29,7 @@ import h11
 import httpcore
 import trio
 
-from ..headers import valid_fields
+from ..headers import for_h11, with_lines
 
 __all__ = ["H11Connection", "Informational"]
 
@@ -135,9 +135,13 @@ class H11Connection:
         is a protocol error (this client proposes no upgrade).
         """
         h = self._h11
+        split = for_h11(headers)
         try:
-            head = h.send(h11.Request(method=method, target=target, headers=headers, _parsed=valid_fields(headers)))
-            assert head is not None
+            if split is None:  # h11 checks them all, and names the field it refuses
+                head = h.send(h11.Request(method=method, target=target, headers=headers))
+            else:
+                reads, lines = split
+                head = with_lines(h.send(h11.Request(method=method, target=target, headers=reads, _parsed=True)), lines)
             if isinstance(body, bytes):
                 data = h.send(h11.Data(data=body)) if body else None
                 await self._write(b"".join((head, data or b"", h.send(h11.EndOfMessage()) or b"")))
