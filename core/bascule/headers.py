@@ -425,11 +425,11 @@ _FIELD_VALUES = re.compile(rb"(?:(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\n)*")
 
 
 def valid_fields(fields: list[Field]) -> bool:
-    """Whether every name is a lower-case token and every value a field-value without NUL, CR
-    or LF, nor whitespace at either end (RFC 9110 5.1, 5.5): the check h11 makes of each field it
-    writes (h11._abnf's grammar), in two regular-expression passes over them all, and names as
-    ``Headers`` holds them. For a head of ten fields: about 3.3 µs, against 7 for h11's own checks.
-    docs/upstream/h11-0.16.patch offers the same check to h11 itself."""
+    """Whether every name is a token, lower-case as ``Headers`` holds names, and every value a
+    field-value without NUL, CR or LF, nor whitespace at either end (RFC 9110 5.1, 5.5): the check
+    h11 makes of each field it writes (h11._abnf's grammar), in two regular-expression passes over
+    them all. For a head of ten fields: about 3.3 µs, against 7 for h11's own checks.
+    docs/upstream/h11-0.16.patch offers h11 the same one-pass check (names of any case)."""
     if not fields:
         return True
     names = b"\n".join([name for name, _ in fields]) + b"\n"
