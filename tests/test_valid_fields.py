@@ -131,15 +131,15 @@ EXTRA = [(b"x-a", b"1"), (b"date", b"Wed, 02 Dec 2026 12:00:00 GMT"), (b"x-a", b
 def test_a_head_split_for_h11_is_written_as_h11_writes_it_whole(event, kw, own):
     for at in range(len(EXTRA) + 1):  # h11's own fields among the others, at each place
         fields = [*EXTRA[:at], *own, *EXTRA[at:]]
-        split = for_h11(fields)
-        assert split is not None
-        reads, lines = split
-        assert reads == own  # h11 is given only the fields it acts on
-        assert fields_by_name(with_lines(h11_head(event, reads, _parsed=True, **kw), lines)) == fields_by_name(
+        given, lines, parsed = for_h11(fields)
+        assert parsed
+        assert given == own  # h11 is given only the fields it acts on
+        assert fields_by_name(with_lines(h11_head(event, given, _parsed=True, **kw), lines)) == fields_by_name(
             h11_head(event, fields, **kw)
         )
 
 
 def test_a_head_with_a_field_h11_refuses_is_not_split():
-    assert for_h11([(b"content-length", b"2"), (b"x-a", b"1\x00")]) is None
-    assert for_h11([(b"X-A", b"1")]) is None  # h11 writes it (names it has not lower-cased are not split)
+    refused = [(b"content-length", b"2"), (b"x-a", b"1\x00")]
+    assert for_h11(refused) == (refused, b"", False)  # all of them to h11, which checks them
+    assert for_h11([(b"X-A", b"1")]) == ([(b"X-A", b"1")], b"", False)  # names it has not lower-cased are not split

@@ -446,16 +446,16 @@ def valid_fields(fields: list[Field]) -> bool:
 _H11_READS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"})
 
 
-def for_h11(fields: list[Field]) -> tuple[list[Field], bytes] | None:
-    """A head's ``fields`` split for h11 to write: the fields it acts on, and the others as the lines
-    that follow its own (``with_lines``), in their order. h11 is then told to skip its checks
-    (``_parsed=True``) and spends no pass per field on the rest. None when ``valid_fields`` does not
-    hold: h11 is then given them all, checks them and names the field it refuses."""
+def for_h11(fields: list[Field]) -> tuple[list[Field], bytes, bool]:
+    """A head's ``fields`` as h11 is to write them: ``(given, lines, parsed)``. When ``valid_fields``
+    holds, h11 is given only the fields it acts on and skips its checks (``parsed``: its
+    ``_parsed=True``); the others become ``lines``, which follow its own (``with_lines``), in their
+    order. Otherwise h11 is given them all, checks them and names the field it refuses."""
     if not valid_fields(fields):
-        return None
-    reads = [f for f in fields if f[0] in _H11_READS]
+        return fields, b"", False
+    given = [f for f in fields if f[0] in _H11_READS]
     lines = b"".join([name + b": " + value + b"\r\n" for name, value in fields if name not in _H11_READS])
-    return reads, lines
+    return given, lines, True
 
 
 def with_lines(head: bytes, lines: bytes) -> bytes:

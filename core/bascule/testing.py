@@ -386,8 +386,9 @@ def _free_port() -> int:
     import random
     import socket
 
+    below = max(_ephemeral_low(), 2048)
     for _ in range(100):
-        port = random.randrange(1024, max(_ephemeral_low(), 2048))
+        port = random.randrange(1024, below)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

@@ -631,11 +631,10 @@ class _H11(H11Protocol):
         headers = [*event.headers, *self.config.response_headers("h11")]
         if self.keep_alive_requests >= self.config.keep_alive_max_requests:
             headers.append((b"connection", b"close"))
-        status = int(event.status_code)
-        if (split := for_h11(headers)) is None:  # h11 checks them all, and names the field it refuses
-            await self._send_h11_event(h11.Response(status_code=status, headers=headers))
-        else:
-            await self._send_h11_event(h11.Response(status_code=status, headers=split[0], _parsed=True), split[1])
+        given, lines, parsed = for_h11(headers)
+        await self._send_h11_event(
+            h11.Response(status_code=int(event.status_code), headers=given, _parsed=parsed), lines
+        )
 
     async def _send_h11_event(self, event: H11SendableEvent, lines: bytes = b"") -> None:
         """hypercorn's, but the head of a response of known length waits for its first

@@ -135,13 +135,9 @@ class H11Connection:
         is a protocol error (this client proposes no upgrade).
         """
         h = self._h11
-        split = for_h11(headers)
+        given, lines, parsed = for_h11(headers)
         try:
-            if split is None:  # h11 checks them all, and names the field it refuses
-                head = h.send(h11.Request(method=method, target=target, headers=headers))
-            else:
-                reads, lines = split
-                head = with_lines(h.send(h11.Request(method=method, target=target, headers=reads, _parsed=True)), lines)
+            head = with_lines(h.send(h11.Request(method=method, target=target, headers=given, _parsed=parsed)), lines)
             if isinstance(body, bytes):
                 data = h.send(h11.Data(data=body)) if body else None
                 await self._write(b"".join((head, data or b"", h.send(h11.EndOfMessage()) or b"")))
