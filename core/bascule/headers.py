@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 
 from bascule_sdk import Context, Headers, HTTPError, Request, http
 from bascule_sdk.identity import PREFIX as IDENTITY_PREFIX
+from bascule_sdk.tracecontext import FIELDS as TRACE_FIELDS
 from bascule_sdk.tracecontext import Trace
 
 __all__ = [
@@ -420,24 +421,30 @@ def with_host(raw: list[Field], authority: bytes) -> list[Field]:
     return [(b"host", authority), *raw]
 
 
-_FIELD_NAMES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-z]+\n)*")  # lower-case tokens
-_FIELD_VALUES = re.compile(rb"(?:(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\n)*")
+_TOKEN_LOWER = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"  # what a lower-case name is made of
+_NEVER_IN_VALUE = b"\x00\r\x0b\x0c"  # NUL, and whitespace other than SP, HTAB and LF (LFs are counted)
 
 
 def valid_fields(fields: list[Field]) -> bool:
     """Whether every name is a token, lower-case as ``Headers`` holds names, and every value a
     field-value without NUL, CR or LF, nor whitespace at either end (RFC 9110 5.1, 5.5): the check
-    h11 makes of each field it writes (h11._abnf's grammar), in two regular-expression passes over
-    them all. For a head of ten fields: about 3.3 µs, against 7 for h11's own checks.
-    docs/upstream/h11-0.16.patch offers h11 the same one-pass check (names of any case)."""
+    h11 makes of each field it writes (h11._abnf's grammar: a value's bytes are ``[^\\x00\\s]``,
+    with runs of SP and HTAB between them). The names, and the values, are joined into lines and
+    checked with bytes methods, each a pass in C: for a head of eight fields about 1.4 µs, against
+    2.7 for the same grammar as two regular expressions and 7 for h11's own checks; for thirteen
+    with a 400-byte token, 2.3 against 5.1.
+    docs/upstream/h11-0.16.patch offers h11 a one-pass check (names of any case)."""
     if not fields:
         return True
-    names = b"\n".join([name for name, _ in fields]) + b"\n"
-    values = b"\n".join([value for _, value in fields]) + b"\n"
+    name_column, value_column = zip(*fields)  # noqa: B905 (pairs, as typed; strict= adds a fifth)
+    names, values = b"\n".join(name_column), b"\n".join(value_column)
+    between = len(fields) - 1  # LFs joining them
     return (
-        names.count(b"\n") == values.count(b"\n") == len(fields)  # no LF of their own: one line per field
-        and _FIELD_NAMES.fullmatch(names) is not None
-        and _FIELD_VALUES.fullmatch(values) is not None
+        names.count(b"\n") == values.count(b"\n") == between  # no LF of their own
+        and all(name_column)  # no empty name
+        and len(names.translate(None, _TOKEN_LOWER)) == between  # nothing but token characters, and the LFs
+        and len(values.translate(None, _NEVER_IN_VALUE)) == len(values)
+        and tuple(map(bytes.strip, value_column)) == value_column  # no SP or HTAB at either end
     )
 
 
@@ -486,15 +493,12 @@ os.register_at_fork(after_in_child=_forget_supply)
 
 def set_trace(headers: Headers, trace: Trace, span_id: str) -> None:
     """Write the W3C ``traceparent`` naming the attempt's span ``span_id``, and the trace's ``tracestate``."""
-    if headers.has_any(_TRACE_FIELDS):  # the client's, or an earlier attempt's
-        headers.raw = [(k, v) for k, v in headers.raw if k not in _TRACE_FIELDS]
+    if headers.has_any(TRACE_FIELDS):  # the client's, or an earlier attempt's
+        headers.raw = [(k, v) for k, v in headers.raw if k not in TRACE_FIELDS]
     raw = headers.raw  # hex ids and a parsed tracestate: nothing for Headers.add to refuse
     raw.append((b"traceparent", trace.traceparent(span_id).encode()))
     if trace.tracestate:
         raw.append((b"tracestate", trace.tracestate.encode()))
-
-
-_TRACE_FIELDS = frozenset({b"traceparent", b"tracestate"})
 
 
 def response_headers(headers: Headers) -> None:

@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from .http import Headers
 
-__all__ = ["MAX_TRACESTATE_MEMBERS", "Trace", "new_span_id", "parse_traceparent", "parse_tracestate"]
+__all__ = ["FIELDS", "MAX_TRACESTATE_MEMBERS", "Trace", "new_span_id", "parse_traceparent", "parse_tracestate"]
+
+#: The trace context's fields, as ``Headers.raw`` names them.
+FIELDS = frozenset({b"traceparent", b"tracestate"})
 
 MAX_TRACESTATE_MEMBERS = 32  # W3C Trace Context §3.3.1.1
 _INVALID_TRACE_ID = "0" * 32
@@ -51,6 +54,8 @@ class Trace(NamedTuple):
     @classmethod
     def from_headers(cls, headers: Headers, sampled: bool) -> Trace:
         """Continue the caller's trace if its ``traceparent`` is valid, else start one."""
+        if not headers.has_any(FIELDS):  # most requests: one pass over the fields, not one per name
+            return cls.start(sampled)
         parsed = parse_traceparent(headers.get_all("traceparent"))
         if parsed is None:
             return cls.start(sampled)
