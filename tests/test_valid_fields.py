@@ -49,7 +49,12 @@ def test_valid_fields_decides_as_h11_does():
         [(b"x-a", b"1\n")],
         [(b"x a", b"1")],  # not a token
         [(b"x-a", b" 1")],  # whitespace at an end
+        [(b"x-a", b"1\t")],
+        [(b"x-a", b"1\x0b2")],  # whitespace other than SP and HTAB, within
+        [(b"x-a", b"1\x0c2")],
         [(b"", b"1")],
+        [(b"x-a", b"1"), (b"", b"2")],  # an empty name, not first
+        [(b"x-a\nx-b", b"1"), (b"x-c", b"2")],  # a name that would split the head
         [(b"x-a", b"1"), (b"x-b", b"2\x00")],
     ],
 )

@@ -19,6 +19,20 @@ def test_valid_traceparent_is_continued():
     assert trace.tracestate == "congo=t61rcWkgMzE"
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},  # neither field: a new trace
+        {"tracestate": "congo=t61rcWkgMzE"},  # tracestate alone belongs to no trace: dropped
+        {"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "tracestate": "congo=t61rcWkgMzE"},
+    ],
+)
+def test_a_request_without_a_valid_traceparent_starts_a_trace_of_its_own(fields):
+    trace = Trace.from_headers(Headers.of(fields), sampled=True)
+    assert (trace.parent_id, trace.flags, trace.tracestate) == (None, "01", None)
+    assert len(trace.trace_id) == 32 and trace.trace_id != "0" * 32
+
+
 @pytest.mark.parametrize("values", [[], [VALID, VALID], [VALID[:-1]], [VALID + "-x"], ["xx" + VALID[2:]]])
 def test_invalid_traceparent(values):
     assert parse_traceparent(values) is None
