@@ -144,6 +144,13 @@ def test_a_head_split_for_h11_is_written_as_h11_writes_it_whole(event, kw, own):
         )
 
 
+def test_a_field_that_is_not_bytes_is_left_to_h11():
+    fields = [(b"x-a", bytearray(b"1")), (b"x-b", "2")]  # a plugin's bytearray, or str, in Headers.raw
+    assert not valid_fields(fields)
+    assert for_h11(fields) == (fields, b"", False)  # all of them to h11, which takes both
+    assert h11_accepts(fields)
+
+
 def test_a_head_with_a_field_h11_refuses_is_not_split():
     refused = [(b"content-length", b"2"), (b"x-a", b"1\x00")]
     assert for_h11(refused) == (refused, b"", False)  # all of them to h11, which checks them

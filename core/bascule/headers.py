@@ -437,14 +437,18 @@ def valid_fields(fields: list[Field]) -> bool:
     if not fields:
         return True
     name_column, value_column = zip(*fields)  # noqa: B905 (pairs, as typed; strict= adds a fifth)
-    names, values = b"\n".join(name_column), b"\n".join(value_column)
     between = len(fields) - 1  # LFs joining them
+    try:
+        names, values = b"\n".join(name_column), b"\n".join(value_column)
+        stripped = tuple(map(bytes.strip, value_column))
+    except TypeError:  # a name or value that is not bytes (a bytearray a plugin wrote): h11 checks it
+        return False
     return (
         names.count(b"\n") == values.count(b"\n") == between  # no LF of their own
         and all(name_column)  # no empty name
         and len(names.translate(None, _TOKEN_LOWER)) == between  # nothing but token characters, and the LFs
         and len(values.translate(None, _NEVER_IN_VALUE)) == len(values)
-        and tuple(map(bytes.strip, value_column)) == value_column  # no SP or HTAB at either end
+        and stripped == value_column  # no SP or HTAB at either end
     )
 
 
