@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 import trio
 from bascule.configstore import open_store
-from bascule.testing import RedisCluster, RedisSentinels, RedisServer, eventually, start_gateway, start_upstream
+from bascule.testing import (
+    EPHEMERAL_PORTS,
+    RedisCluster,
+    RedisSentinels,
+    RedisServer,
+    eventually,
+    start_gateway,
+    start_upstream,
+)
 from bascule_cache import Cache
 from bascule_ratelimit import RateLimit
 from bascule_sdk import Response
@@ -183,14 +189,11 @@ async def test_rate_limits_hold_through_a_cluster_failover_under_load(nursery):
     assert 10 + closed.count(200) + opened.count(200) - undecided == LIMIT
 
 
-PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
-@pytest.mark.skipif(not PORT_RANGE.exists(), reason="reads Linux's ephemeral port range")
+@pytest.mark.skipif(not EPHEMERAL_PORTS.exists(), reason="reads Linux's ephemeral port range")
 def test_a_clusters_ports_are_chosen_where_no_outgoing_connection_takes_them():
     # A port bind(0) hands out is in the kernel's ephemeral range, where a connection to one node
     # could take another's port as its source before that node starts ("Address already in use").
-    ephemeral = int(PORT_RANGE.read_text().split()[0])
+    ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
     cluster = RedisCluster(size=3, replicas=1)
     ports = [n.port for n in (*cluster.nodes, *cluster.replicas)]
     buses = [int(n.args[n.args.index("--cluster-port") + 1]) for n in (*cluster.nodes, *cluster.replicas)]

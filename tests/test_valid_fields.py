@@ -144,10 +144,22 @@ def test_a_head_split_for_h11_is_written_as_h11_writes_it_whole(event, kw, own):
         )
 
 
-def test_a_field_that_is_not_bytes_is_left_to_h11():
-    fields = [(b"x-a", bytearray(b"1")), (b"x-b", "2")]  # a plugin's bytearray, or str, in Headers.raw
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b"x-a", b"1"), (b"x-b", bytearray(b"2"))],  # a plugin's bytearray in Headers.raw
+        [(b"x-a", b"1"), (b"x-b", "2")],  # or str
+    ],
+)
+def test_a_field_that_is_not_bytes_is_left_to_h11(fields):
     assert not valid_fields(fields)
     assert for_h11(fields) == (fields, b"", False)  # all of them to h11, which takes both
+    assert h11_accepts(fields)
+
+
+def test_a_name_that_is_not_bytes_is_left_to_h11():
+    fields = [(b"x-a", b"1"), (bytearray(b"x-b"), b"2")]  # its bytes are a valid name
+    assert for_h11(fields) == (fields, b"", False)
     assert h11_accepts(fields)
 
 

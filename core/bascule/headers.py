@@ -53,6 +53,7 @@ import functools
 import ipaddress
 import os
 import re
+import string
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -421,7 +422,7 @@ def with_host(raw: list[Field], authority: bytes) -> list[Field]:
     return [(b"host", authority), *raw]
 
 
-_TOKEN_LOWER = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"  # what a lower-case name is made of
+_TOKEN_LOWER = http.TOKEN_CHARS.translate(None, string.ascii_uppercase.encode())  # what a lower-case name is made of
 _NEVER_IN_VALUE = b"\x00\r\x0b\x0c"  # NUL, and whitespace other than SP, HTAB and LF (LFs are counted)
 
 
@@ -464,7 +465,10 @@ def for_h11(fields: list[Field]) -> tuple[list[Field], bytes, bool]:
     order. Otherwise h11 is given them all, checks them and names the field it refuses."""
     if not valid_fields(fields):
         return fields, b"", False
-    given = [f for f in fields if f[0] in _H11_READS]
+    try:
+        given = [f for f in fields if f[0] in _H11_READS]
+    except TypeError:  # a name that is not bytes, so not hashable (a plugin's bytearray): h11 checks it
+        return fields, b"", False
     lines = b"".join([name + b": " + value + b"\r\n" for name, value in fields if name not in _H11_READS])
     return given, lines, True
 

@@ -47,6 +47,7 @@ from .server import hypercorn_config
 from .worker import listen
 
 __all__ = [
+    "EPHEMERAL_PORTS",
     "Received",
     "RedisCluster",
     "RedisSentinels",
@@ -398,11 +399,14 @@ def _free_port() -> int:
     raise RuntimeError("no free loopback port below the ephemeral range")
 
 
+#: Where Linux says which ports it picks for outgoing connections ("low high").
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def _ephemeral_low() -> int:
     """The lowest port of the kernel's ephemeral range (Linux; 32768, its default, elsewhere)."""
     try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
+        return int(EPHEMERAL_PORTS.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
 

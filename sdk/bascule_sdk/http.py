@@ -12,12 +12,14 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import string
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, overload
 
 __all__ = [
     "HOP_BY_HOP",
     "TOKEN",
+    "TOKEN_CHARS",
     "Body",
     "ClientDisconnected",
     "HTTPError",
@@ -29,9 +31,14 @@ __all__ = [
 
 Body = bytes | AsyncIterable[bytes]
 
+_TCHAR_SYMBOLS = "!#$%&'*+.^_`|~-"  # RFC 9110 5.6.2's tchar besides DIGIT and ALPHA
+
 #: An RFC 9110 token (5.6.2): a field name, a method, an auth-scheme; a regular-expression
 #: fragment, anchored where it is used (``rf"^{TOKEN}$"``).
-TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+TOKEN = rf"[0-9A-Za-z{_TCHAR_SYMBOLS}]+"  # "-" last: a literal, not a range
+
+#: The bytes a token is made of (``TOKEN``'s, for checks with ``bytes.translate``).
+TOKEN_CHARS = (string.digits + string.ascii_letters + _TCHAR_SYMBOLS).encode()
 
 #: Hop-by-hop fields, lower case: they describe one connection (RFC 9110 7.6.1; Proxy-Authenticate
 #: and Proxy-Authorization address the proxy, 11.7), so a proxy never forwards them, nor the fields
